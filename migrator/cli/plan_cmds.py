@@ -1,0 +1,67 @@
+"""`validate` and `check`: read-only commands about the plan and the VSN."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from migrator.cli.output import run
+from migrator.errors import PreflightFailed
+from migrator.ops import check as check_op
+from migrator.plan import validate_files
+from migrator.state import deployed
+
+PlanArg = typer.Argument(None, help="Deployment plan (JSON). Default: the plan deployed on this VSN.")
+SecretsOpt = typer.Option(None, "--secrets", "-s", help="Secrets file (JSON, mode 0600).")
+JsonOpt = typer.Option(False, "--json", help="Print exactly one JSON object on stdout.")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def validate(plan: Path = PlanArg, secrets: Path = SecretsOpt, json_out: bool = JsonOpt) -> None:
+        """Check a plan (and secrets) against the schema and the special checks; exit 3 on any problem.
+
+        Every problem is listed with its JSON path, e.g. services[2].volumes_from[0].
+
+        Example: migrator validate examples/demo-plan.json --secrets examples/demo-secrets.json
+        """
+
+        def action() -> dict:
+            plan_path, secrets_path = deployed.plan_and_secrets_paths(str(plan) if plan else None,
+                                                                      str(secrets) if secrets else None)
+            p, s = validate_files(plan_path, secrets_path)
+            return {"plan": plan_path, "vsn": p.vsn.name, "volumes": len(p.volumes), "services": len(p.services),
+                    "secrets": s.path, "problems": []}
+
+        run(json_out, action, lambda r: print(f"plan {r['plan']} is valid ({r['volumes']} volumes, "
+                                              f"{r['services']} services)"))
+
+    @app.command()
+    def check(plan: Path = PlanArg, secrets: Path = SecretsOpt, json_out: bool = JsonOpt) -> None:
+        """VSN preflight: required commands, engine socket, root, data root, free space, data dir sizes.
+
+        Exit 4 with what is missing.
+
+        Example: migrator check examples/demo-plan.json
+        """
+
+        def action() -> dict:
+            p = None
+            if plan or (deployed.current() or {}).get("plan"):
+                plan_path, secrets_path = deployed.plan_and_secrets_paths(str(plan) if plan else None,
+                                                                          str(secrets) if secrets else None)
+                p, _ = validate_files(plan_path, secrets_path)
+            results = check_op.run(p)
+            failed = [r for r in results if not r.ok]
+            out = {"checks": [r.to_json() for r in results], "failed": len(failed)}
+            if failed:
+                raise PreflightFailed(f"the VSN is not fit: {len(failed)} check(s) failed",
+                                      details=[f"{r.name}: {r.detail}" for r in failed])
+            return out
+
+        def human(r: dict) -> None:
+            for c in r["checks"]:
+                print(f"{'ok  ' if c['ok'] else 'FAIL'} {c['name']}: {c['detail']}")
+
+        run(json_out, action, human)

@@ -1,0 +1,1 @@
+"""notify: see DESIGN.md §5."""

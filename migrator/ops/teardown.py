@@ -1,0 +1,18 @@
+"""`migrator teardown` — bring the VSN to the containerless state; every data dir stays."""
+
+from __future__ import annotations
+
+from migrator.ops.stack import Report, Stack, quiet
+from migrator.plan.model import Plan
+from migrator.state import deployed
+from migrator.state.journal import open_journal
+
+
+def teardown(plan: Plan, report: Report = quiet) -> dict:
+    stack = Stack.for_plan(plan, report)
+    with open_journal("teardown") as journal:
+        journal.note("teardown", {"plan": plan.raw})
+        removed = stack.drop_all()
+        deployed.forget()
+        journal.forget("teardown")
+    return {"vsn": plan.vsn.name, "removed": removed, "data_root": plan.vsn.data_root}

@@ -1,0 +1,58 @@
+"""`migrator upgrade SERVICE --image IMG` — hotfix one service container (seed 001): the old container is
+never changed in place. It is renamed aside and stopped, a new one created from the new image and
+probed; on failure the new one goes and the old one comes back. Other containers and data untouched."""
+
+from __future__ import annotations
+
+import time
+
+from migrator.errors import DeployFailed, MigratorError, UsageError
+from migrator.ops.probes import wait_healthy
+from migrator.ops.stack import Report, Stack, quiet
+from migrator.plan.model import Plan, Secrets
+from migrator.state import deployed
+from migrator.state.journal import open_journal
+
+
+def upgrade(plan: Plan, secrets: Secrets, service: str, image: str, report: Report = quiet) -> dict:
+    svc = next((s for s in plan.enabled_services if s.name == service), None)
+    if svc is None:
+        raise UsageError(f"no enabled service named {service!r} in the plan",
+                         hint="services: " + ", ".join(s.name for s in plan.enabled_services))
+    stack = Stack.for_plan(plan, report)
+    if not stack.rest_reachable():
+        raise DeployFailed("the stack is not running; deploy it first", hint="`migrator status` shows what runs")
+    engine = stack.rest_engine()
+    old = engine.get(service)
+    if old is None:
+        raise DeployFailed(f"service {service} has no container; deploy first")
+    stack.ensure_image(engine, image)
+    aside = f"{service}-pre-upgrade-{int(time.time())}"
+    with open_journal("upgrade") as journal:
+        journal.note("upgrade", {"plan": plan.raw, "service": service, "aside": aside})
+        engine.rename(service, aside)
+        if old.running:
+            engine.stop(aside, timeout=svc.stop_timeout)
+        try:
+            engine.create(stack.service_spec(svc, secrets, image=image))
+            engine.start(service)
+            probe = wait_healthy(engine, svc)
+            if not probe.ok:
+                raise DeployFailed(f"new {service} ({image}) did not become healthy: {probe.detail}")
+        except MigratorError as exc:
+            report(f"upgrade failed ({exc.message}); bringing the old container back")
+            engine.remove(service)
+            engine.rename(aside, service)
+            engine.start(service)
+            journal.forget("upgrade")
+            raise DeployFailed(f"upgrade of {service} failed; the old container runs again: {exc.message}",
+                               hint="the data was not touched") from exc
+        engine.remove(aside)
+        journal.forget("upgrade")
+    raw = plan.raw
+    for entry in raw["services"]:
+        if entry["name"] == service:
+            entry["image"] = image
+    info = deployed.current() or {}
+    deployed.record(raw, info.get("secrets") or secrets.path)
+    return {"service": service, "old_image": old.image, "image": image, "health": probe.detail}

@@ -1,0 +1,129 @@
+"""Load and validate a plan and its secrets file: JSON schema (Draft 2020-12) plus the special checks a
+schema cannot express. Every problem is collected (not just the first) and named by its JSON path."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from importlib import resources
+from pathlib import Path
+
+from jsonschema import Draft202012Validator, FormatChecker
+
+from migrator.errors import PlanInvalid
+from migrator.plan.checks import special_checks
+from migrator.plan.model import Plan, Secrets
+
+# A plan or secrets file is a few KB; refuse anything huge before parsing it (untrusted input).
+MAX_FILE_BYTES = 1024 * 1024
+
+
+def _schema(name: str) -> dict:
+    return json.loads(resources.files("migrator").joinpath("schemas", f"{name}.schema.json").read_text())
+
+
+_VALIDATORS: dict[str, Draft202012Validator] = {}
+
+
+def _validator(name: str) -> Draft202012Validator:
+    if name not in _VALIDATORS:
+        _VALIDATORS[name] = Draft202012Validator(_schema(name), format_checker=FormatChecker())
+    return _VALIDATORS[name]
+
+
+def json_path(parts) -> str:
+    """['services', 2, 'volumes_from', 0] -> 'services[2].volumes_from[0]'."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(root)"
+
+
+def _read_json(path: str | os.PathLike, what: str) -> object:
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise PlanInvalid(f"cannot read {what} {p}: {exc.strerror}", hint=f"check the {what} path") from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise PlanInvalid(f"{what} {p} is larger than {MAX_FILE_BYTES} bytes", details=["(root): file too large"])
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise PlanInvalid(f"{what} {p} is not UTF-8", details=[f"(root): {exc}"]) from exc
+    except json.JSONDecodeError as exc:
+        raise PlanInvalid(
+            f"{what} {p} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            details=[f"(root): {exc.msg} at line {exc.lineno} column {exc.colno}"],
+        ) from exc
+
+
+def schema_problems(name: str, doc: object) -> list[str]:
+    problems = []
+    for err in sorted(_validator(name).iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
+        message = err.message
+        if len(message) > 300:  # a huge bad value must not flood the terminal
+            message = message[:300] + "…"
+        problems.append(f"{json_path(err.absolute_path)}: {message}")
+    return problems
+
+
+def secrets_file_problems(path: Path) -> list[str]:
+    """The secrets file must be a regular file, mode 0600 (no group/other bits), owned by the caller."""
+    try:
+        st = path.lstat()
+    except OSError as exc:
+        return [f"(secrets): cannot stat {path}: {exc.strerror}"]
+    problems = []
+    if not stat.S_ISREG(st.st_mode):
+        problems.append(f"(secrets): {path} is not a regular file")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        problems.append(f"(secrets): {path} has mode {stat.S_IMODE(st.st_mode):04o}; it must be 0600 (chmod 600 {path})")
+    if st.st_uid != os.geteuid():
+        problems.append(f"(secrets): {path} is owned by uid {st.st_uid}, not by the caller (uid {os.geteuid()})")
+    return problems
+
+
+def validate_files(plan_path: str | os.PathLike, secrets_path: str | os.PathLike | None = None) -> tuple[Plan, Secrets]:
+    """Load both files and run every check; raise PlanInvalid listing all problems, else return them."""
+    raw = _read_json(plan_path, "plan")
+    problems = schema_problems("plan", raw)
+    secrets = Secrets(path=str(secrets_path) if secrets_path else None)
+    if secrets_path is not None:
+        sp = Path(secrets_path)
+        file_problems = secrets_file_problems(sp)
+        if file_problems:
+            problems += file_problems
+        else:
+            raw_secrets = _read_json(sp, "secrets file")
+            secret_schema_problems = schema_problems("secrets", raw_secrets)
+            problems += [f"(secrets).{p}" if not p.startswith("(root)") else p.replace("(root)", "(secrets)", 1)
+                         for p in secret_schema_problems]
+            if not secret_schema_problems:
+                secrets = Secrets(values=dict(raw_secrets), path=str(sp))
+    if not problems:
+        # Special checks assume the shapes the schema guarantees.
+        problems += special_checks(raw, secrets, secrets_given=secrets_path is not None)
+    if problems:
+        raise PlanInvalid(f"plan {plan_path} is invalid: {len(problems)} problem(s)", details=problems)
+    return Plan.from_json(raw), secrets
+
+
+def load_plan(plan_path: str | os.PathLike, secrets_path: str | os.PathLike | None = None) -> tuple[Plan, Secrets]:
+    return validate_files(plan_path, secrets_path)
+
+
+def load_secrets(secrets_path: str | os.PathLike) -> Secrets:
+    sp = Path(secrets_path)
+    problems = secrets_file_problems(sp)
+    raw = None if problems else _read_json(sp, "secrets file")
+    if raw is not None:
+        problems += schema_problems("secrets", raw)
+    if problems:
+        raise PlanInvalid(f"secrets file {sp} is invalid", details=problems)
+    return Secrets(values=dict(raw), path=str(sp))

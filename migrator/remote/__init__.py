@@ -1,0 +1,1 @@
+"""remote: see DESIGN.md §5."""

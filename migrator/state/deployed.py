@@ -1,0 +1,48 @@
+"""The deployment this VSN remembers: plan copy, secrets path, when. Lets `backup`, `status`, `move` run
+without arguments after `deploy`. Secrets themselves are never copied here, only their path."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from migrator.errors import UsageError
+from migrator.state.files import atomic_write, read_json, write_json
+from migrator.state.paths import state_dir
+
+
+def _dir() -> Path:
+    return state_dir()
+
+
+def record(plan_raw: dict, secrets_path: str | None) -> None:
+    atomic_write(_dir() / "plan.json", json.dumps(plan_raw, indent=2, sort_keys=True).encode() + b"\n")
+    write_json(_dir() / "deployment.json", {
+        "plan": str(_dir() / "plan.json"),
+        "secrets": str(Path(secrets_path).resolve()) if secrets_path else None,
+        "deployed_at": time.time(),
+    })
+
+
+def forget() -> None:
+    """Containerless again: keep the plan copy (for redeploy) but mark it not deployed."""
+    info = read_json(_dir() / "deployment.json")
+    if info is not None:
+        info["deployed_at"] = None
+        write_json(_dir() / "deployment.json", info)
+
+
+def current() -> dict | None:
+    return read_json(_dir() / "deployment.json")
+
+
+def plan_and_secrets_paths(plan: str | None, secrets: str | None) -> tuple[str, str | None]:
+    """Explicit arguments win; otherwise the remembered ones."""
+    if plan:
+        return plan, secrets
+    info = current()
+    if not info or not Path(info["plan"]).exists():
+        raise UsageError("no plan given and none remembered on this VSN",
+                         hint="pass PLAN (and --secrets FILE), or deploy first")
+    return info["plan"], secrets if secrets else info.get("secrets")
