@@ -24,6 +24,12 @@ def _info(c) -> ContainerInfo:
                          labels=dict(labels), exit_code=state.get("ExitCode"))
 
 
+def _binding(p):
+    # An explicit 0.0.0.0 makes podman 4.3's netavark write DNAT rules for "-d 0.0.0.0/32", which never
+    # match: bind-all must be the bare port number.
+    return p.host_port if p.host_ip in ("", "0.0.0.0") else (p.host_ip, p.host_port)
+
+
 class DockerEngine(ContainerEngine):
     def __init__(self, url: str, tls=None):
         self.url = url
@@ -74,7 +80,7 @@ class DockerEngine(ContainerEngine):
         if spec.volumes_from:
             kwargs["volumes_from"] = spec.volumes_from
         if spec.ports:
-            kwargs["ports"] = {f"{p.container_port}/{p.protocol}": (p.host_ip, p.host_port) for p in spec.ports}
+            kwargs["ports"] = {f"{p.container_port}/{p.protocol}": _binding(p) for p in spec.ports}
         if spec.network:
             kwargs["network"] = spec.network
         self._wrap(f"create {spec.name}", self.client.containers.create, spec.image, **kwargs)
@@ -133,10 +139,11 @@ class DockerEngine(ContainerEngine):
         with open(path, "rb") as fh:
             self._wrap(f"load {path.name}", self.client.images.load, fh)
 
-    def ensure_network(self, name: str, labels: dict[str, str]) -> None:
+    def ensure_network(self, name: str, labels: dict[str, str], subnet: str | None = None) -> None:
         if self._wrap(f"list networks {name}", self.client.networks.list, names=[name]):
             return
-        self._wrap(f"create network {name}", self.client.networks.create, name, labels=labels)
+        ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)]) if subnet else None
+        self._wrap(f"create network {name}", self.client.networks.create, name, labels=labels, ipam=ipam)
 
     def remove_network(self, name: str) -> None:
         for net in self._wrap(f"list networks {name}", self.client.networks.list, names=[name]):

@@ -16,6 +16,17 @@ from migrator.errors import EngineError, EngineUnreachable, ImageMissing
 API_TIMEOUT = 120
 
 
+def _connection_failed(exc: BaseException) -> bool:
+    """podman-py 5 reports a dead socket as APIError("GET operation failed") chained from the
+    requests/socket error; tell that apart from a refusal by the engine."""
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None:
+        if isinstance(cause, (requests.ConnectionError, ConnectionError, FileNotFoundError)):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def _info(c) -> ContainerInfo:
     attrs = c.attrs
     state = attrs.get("State")
@@ -24,6 +35,12 @@ def _info(c) -> ContainerInfo:
     image = attrs.get("ImageName") or attrs.get("Image") or ""
     labels = attrs.get("Labels") or (attrs.get("Config") or {}).get("Labels") or {}
     return ContainerInfo(name=c.name, state=str(status).lower(), image=image, labels=dict(labels), exit_code=exit_code)
+
+
+def _binding(p):
+    # An explicit 0.0.0.0 makes podman 4.3's netavark write DNAT rules for "-d 0.0.0.0/32", which never
+    # match: bind-all must be the bare port number.
+    return p.host_port if p.host_ip in ("", "0.0.0.0") else (p.host_ip, p.host_port)
 
 
 class PodmanEngine(ContainerEngine):
@@ -39,6 +56,8 @@ class PodmanEngine(ContainerEngine):
         except perr.ImageNotFound as exc:
             raise ImageMissing(f"{what}: image not found: {exc.explanation or exc}") from exc
         except perr.APIError as exc:
+            if _connection_failed(exc):
+                raise EngineUnreachable(f"podman at {self.url} does not answer ({what})") from exc
             raise EngineError(f"podman refused {what}: {exc.explanation or exc}") from exc
         except perr.PodmanError as exc:
             raise EngineError(f"podman error during {what}: {exc}") from exc
@@ -55,9 +74,12 @@ class PodmanEngine(ContainerEngine):
             raise
 
     def list(self, labels: dict[str, str]) -> list[ContainerInfo]:
-        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
-        found = self._wrap("list containers", self.client.containers.list, all=True, filters=filters)
-        return [_info(c) for c in found]
+        # podman-py encodes a list of label filters so that podman 4.3 matches nothing: filter on one label
+        # server-side and check the others here.
+        items = list(labels.items())
+        filters = {"label": f"{items[0][0]}={items[0][1]}"} if items else {}
+        found = [_info(c) for c in self._wrap("list containers", self.client.containers.list, all=True, filters=filters)]
+        return [c for c in found if all(c.labels.get(k) == v for k, v in items)]
 
     def create(self, spec: ContainerSpec) -> None:
         kwargs = {
@@ -74,7 +96,7 @@ class PodmanEngine(ContainerEngine):
         if spec.volumes_from:
             kwargs["volumes_from"] = spec.volumes_from
         if spec.ports:
-            kwargs["ports"] = {f"{p.container_port}/{p.protocol}": (p.host_ip, p.host_port) for p in spec.ports}
+            kwargs["ports"] = {f"{p.container_port}/{p.protocol}": _binding(p) for p in spec.ports}
         if spec.network:
             kwargs["networks"] = {spec.network: {}}
         self._wrap(f"create {spec.name}", self.client.containers.create, spec.image, **kwargs)
@@ -98,6 +120,8 @@ class PodmanEngine(ContainerEngine):
         except (requests.ConnectionError, FileNotFoundError) as exc:
             raise EngineUnreachable(f"podman at {self.url} does not answer (remove {name})") from exc
         except perr.APIError as exc:
+            if _connection_failed(exc):
+                raise EngineUnreachable(f"podman at {self.url} does not answer (remove {name})") from exc
             raise EngineError(f"podman refused remove {name}: {exc.explanation or exc}") from exc
 
     def rename(self, name: str, new_name: str) -> None:
@@ -128,16 +152,17 @@ class PodmanEngine(ContainerEngine):
     def save_image(self, ref: str, path: Path) -> None:
         image = self._wrap(f"inspect image {ref}", self.client.images.get, ref)
         with open(path, "wb") as fh:
-            for chunk in self._wrap(f"save {ref}", image.save, named=True):
+            for chunk in self._wrap(f"save {ref}", image.save, named=ref):
                 fh.write(chunk)
 
     def load_image(self, path: Path) -> None:
         self._wrap(f"load {path.name}", lambda: list(self.client.images.load(file_path=str(path))))
 
-    def ensure_network(self, name: str, labels: dict[str, str]) -> None:
+    def ensure_network(self, name: str, labels: dict[str, str], subnet: str | None = None) -> None:
         if self._wrap(f"network exists {name}", self.client.networks.exists, name):
             return
-        self._wrap(f"create network {name}", self.client.networks.create, name, labels=labels)
+        extra = {"subnets": [{"subnet": subnet}]} if subnet else {}
+        self._wrap(f"create network {name}", self.client.networks.create, name, labels=labels, **extra)
 
     def remove_network(self, name: str) -> None:
         if self._wrap(f"network exists {name}", self.client.networks.exists, name):

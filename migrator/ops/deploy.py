@@ -110,7 +110,7 @@ def _bring_up(stack: Stack, secrets: Secrets, result: DeployResult, journal) -> 
         stack.outer.start(host.name)
         wait_for_inner_engine(stack, host.startup_timeout)
     engine = stack.rest_engine()
-    engine.ensure_network(plan.network, stack.labels("network"))
+    engine.ensure_network(plan.network, stack.labels("network"), plan.network_subnet)
     for vol in plan.volumes:
         stack.ensure_image(engine, vol.image)
         stack.report(f"creating volume container {vol.name}")

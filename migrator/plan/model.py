@@ -12,6 +12,7 @@ from migrator.plan.sizes import DEFAULT_MAX_VOLUME_SIZE, parse_size
 
 DEFAULT_HOST_NAME = "migrator-host"
 DEFAULT_SOCKETS = {"podman": "unix:///run/podman/podman.sock", "docker": "unix:///var/run/docker.sock"}
+DEFAULT_INNER_SUBNET = "10.124.0.0/24"
 DEFAULT_MIN_FREE = 1024**3  # keep 1 GiB free on the data root: below that databases start failing writes
 
 
@@ -116,6 +117,7 @@ class Plan:
     vsn: VSN
     host: Host | None
     network: str
+    network_subnet: str | None
     volumes: tuple[Volume, ...]
     services: tuple[Service, ...]
     raw: dict = field(compare=False, repr=False)
@@ -178,6 +180,9 @@ class Plan:
             vsn=vsn,
             host=host,
             network=raw.get("network", f"{vsn.name}-net"),
+            # Inside the Host, a network from podman's default pool can shadow the Host's own eth0 subnet
+            # (published ports then time out): use a fixed private subnet unless the plan names one.
+            network_subnet=raw.get("network_subnet", DEFAULT_INNER_SUBNET if host else None),
             volumes=volumes,
             services=tuple(_service(s) for s in raw["services"]),
             raw=raw,

@@ -1,0 +1,57 @@
+# migrator — two commands set everything up on a fresh Debian 12 machine as root:
+#   make demo   deploy the demo plan, write data, back up, wipe, restore, verify
+#   make test   install what the tests need, build/cache the lab images, run the whole suite
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+PYTEST_ARGS ?=
+# Debian packages the tool and its lab need (podman and its runtime, image building, archive pipeline,
+# the second VSN's sshd, mail, cron).
+APT_PACKAGES := podman runc netavark aardvark-dns uidmap debootstrap busybox-static zstd age tar \
+                iproute2 iptables openssh-server openssh-client acl attr cron curl ca-certificates python3-venv
+export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
+export CONTAINERS_STORAGE_CONF := $(CURDIR)/lab/storage.conf
+
+.PHONY: help deps venv images test unit integration demo lint clean-lab
+
+help:
+	@echo "make demo   - run the main job on examples/demo-plan.json (deploy, write, backup, wipe, restore, verify)"
+	@echo "make test   - install deps, build lab images, run unit + integration tests"
+	@echo "make unit   - unit tests only (no lab)"
+	@echo "make lint   - ruff"
+
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip >/dev/null
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+images: deps
+	lab/build-images.sh
+
+unit: venv
+	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)
+
+test: deps venv images
+	$(VENV)/bin/pytest tests $(PYTEST_ARGS)
+
+demo: deps venv images
+	examples/demo.sh
+
+lint: venv
+	$(VENV)/bin/ruff check migrator tests
+
+clean-lab:
+	rm -rf /var/cache/migrator-lab /var/lib/migrator-lab

@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# A lab "VSN": one outer podman engine with its own storage, runtime dirs,
+# network and API socket, sharing the built lab images read-only.
+#
+#   lab/vsn.sh start DIR     generate DIR/{containers,storage}.conf, start
+#                            `podman system service` on DIR/podman.sock, write
+#                            its pid to DIR/service.pid, wait until it answers
+#   lab/vsn.sh env DIR       print the exports that make `podman` (local, or
+#                            `podman --remote` via the socket) act on this VSN
+#   lab/vsn.sh stop DIR      remove all of the VSN's containers (the Host
+#                            container takes its inner containers with it),
+#                            stop the service by pid, free the subnet
+#   lab/vsn.sh purge DIR     stop, unmount leftovers, rm -rf DIR
+#
+# DIR must be short: DIR/inner/podman.sock (the Host container's socket,
+# bind-mounted out) must stay under the 108-byte unix socket path limit.
+# Each VSN gets its own bridge mlabN and subnet 10.89.N.0/24 (N claimed
+# atomically under /run/migrator-lab/subnets), so VSNs can run side by side.
+set -euo pipefail
+
+LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+IMAGE_STORE=${MIGRATOR_LAB_STORE:-/var/lib/migrator-lab/images}
+CLAIMS=/run/migrator-lab/subnets
+START_TIMEOUT_S=20   # the service answers _ping in ~0.1 s; allow a loaded machine
+
+die() { echo "vsn: $*" >&2; exit 1; }
+
+[ $# -eq 2 ] || { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+cmd=$1
+dir=$(realpath -m "$2")
+[ ${#dir} -le 80 ] || die "DIR too long (${#dir} > 80 chars): socket paths are limited to 108 bytes"
+
+claim_subnet() { # -> N, claimed for $dir
+    local n
+    mkdir -p "$CLAIMS"
+    for n in $(seq 1 250); do
+        if mkdir "$CLAIMS/$n" 2>/dev/null; then
+            echo "$dir" > "$CLAIMS/$n/owner"
+            echo "$n"
+            return
+        fi
+    done
+    die "no free lab subnet in $CLAIMS"
+}
+
+write_configs() { # n
+    local n=$1
+    mkdir -p "$dir"/{storage,run,tmp,networks,inner,data}
+    # podman 4.3 reads one containers.conf only (CONTAINERS_CONF replaces, no
+    # drop-ins) and --root drops storage.conf's options: so both files are
+    # generated per VSN. tmp_dir defaults to /run/libpod and the network dir to
+    # /etc/containers/networks for every engine: they must not be shared.
+    awk -v tmp="$dir/tmp" -v net="$dir/networks" '
+        { print }
+        /^\[engine\]$/  { print "tmp_dir = \"" tmp "\"" }
+        /^\[network\]$/ { print "network_config_dir = \"" net "\"" }
+    ' "$LAB_DIR/containers.conf" > "$dir/containers.conf"
+    cat > "$dir/storage.conf" <<EOF
+[storage]
+driver = "overlay"
+graphroot = "$dir/storage"
+runroot = "$dir/run"
+
+[storage.options]
+additionalimagestores = ["$IMAGE_STORE"]
+
+[storage.options.overlay]
+mountopt = "nodev"
+EOF
+    # The default network "podman" is redefined per VSN: its own bridge and
+    # subnet, so two VSN engines on one machine do not hand out the same IPs.
+    cat > "$dir/networks/podman.json" <<EOF
+{
+  "name": "podman",
+  "id": "2f259bab93aaaaa2542ba43ef33eb990d0999ee1b9924b557b7be53c0b7a1bb9",
+  "driver": "bridge",
+  "network_interface": "mlab$n",
+  "created": "2024-01-01T00:00:00Z",
+  "subnets": [{"subnet": "10.89.$n.0/24", "gateway": "10.89.$n.1"}],
+  "ipv6_enabled": false,
+  "internal": false,
+  "dns_enabled": false,
+  "ipam_options": {"driver": "host-local"}
+}
+EOF
+    echo "$n" > "$dir/subnet"
+}
+
+env_lines() {
+    cat <<EOF
+export CONTAINERS_CONF='$dir/containers.conf'
+export CONTAINERS_STORAGE_CONF='$dir/storage.conf'
+export CONTAINER_HOST='unix://$dir/podman.sock'
+EOF
+}
+
+podman_local() {
+    CONTAINERS_CONF="$dir/containers.conf" CONTAINERS_STORAGE_CONF="$dir/storage.conf" podman "$@"
+}
+
+start() {
+    local n pid i
+    if [ -f "$dir/service.pid" ] && kill -0 "$(cat "$dir/service.pid")" 2>/dev/null; then
+        die "already running (pid $(cat "$dir/service.pid"))"
+    fi
+    if [ -f "$dir/subnet" ] && [ "$(cat "$CLAIMS/$(cat "$dir/subnet")/owner" 2>/dev/null)" = "$dir" ]; then
+        n=$(cat "$dir/subnet")
+    else
+        n=$(claim_subnet)
+    fi
+    write_configs "$n"
+    rm -f "$dir/podman.sock"
+    CONTAINERS_CONF="$dir/containers.conf" CONTAINERS_STORAGE_CONF="$dir/storage.conf" \
+        setsid podman system service --time=0 "unix://$dir/podman.sock" \
+        >> "$dir/service.log" 2>&1 < /dev/null &
+    pid=$!
+    echo "$pid" > "$dir/service.pid"
+    for i in $(seq $((START_TIMEOUT_S * 20))); do
+        if curl -sf --max-time 2 --unix-socket "$dir/podman.sock" http://d/v4.0.0/libpod/_ping >/dev/null 2>&1; then
+            echo "vsn: $dir up: pid $pid, unix://$dir/podman.sock, bridge mlab$n 10.89.$n.0/24"
+            return
+        fi
+        kill -0 "$pid" 2>/dev/null || { tail -n 5 "$dir/service.log" >&2; die "service exited"; }
+        sleep 0.05
+    done
+    die "service did not answer within ${START_TIMEOUT_S}s"
+}
+
+kill_exec_conmons() {
+    # `podman exec` leaves its conmon around for 300 s (--exit-delay) after the
+    # exec'd process ended. Those of this VSN (found by bundle path) get SIGKILL:
+    # on SIGTERM they would run `podman container cleanup`, which re-mounts the
+    # storage we are about to remove.
+    local p
+    for p in $(pgrep -x conmon || true); do
+        if tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q -- " -b $dir/storage/.* --exec-attach "; then
+            kill -KILL "$p" 2>/dev/null || true
+        fi
+    done
+}
+
+stop() {
+    local pid n i
+    kill_exec_conmons
+    if [ -S "$dir/podman.sock" ] && [ -f "$dir/service.pid" ] && kill -0 "$(cat "$dir/service.pid")" 2>/dev/null; then
+        podman --url "unix://$dir/podman.sock" rm -af -t 2 >/dev/null 2>&1 || true
+    elif [ -f "$dir/containers.conf" ]; then
+        podman_local rm -af -t 2 >/dev/null 2>&1 || true
+    fi
+    if [ -f "$dir/service.pid" ]; then
+        pid=$(cat "$dir/service.pid")
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid"
+            for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+        fi
+        rm -f "$dir/service.pid"
+    fi
+    if [ -f "$dir/subnet" ]; then
+        n=$(cat "$dir/subnet")
+        ip link del "mlab$n" 2>/dev/null || true
+        if [ "$(cat "$CLAIMS/$n/owner" 2>/dev/null)" = "$dir" ]; then rm -rf "${CLAIMS:?}/$n"; fi
+    fi
+    echo "vsn: $dir stopped"
+}
+
+purge() {
+    local i
+    stop
+    kill_exec_conmons
+    for i in 1 2 3 4 5; do
+        # overlay/shm mounts, and the bind mount podman puts on storage/overlay
+        grep -o " $dir/[^ ]*" /proc/self/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+        rm -rf "$dir" 2>/dev/null && { echo "vsn: $dir purged"; return; }
+        sleep 0.2
+    done
+    die "could not remove $dir"
+}
+
+case "$cmd" in
+    start) start ;;
+    stop) stop ;;
+    purge) purge ;;
+    env) env_lines ;;
+    *) die "unknown command $cmd" ;;
+esac

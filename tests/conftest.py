@@ -1,0 +1,41 @@
+"""Shared fixtures. Tests under tests/integration are marked `integration` and use the real lab."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.lab.vsn import LAB, PodmanVSN, lab_env
+
+LAB_IMAGES = ("busybox", "httpd", "writer", "host")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "tests/integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def lab_images() -> None:
+    """The lab images exist in the shared store (built and cached by recipe hash; `make test` builds
+    them first, this only rebuilds when a recipe changed)."""
+    subprocess.run([str(LAB / "build-images.sh")], check=True, env=lab_env(), capture_output=True, timeout=1800)
+
+
+@pytest.fixture()
+def vsn(lab_images) -> PodmanVSN:
+    machine = PodmanVSN().start()
+    try:
+        yield machine
+    finally:
+        machine.stop()
+
+
+@pytest.fixture()
+def secrets(tmp_path) -> Path:
+    from tests.lab.plans import secrets_file
+
+    return secrets_file(tmp_path / "secrets.json")

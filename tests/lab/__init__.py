@@ -1,0 +1,1 @@
+"""The real lab: podman VSNs, a Host container, a second host over SSH, an S3 server, an SMTP sink."""
