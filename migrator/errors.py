@@ -105,3 +105,23 @@ class ImageMissing(EngineError):
     """An image is neither present nor pullable."""
 
     default_hint = "build or load the image on the VSN (no registry is needed if it is present locally)"
+
+
+class ObjectMissing(IntegrityError):
+    """A snapshot store has no object under the requested key (exit 6)."""
+
+    default_hint = "the snapshot is incomplete or was pruned; `migrator snapshots` lists the usable ones"
+
+
+class ObjectTooLarge(IntegrityError):
+    """A small store object (manifest, plan) is larger than the limit we accept from an untrusted store (exit 6)."""
+
+    default_hint = "the store holds something that is not a migrator file; check who else writes to it"
+
+
+class ArchiveError(MigratorError):
+    """tar, zstd or age failed while writing or extracting an archive (exit 1). The message names the
+    file or tool from tar's own diagnostics; no snapshot is committed from a failed capture."""
+
+    exit_code = 1
+    default_hint = "fix the named file or tool and run the operation again; nothing was committed"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from migrator import __version__
-from migrator.cli import plan_cmds, stack_cmds
+from migrator.cli import plan_cmds, snapshot_cmds, stack_cmds
 from migrator.cli.output import DEBUG
 
 app = typer.Typer(
@@ -37,6 +37,7 @@ def main_options(
 
 plan_cmds.register(app)
 stack_cmds.register(app)
+snapshot_cmds.register(app)
 
 
 def main() -> None:

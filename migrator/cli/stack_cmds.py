@@ -124,7 +124,7 @@ def register(app: typer.Typer) -> None:
         report = progress_printer(json_out)
 
         def action() -> dict:
-            with operation("recover", wait, report):
+            with operation("recover", wait, report, auto_recover=False):
                 return recover_op.recover(report)
 
         def human(r: dict) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from migrator.engine.base import ContainerEngine
 from migrator.errors import DeployFailed, EngineUnreachable, MigratorError, PreflightFailed
+from migrator.faults import checkpoint
 from migrator.ops import check
 from migrator.ops.datadirs import create_missing
 from migrator.ops.probes import wait_healthy
@@ -108,6 +109,7 @@ def _bring_up(stack: Stack, secrets: Secrets, result: DeployResult, journal) -> 
         stack.outer.create(stack.host_spec())
         result.containers.append(host.name)
         stack.outer.start(host.name)
+        checkpoint("deploy.host-started")
         wait_for_inner_engine(stack, host.startup_timeout)
     engine = stack.rest_engine()
     engine.ensure_network(plan.network, stack.labels("network"), plan.network_subnet)

@@ -11,9 +11,9 @@ from migrator.state.lock import operation_lock
 
 
 @contextmanager
-def operation(verb: str, wait: float = 0.0, report: Report = quiet):
+def operation(verb: str, wait: float = 0.0, report: Report = quiet, auto_recover: bool = True):
     with operation_lock(verb, wait):
-        if recover.pending() is not None:
+        if auto_recover and recover.pending() is not None:
             report("a previous run was interrupted; recovering first")
             recover.recover(report)
         yield

@@ -1,0 +1,263 @@
+"""The tar stream as capture sees it: the delete-list member, and a walker over GNU tar's output.
+
+Owns two things about the uncompressed stream that `write_archive` produces:
+- `deleted_member`: the `.migrator-deleted` member (NUL-separated relative paths removed since phase 1)
+  that goes FIRST, before GNU tar's own stream. It is plain header+data blocks without end-of-archive
+  blocks, so the concatenation is one valid archive. A pax vendor keyword marks it, so a user file that
+  happens to carry the same name is never mistaken for the list.
+- `CaptureWalker`: follows member boundaries in GNU tar's output chunk by chunk (headers parsed, data
+  skipped by arithmetic), counts members, reports each name, refuses (ArchiveError) a symlink that
+  restore would refuse, and drops device nodes and FIFOs (restore refuses them; sockets tar skips
+  itself). Normally a chunk passes through as one untouched segment; only a dropped member splits it.
+"""
+
+from __future__ import annotations
+
+import tarfile
+import time
+from collections.abc import Callable, Iterable
+
+from migrator.archive.policy import Refused, member_parts, symlink_refusal
+from migrator.errors import ArchiveError
+
+BLOCK = tarfile.BLOCKSIZE
+DELETED_MEMBER = ".migrator-deleted"
+DELETED_MARK = "MIGRATOR.deleted-list"  # pax vendor keyword (POSIX allows VENDOR.keyword)
+DELETED_MARK_VALUE = "1"
+# Typeflags of members restore refuses, which capture therefore leaves out: char dev, block dev, FIFO.
+DROPPED_TYPES = {b"3": "character device", b"4": "block device", b"6": "FIFO"}
+# Typeflags that describe the next member instead of being one: pax extended/global, GNU long names.
+META_TYPES = {b"x", b"g", b"L", b"K"}
+SYMLINK_TYPE = b"2"
+# A pax header block over this size is not something GNU tar writes for one file (xattrs are capped at
+# 64 KiB by the kernel); refusing it keeps a walker bug from buffering the whole stream.
+MAX_META = 16 * 1024 * 1024
+
+
+def padded(size: int) -> int:
+    return -(-size // BLOCK) * BLOCK
+
+
+def deleted_member(paths: Iterable[str]) -> bytes:
+    """Header and data blocks of the delete list, to be written before GNU tar's stream."""
+    data = b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in paths)
+    info = tarfile.TarInfo(DELETED_MEMBER)
+    info.size = len(data)
+    info.mode = 0o600
+    info.mtime = int(time.time())
+    info.pax_headers = {DELETED_MARK: DELETED_MARK_VALUE}
+    header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    return header + data + b"\0" * (padded(len(data)) - len(data))
+
+
+def normalize_name(name: str) -> str:
+    """Relative path as TreeState keys it: no leading './', '.' for the root."""
+    parts = member_parts(name)
+    return "/".join(parts) if parts else "."
+
+
+def _number(field: bytes) -> int:
+    if field[:1] and field[0] & 0x80:  # GNU base-256 for values that do not fit the octal field
+        value = int.from_bytes(field[1:], "big")
+        return -((1 << (8 * len(field[1:]))) - value) if field[0] == 0xFF else value
+    digits = field.split(b"\0", 1)[0].strip(b" ")
+    return int(digits, 8) if digits else 0
+
+
+def _pax_records(data: bytes) -> dict[bytes, bytes]:
+    records: dict[bytes, bytes] = {}
+    pos = 0
+    while pos < len(data) and data[pos] != 0:
+        space = data.index(b" ", pos)
+        length = int(data[pos:space])
+        if length <= 0:
+            raise ValueError("bad pax record length")
+        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
+        records[key] = value
+        pos += length
+    return records
+
+
+class CaptureWalker:
+    """Feed it GNU tar's output in order; `feed` returns the segments to pass on (in order).
+
+    Per member it looks at little: the ustar magic (a cheap guard against losing sync), typeflag and
+    size; pax records are parsed only when they may matter (a `size`/`path` keyword is present) and
+    names only when someone needs them (on_member, a symlink, a dropped member). Header checksums are
+    verified before any decision that changes the stream or fails the capture.
+    """
+
+    _HEADER, _META, _DATA, _TAIL = range(4)
+
+    def __init__(self, on_member: Callable[[str], None] | None = None):
+        self.on_member = on_member
+        self.files = 0
+        self.skipped: list[str] = []
+        self._state = self._HEADER
+        self._unit = bytearray()  # a header block or meta data split across chunks
+        self._need = BLOCK
+        self._meta_type = b""
+        self._meta_size = 0
+        self._pax = b""  # raw records of the pending pax extended header(s)
+        self._longname: bytes | None = None
+        self._longlink: bytes | None = None
+        self._data_left = 0
+        self._dropping = False
+        self._in_group = False  # inside the headers of a member not yet decided (kept or dropped)
+        self._carry: list[bytes] = []  # bytes of that member from earlier chunks
+
+    def feed(self, chunk: bytes) -> list[bytes | memoryview]:
+        n = len(chunk)
+        out: list[bytes | memoryview] = []
+        run = 0  # start of this chunk's bytes not yet handed out (kept) or skipped (dropped)
+        group_start = 0 if self._in_group else -1
+        i = 0
+        while i < n:
+            state = self._state
+            if state == self._DATA:
+                k = min(self._data_left, n - i)
+                if self._dropping:
+                    if run < i:
+                        out.append(memoryview(chunk)[run:i])
+                    run = i + k
+                i += k
+                self._data_left -= k
+                if self._data_left == 0:
+                    self._state = self._HEADER
+                    self._dropping = False
+                continue
+            if state == self._TAIL:
+                break
+            if not self._in_group:  # a member's first header starts here
+                self._in_group = True
+                group_start = i
+            need = self._need
+            if not self._unit and i + need <= n:  # fast path: the whole unit is in this chunk
+                unit = chunk[i:i + need]
+                i += need
+            else:
+                k = min(need - len(self._unit), n - i)
+                self._unit += chunk[i:i + k]
+                i += k
+                if len(self._unit) < need:
+                    continue
+                unit, self._unit = bytes(self._unit), bytearray()
+            if state == self._META:
+                self._end_meta(unit)
+                continue
+            keep = self._end_header(unit)
+            if keep is None:  # an extended header: the member it belongs to is still undecided
+                continue
+            if keep:
+                out.extend(self._carry)
+            else:
+                if 0 <= group_start and run < group_start:
+                    out.append(memoryview(chunk)[run:group_start])
+                run = i
+                self._dropping = self._state == self._DATA  # a dropped member's data (if any) goes too
+            self._carry = []
+            self._in_group = False
+            group_start = -1
+        if self._in_group:  # an undecided member continues in the next chunk: hold its bytes back
+            start = max(group_start, 0)
+            if run < start:
+                out.append(memoryview(chunk)[run:start])
+            self._carry.append(chunk[max(start, run):])
+        elif run == 0:
+            out.append(chunk)
+        elif run < n:
+            out.append(memoryview(chunk)[run:])
+        return out
+
+    def finish(self) -> None:
+        if self._state != self._TAIL:
+            raise ArchiveError("tar's output ended without an end-of-archive marker",
+                               hint="tar was probably killed; retry the operation")
+
+    def _end_meta(self, data: bytes) -> None:
+        body = data[:self._meta_size]
+        if self._meta_type == b"x":
+            self._pax += body  # records are self-delimiting: several headers concatenate
+        elif self._meta_type == b"L":
+            self._longname = body.rstrip(b"\0")
+        elif self._meta_type == b"K":
+            self._longlink = body.rstrip(b"\0")
+        self._state = self._HEADER
+        self._need = BLOCK
+
+    def _end_header(self, block: bytes) -> bool | None:
+        """Parse one header block: None for an extended header (member still undecided), else whether the
+        member is kept."""
+        if block[257:262] != b"ustar":
+            if block.count(0) == BLOCK:
+                self._state = self._TAIL  # end-of-archive: the rest is zero padding
+                return True
+            raise ArchiveError("lost track of member boundaries in tar's output (no ustar header)")
+        typeflag = block[156:157]
+        try:  # GNU tar writes 11 octal digits and a NUL; anything else takes the general path
+            size = int(block[124:135], 8)
+        except ValueError:
+            size = _number(block[124:136])
+        if typeflag in META_TYPES:
+            if size > MAX_META:
+                raise ArchiveError(f"tar wrote a {size}-byte extended header; refusing to buffer it")
+            self._meta_type = typeflag
+            self._meta_size = size
+            if size:
+                self._state = self._META
+                self._need = padded(size)
+            return None
+        pax, self._pax = self._pax, b""
+        longname, longlink, self._longname, self._longlink = self._longname, self._longlink, None, None
+        records = _pax_records(pax) if pax and (b"size=" in pax or b"path=" in pax or b"name=" in pax) else {}
+        if b"size" in records:
+            size = int(records[b"size"])
+        data = padded(size) if size > 0 else 0
+        if typeflag in DROPPED_TYPES:
+            _verify_checksum(block)
+            name = _name(block, records, longname)
+            self.skipped.append(f"{name} ({DROPPED_TYPES[typeflag]})")
+            self._enter_data(data)
+            return False
+        if typeflag == SYMLINK_TYPE or self.on_member is not None:
+            name = _name(block, records, longname)
+            try:
+                parts = member_parts(name)
+            except Refused as exc:
+                _verify_checksum(block)
+                raise ArchiveError(f"tar produced a member restore would refuse: {name!r}: {exc}") from None
+            if typeflag == SYMLINK_TYPE:
+                raw = records.get(b"linkpath") or longlink or block[157:257].split(b"\0", 1)[0]
+                reason = symlink_refusal(parts, raw.decode("utf-8", "surrogateescape"))
+                if reason:
+                    _verify_checksum(block)
+                    raise ArchiveError(f"cannot archive the symlink {name!r}: {reason}; restore would refuse it",
+                                       hint="make the link relative and inside the data directory, then retry")
+            if self.on_member is not None:
+                self.on_member("/".join(parts) if parts else ".")
+        self.files += 1
+        self._enter_data(data)
+        return True
+
+    def _enter_data(self, data: int) -> None:
+        if data:
+            self._state = self._DATA
+            self._data_left = data
+        else:
+            self._state = self._HEADER
+        self._need = BLOCK
+
+
+def _verify_checksum(block: bytes) -> None:
+    if _number(block[148:156]) != sum(block) - sum(block[148:156]) + 8 * 0x20:
+        raise ArchiveError("lost track of member boundaries in tar's output (bad header checksum)")
+
+
+def _name(block: bytes, records: dict[bytes, bytes], longname: bytes | None) -> str:
+    raw = records.get(b"GNU.sparse.name") or records.get(b"path") or longname
+    if raw is None:
+        raw = block[0:100].split(b"\0", 1)[0]
+        prefix = block[345:500].split(b"\0", 1)[0]
+        if prefix:
+            raw = prefix + b"/" + raw
+    return raw.decode("utf-8", "surrogateescape")

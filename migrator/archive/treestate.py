@@ -1,0 +1,215 @@
+"""Change detection for two-phase capture: a metadata scan of a data directory and the diff of two scans.
+
+Owns the rule that decides what phase 2 must archive again. Any change to a file — content, size,
+mode, owner, link count, rename, xattr — moves its ctime, which userspace cannot set, so comparing
+(ino, ctime, and the rest) per path cannot miss one, with two refinements:
+- file times come from a coarse kernel clock (one tick, up to 10 ms; 2 s on FAT-like filesystems), so a
+  change made right after the phase-1 scan looked at an entry may leave its ctime unchanged. Entries
+  whose ctime is within `RACY_SLACK_NS` of the scan start are therefore always treated as changed
+  (the "racy entry" rule git's index uses);
+- phase 1's tar may archive a path the scan never saw (created after the scan). `note_archived` records
+  it, so that phase 2 deletes it if it is gone and re-archives it if it is not.
+
+`diff` returns (changed_or_new, deleted). A path whose type changed is in both: restore deletes the old
+one, then extracts the new one. The directory holding any changed or deleted path is in `changed` too,
+so its mtime, moved by restore's own unlink/create, is set back. `deleted` is minimal (nothing under a
+deleted directory); both lists are sorted parents-first.
+TreeState.save/load use zstd-compressed JSON lines: one header line, then one array per path.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import zstandard
+
+from migrator.errors import ArchiveError
+
+# Slack for the coarse file-time clock (see module docstring). Costs only re-archiving files changed in
+# the last 2 s before the scan; being too small would lose changes.
+RACY_SLACK_NS = 2_000_000_000
+FORMAT = "migrator-treestate"
+VERSION = 1
+# Placeholder type for a path phase 1 archived but its scan did not see: never equal to a real entry.
+UNKNOWN = "?"
+_TYPES = ((stat.S_ISDIR, "d"), (stat.S_ISREG, "f"), (stat.S_ISLNK, "l"))
+
+
+class Entry(NamedTuple):
+    type: str  # d, f, l, o (other: fifo, device, socket), ? (archived but not scanned)
+    ino: int
+    dev: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    mode: int  # permission bits incl. setuid/setgid/sticky
+    uid: int
+    gid: int
+    nlink: int
+    target: str | None  # symlink target
+
+
+_UNSEEN = Entry(UNKNOWN, -1, -1, -1, -1, -1, -1, -1, -1, -1, None)
+
+
+def _entry(st: os.stat_result, target: str | None) -> Entry:
+    kind = next((k for test, k in _TYPES if test(st.st_mode)), "o")
+    return Entry(kind, st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                 stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_nlink, target)
+
+
+class TreeState:
+    """Per relative path ("." is the root; "/"-separated) the metadata that any change moves."""
+
+    def __init__(self, entries: dict[str, Entry], started_ns: int, root: str = ""):
+        self.entries = entries
+        self.started_ns = started_ns  # wall clock just before the first lstat
+        self.root = root
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, path: str) -> bool:
+        return path in self.entries
+
+    def __getitem__(self, path: str) -> Entry:
+        return self.entries[path]
+
+    def note_archived(self, path: str) -> None:
+        """Phase 1 archived `path`; if the scan did not see it, remember it so phase 2 handles it."""
+        if path not in self.entries:
+            self.entries[path] = _UNSEEN
+
+    def racy(self, entry: Entry) -> bool:
+        return entry.ctime_ns >= self.started_ns - RACY_SLACK_NS
+
+    def save(self, path: Path) -> None:
+        """Write atomically (temp file, fsync, rename) as zstd-compressed JSON lines."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with open(tmp, "wb") as fh:
+            with zstandard.ZstdCompressor(level=3).stream_writer(fh, closefd=False) as zw:
+                text = io.TextIOWrapper(zw, encoding="utf-8", write_through=False)
+                header = {"format": FORMAT, "version": VERSION, "root": self.root, "started_ns": self.started_ns,
+                          "count": len(self.entries)}
+                text.write(json.dumps(header) + "\n")
+                for p, e in self.entries.items():
+                    text.write(json.dumps([p, *e], separators=(",", ":")) + "\n")
+                text.flush()
+                text.detach()
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> TreeState:
+        try:
+            with open(path, "rb") as fh:
+                reader = zstandard.ZstdDecompressor().stream_reader(fh)
+                lines = io.TextIOWrapper(reader, encoding="utf-8")
+                header = json.loads(lines.readline())
+                if header.get("format") != FORMAT or header.get("version") != VERSION:
+                    raise ValueError(f"not a {FORMAT} v{VERSION} file")
+                entries = {}
+                for line in lines:
+                    p, *fields = json.loads(line)
+                    entries[p] = Entry(*fields)
+        except (OSError, ValueError, TypeError, zstandard.ZstdError) as exc:
+            raise ArchiveError(f"cannot read the phase-1 scan {path}: {exc}",
+                               hint="run the backup again; phase 1 writes a fresh scan") from None
+        if len(entries) != header.get("count"):
+            raise ArchiveError(f"the phase-1 scan {path} is truncated", hint="run the backup again")
+        return cls(entries, header["started_ns"], header.get("root", ""))
+
+
+def _walk(root: str) -> Iterator[tuple[str, os.stat_result, str | None]]:
+    """(relative path, lstat, symlink target) for the root and everything below it on the same filesystem."""
+    top = os.lstat(root)
+    yield ".", top, None
+    stack = [("", root)]
+    while stack:
+        rel, absdir = stack.pop()
+        try:
+            it = os.scandir(absdir)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # removed while we walk (phase 1 runs live): the next scan sees it gone
+        with it:
+            for de in it:
+                relpath = f"{rel}/{de.name}" if rel else de.name
+                try:
+                    st = de.stat(follow_symlinks=False)
+                    target = os.readlink(de.path) if stat.S_ISLNK(st.st_mode) else None
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                yield relpath, st, target
+                # Same rule as tar --one-file-system: a mount point is recorded, not entered.
+                if stat.S_ISDIR(st.st_mode) and st.st_dev == top.st_dev:
+                    stack.append((relpath, de.path))
+
+
+def scan(root: Path) -> TreeState:
+    """lstat every path under `root` (never following symlinks, not crossing filesystems)."""
+    root_s = os.fspath(root)
+    started = time.time_ns()
+    entries: dict[str, Entry] = {}
+    try:
+        for rel, st, target in _walk(root_s):
+            entries[rel] = _entry(st, target)
+    except OSError as exc:
+        raise ArchiveError(f"cannot scan {exc.filename or root_s}: {exc.strerror or exc}",
+                           hint="check the data directory's permissions and filesystem") from None
+    return TreeState(entries, started, root_s)
+
+
+def diff(before: TreeState, after: TreeState) -> tuple[list[str], list[str]]:
+    """(changed or new paths incl. directories whose metadata changed, deleted paths) from phase 1 to 2."""
+    changed: list[str] = []
+    removed: list[str] = []
+    old = before.entries
+    for path, new in after.entries.items():
+        prev = old.get(path)
+        if prev is None:
+            changed.append(path)
+        elif prev != new or before.racy(prev):
+            changed.append(path)
+            if prev.type != new.type or prev.type == UNKNOWN:
+                removed.append(path)  # restore must remove the old one first (and all under it)
+    now = after.entries
+    removed.extend(p for p in old if p not in now)
+    # Restore replaces a changed file by unlink + create and deletes removed paths, which moves the
+    # mtime of the directory holding them; archiving that directory's entry too restores its times.
+    touched = set(changed)
+    for path in [*changed, *removed]:
+        parent = _parent(path)
+        if parent is not None and parent not in touched and getattr(now.get(parent), "type", None) == "d":
+            touched.add(parent)
+            changed.append(parent)
+    return sorted(changed, key=_tree_order), _minimal(removed)
+
+
+def _parent(path: str) -> str | None:
+    if path == ".":
+        return None
+    head, _, _ = path.rpartition("/")
+    return head or "."
+
+
+def _tree_order(path: str) -> tuple[str, ...]:
+    return () if path == "." else tuple(path.split("/"))
+
+
+def _minimal(paths: list[str]) -> list[str]:
+    """Sorted, without any path that lies under another one in the list (removing a directory removes all)."""
+    out: list[str] = []
+    for path in sorted(set(paths), key=_tree_order):
+        if out and path.startswith(out[-1] + "/"):
+            continue
+        out.append(path)
+    return out

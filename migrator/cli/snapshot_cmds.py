@@ -1,0 +1,187 @@
+"""`backup`, `snapshots`, `verify`, `prune`, `restore`: snapshot commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from migrator.catalog.retention import DEFAULT_KEEP_TAGS, Policy
+from migrator.cli.output import progress_printer, run
+from migrator.cli.plan_cmds import JsonOpt, SecretsOpt
+from migrator.cli.stack_cmds import WaitOpt
+from migrator.errors import UsageError
+from migrator.ops import snapshots as snap_ops
+from migrator.ops.backup import backup as backup_op
+from migrator.ops.backup import open_stores
+from migrator.ops.restore import restore as restore_op
+from migrator.ops.session import operation
+from migrator.plan import validate_files
+from migrator.plan.sizes import format_size
+from migrator.state import deployed
+
+FromOpt = typer.Option(None, "--from", help="Store URL (file:///…, s3://bucket/prefix, ssh://host/path). "
+                                            "Default: the deployed plan's first backup target.")
+VsnOpt = typer.Option(None, "--vsn", help="VSN name the snapshots are filed under. Default: the deployed plan's.")
+PlanOpt = typer.Option(None, "--plan", help="Plan (default: the one deployed on this VSN).")
+
+
+def _deployed_plan(plan: Path | None, secrets: Path | None, required: bool = True):
+    if plan is None and not (deployed.current() or {}).get("plan"):
+        if required:
+            raise UsageError("no plan given and none deployed on this VSN", hint="pass --plan FILE")
+        return None, None
+    plan_path, secrets_path = deployed.plan_and_secrets_paths(str(plan) if plan else None,
+                                                              str(secrets) if secrets else None)
+    return validate_files(plan_path, secrets_path)
+
+
+def _store_and_vsn(url: str | None, vsn: str | None, plan_file: Path | None):
+    p, _ = _deployed_plan(plan_file, None, required=False)
+    if url is None:
+        targets = p.backup.get("targets", []) if p else []
+        if not targets:
+            raise UsageError("no store: pass --from URL (the plan has no backup targets)")
+        url = targets[0]
+    name = vsn or (p.vsn.name if p else None)
+    if not name:
+        raise UsageError("no VSN name: pass --vsn NAME (no plan is deployed here)")
+    return open_stores([url], p)[0], name, p
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def backup(to: list[str] = typer.Option(None, "--to", help="Target store URL; repeat for several. "
+                                                               "Default: the plan's backup.targets."),
+               tag: list[str] = typer.Option(None, "--tag", help="Tag the snapshot (repeatable), e.g. pre-update."),
+               plan: Path = PlanOpt, secrets: Path = SecretsOpt, wait: float = WaitOpt,
+               json_out: bool = JsonOpt) -> None:
+        """Snapshot every volume of the deployed plan to every target (one capture, all targets).
+
+        Writers stop only for phase 2 of a two-phase capture (or the whole archive with quiesce "stop").
+
+        Example: migrator backup --to s3://backups/vsn --to file:///var/backups/migrator --tag nightly
+        """
+        report = progress_printer(json_out)
+
+        def action() -> dict:
+            p, _s = _deployed_plan(plan, secrets)
+            with operation("backup", wait, report):
+                return backup_op(p, to, list(tag or []), report)
+
+        def human(r: dict) -> None:
+            print(f"snapshot {r['snapshot_id']}: {len(r['objects'])} objects, {format_size(r['size'])} "
+                  f"({format_size(r['uncompressed'])} uncompressed) in {r['duration']}s")
+            for svc, secs in r["downtime"].items():
+                print(f"  downtime {svc}: {secs}s")
+            for t in r["targets"]:
+                print(f"  -> {t}")
+
+        run(json_out, action, human)
+
+    @app.command()
+    def snapshots(store: str = FromOpt, vsn: str = VsnOpt, json_out: bool = JsonOpt) -> None:
+        """List committed snapshots (id, time, tags, size, volumes); uncommitted debris is not shown.
+
+        Example: migrator snapshots --from s3://backups/vsn --json
+        """
+
+        def action() -> dict:
+            s, name, _ = _store_and_vsn(store, vsn, None)
+            return snap_ops.snapshots(s, name)
+
+        def human(r: dict) -> None:
+            import datetime as dt
+
+            for row in r["snapshots"]:
+                when = dt.datetime.fromtimestamp(row["time"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+                print(f"{row['id']}  {when}  {format_size(row['size']):>8}  {','.join(row['volumes'])}"
+                      f"  {' '.join('#' + t for t in row['tags'])}")
+            if not r["snapshots"]:
+                print(f"no snapshots of {r['vsn']} in {r['store']}")
+
+        run(json_out, action, human)
+
+    @app.command()
+    def verify(snapshot: str = typer.Argument("latest", help="Snapshot id or 'latest'."), store: str = FromOpt,
+               vsn: str = VsnOpt, read_data: bool = typer.Option(False, "--read-data",
+                                                                 help="Recompute every object's sha256."),
+               json_out: bool = JsonOpt) -> None:
+        """Check a snapshot's objects exist with the right sizes (and checksums with --read-data); exit 6 if not.
+
+        Example: migrator verify latest --from s3://backups/vsn --read-data
+        """
+        report = progress_printer(json_out)
+
+        def action() -> dict:
+            s, name, _ = _store_and_vsn(store, vsn, None)
+            return snap_ops.verify(s, name, snapshot, read_data, report)
+
+        run(json_out, action, lambda r: print(f"snapshot {r['snapshot_id']} ok: {r['objects']} objects"
+                                              f"{' re-hashed' if r['read_data'] else ''}"))
+
+    @app.command()
+    def prune(store: str = FromOpt, vsn: str = VsnOpt,
+              keep_last: int = typer.Option(None, "--keep-last", min=0), keep_daily: int = typer.Option(None, "--keep-daily", min=0),
+              keep_weekly: int = typer.Option(None, "--keep-weekly", min=0),
+              keep_monthly: int = typer.Option(None, "--keep-monthly", min=0),
+              keep_tag: list[str] = typer.Option(None, "--keep-tag", help="Keep snapshots with this tag (default: pre-update)."),
+              dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go."),
+              wait: float = WaitOpt, json_out: bool = JsonOpt) -> None:
+        """Apply GFS retention (like restic forget) and remove uncommitted debris older than a day.
+
+        Without --keep-* options the plan's backup.retention is used.
+
+        Example: migrator prune --keep-last 3 --keep-daily 7 --keep-weekly 4 --keep-monthly 6 --dry-run
+        """
+        report = progress_printer(json_out)
+
+        def action() -> dict:
+            s, name, p = _store_and_vsn(store, vsn, None)
+            given = {"keep_last": keep_last, "keep_daily": keep_daily, "keep_weekly": keep_weekly,
+                     "keep_monthly": keep_monthly}
+            if all(v is None for v in given.values()):
+                given = {k: v for k, v in ((p.backup.get("retention", {}) if p else {})).items() if k.startswith("keep_")}
+            policy = Policy(**{k: v or 0 for k, v in given.items()},
+                            keep_tags=tuple(keep_tag) if keep_tag else DEFAULT_KEEP_TAGS)
+            if policy.empty:
+                raise UsageError("no retention given: pass --keep-last/--keep-daily/--keep-weekly/--keep-monthly "
+                                 "(or set backup.retention in the plan)")
+            with operation("prune", wait, report):
+                return snap_ops.prune(s, name, policy, dry_run, report)
+
+        def human(r: dict) -> None:
+            verb = "would remove" if r["dry_run"] else "removed"
+            for sid, why in sorted(r["keep"].items()):
+                print(f"keep   {sid}  ({', '.join(why)})")
+            for sid in r["remove"]:
+                print(f"{verb} {sid}")
+            for sid in r["debris_removed"]:
+                print(f"{verb} {sid} (uncommitted debris)")
+
+        run(json_out, action, human)
+
+    @app.command()
+    def restore(snapshot: str = typer.Argument("latest", help="Snapshot id or 'latest'."), store: str = FromOpt,
+                vsn: str = VsnOpt, volume: list[str] = typer.Option(None, "--volume", help="Only this volume (repeatable)."),
+                into: Path = typer.Option(None, "--into", help="Restore into this directory; touch no container."),
+                identity: Path = typer.Option(None, "--identity", help="age identity file for encrypted snapshots."),
+                keep_old: bool = typer.Option(False, "--keep-old", help="Keep the replaced data as <dir>.pre-restore-<ts>."),
+                plan: Path = PlanOpt, secrets: Path = SecretsOpt, wait: float = WaitOpt,
+                json_out: bool = JsonOpt) -> None:
+        """Restore volumes from a snapshot: verified before anything is touched, swapped atomically.
+
+        Works on a machine where the plan was never deployed (the snapshot carries its plan).
+
+        Example: migrator restore latest --from s3://backups/vsn --volume dbdata
+        """
+        report = progress_printer(json_out)
+
+        def action() -> dict:
+            s, name, p = _store_and_vsn(store, vsn, plan)
+            with operation("restore", wait, report):
+                return restore_op(s, name, snapshot, plan=p, volumes=list(volume or []) or None, into=into,
+                                  identity=identity, keep_old=keep_old, report=report)
+
+        run(json_out, action, lambda r: print(f"restored {', '.join(r['volumes'])} from {r['snapshot_id']} "
+                                              f"into {r['into']} ({r['files']} files) in {r['duration']}s"))

@@ -1,0 +1,233 @@
+"""`migrator backup` — one capture of every volume, streamed to every target store.
+
+Per volume the capture mode follows its writers' `quiesce`: "two-phase" (default: phase 1 archives the
+live tree; writers stop; phase 2 archives only what changed since phase 1's scan, spooled locally so
+writers restart before uploads finish), "stop" (writers stopped for the whole archive), "none" (hooks
+only). The manifest is written last to each store: its presence commits the snapshot."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from migrator import __version__
+from migrator.archive import TreeState, diff, scan, write_archive
+from migrator.catalog.manifest import MANIFEST, PLAN_COPY, Manifest, ObjectEntry, new_snapshot_id, object_name
+from migrator.errors import MigratorError, UsageError
+from migrator.faults import checkpoint
+from migrator.ops.quiesce import Quiesce, writers_of
+from migrator.ops.stack import Report, Stack, quiet
+from migrator.plan.model import Plan, canonical_json
+from migrator.state.files import write_json
+from migrator.state.journal import open_journal
+from migrator.state.paths import state_dir
+from migrator.storage import get_store, options_for
+
+SPOOL_CHUNK = 1024 * 1024  # phase-2 spool is re-read in 1 MiB chunks for upload
+
+
+def open_stores(urls: list[str], plan: Plan | None):
+    """A checked store per URL (reachable and writable), else Unreachable (exit 8) before anything stops."""
+    stores = []
+    for url in urls:
+        store = get_store(url, options=options_for(url, plan.backup if plan else None))
+        store.check()
+        stores.append(store)
+    return stores
+
+
+@dataclass
+class VolumePlan:
+    name: str
+    root: Path
+    mode: str  # two-phase | stop | none
+    writers: list
+
+
+def volume_modes(plan: Plan) -> list[VolumePlan]:
+    out = []
+    for vol in plan.volumes:
+        writers = writers_of(plan, vol.name)
+        modes = {w.quiesce for w in writers}
+        mode = "stop" if "stop" in modes else "two-phase" if "two-phase" in modes else "none"
+        out.append(VolumePlan(vol.name, Path(vol.root_dir(plan.vsn.data_root)), mode, writers))
+    return out
+
+
+class FileSink:
+    def __init__(self, path: Path):
+        self.fh = open(path, "wb")  # noqa: SIM115 - closed in close()
+
+    def write(self, data: bytes) -> None:
+        self.fh.write(data)
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+class Backup:
+    def __init__(self, plan: Plan, stores, tags: list[str], report: Report, progress=None):
+        self.plan = plan
+        self.stores = stores
+        self.tags = tags
+        self.report = report
+        self.progress = progress
+        self.snapshot_id = new_snapshot_id()
+        enc = plan.backup.get("encryption") or {}
+        self.recipients = list(enc.get("age_recipients", []))
+        self.level = plan.backup.get("compression_level", 3)
+        self.manifest = Manifest(
+            snapshot_id=self.snapshot_id, vsn=plan.vsn.name, created=time.time(), hostname=socket.gethostname(),
+            migrator_version=__version__, plan_sha256=plan.sha256(), tags=tags, volumes={},
+            encrypted=bool(self.recipients))
+        self.spool = state_dir() / "spool" / self.snapshot_id
+
+    def key(self, name: str) -> str:
+        return f"{self.plan.vsn.name}/{self.snapshot_id}/{name}"
+
+    def _archive_to_stores(self, vol: VolumePlan, phase: int, two_phase: bool, **kwargs) -> None:
+        name = object_name(vol.name, phase, two_phase, bool(self.recipients))
+        self.report(f"archiving {vol.name} phase {phase} -> {name}")
+        with ExitStack() as cleanup:
+            writers = []
+            for store in self.stores:
+                w = store.open_writer(self.key(name))
+                cleanup.callback(_abort_quietly, w)
+                writers.append(w)
+            stats = write_archive(vol.root, writers, level=self.level, recipients=self.recipients,
+                                  progress=self.progress, **kwargs)
+            for w in writers:
+                w.commit()
+            cleanup.pop_all()
+        self._record(vol, name, phase, stats)
+
+    def _record(self, vol: VolumePlan, name: str, phase: int, stats) -> None:
+        self.manifest.objects.append(ObjectEntry(name=name, volume=vol.name, phase=phase, size=stats.size,
+                                                 sha256=stats.sha256, files=stats.files,
+                                                 uncompressed=stats.uncompressed))
+
+    def _spool_phase2(self, vol: VolumePlan, before: TreeState) -> tuple[Path, object, str]:
+        after = scan(vol.root)
+        changed, deleted = diff(before, after)
+        name = object_name(vol.name, 2, True, bool(self.recipients))
+        self.report(f"phase 2 of {vol.name}: {len(changed)} changed, {len(deleted)} deleted")
+        path = self.spool / name
+        sink = FileSink(path)
+        try:
+            stats = write_archive(vol.root, [sink], members=changed, deleted=deleted, level=self.level,
+                                  recipients=self.recipients)
+        finally:
+            sink.close()
+        return path, stats, name
+
+    def _upload_spooled(self, vol: VolumePlan, path: Path, stats, name: str) -> None:
+        for store in self.stores:
+            w = store.open_writer(self.key(name))
+            try:
+                with open(path, "rb") as fh:
+                    while chunk := fh.read(SPOOL_CHUNK):
+                        w.write(chunk)
+                w.commit()
+            except BaseException:
+                _abort_quietly(w)
+                raise
+        self._record(vol, name, 2, stats)
+
+    def run(self, stack: Stack, journal) -> dict:
+        started = time.monotonic()
+        volumes = volume_modes(self.plan)
+        self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+        quiesce = Quiesce(stack, journal, self.report)
+        live = stack.rest_reachable()
+        for vol in volumes:
+            running = quiesce.running(vol.writers) if live else []
+            # Nothing runs (containerless VSN): one consistent single-phase archive needs no stop.
+            effective = vol.mode if running else "stop"
+            self.manifest.volumes[vol.name] = {"mounts": [m.name for m in self.plan.volume(vol.name).mounts],
+                                               "mode": effective}
+            vol.mode = effective
+        hook_services = quiesce.running([s for v in volumes for s in v.writers]) if live else []
+        hook_services = list({s.name: s for s in hook_services}.values())
+        quiesce.run_hooks(hook_services, "pre_backup")
+        phase1: dict[str, TreeState] = {}
+        for vol in volumes:
+            if vol.mode == "two-phase":
+                phase1[vol.name] = scan(vol.root)
+                self._archive_to_stores(vol, 1, True)
+            elif vol.mode == "none":
+                self._archive_to_stores(vol, 1, False)
+        spooled = []
+        with quiesce:
+            quiesce.stop([s for v in volumes if v.mode in ("two-phase", "stop") for s in v.writers])
+            checkpoint("backup.services-stopped")
+            for vol in volumes:
+                if vol.mode == "stop":
+                    self._archive_to_stores(vol, 1, False)
+                elif vol.mode == "two-phase":
+                    spooled.append((vol, *self._spool_phase2(vol, phase1[vol.name])))
+        capture = round(time.monotonic() - started, 3)
+        quiesce.run_hooks(hook_services, "post_backup")
+        for vol, path, stats, name in spooled:
+            self._upload_spooled(vol, path, stats, name)
+        checkpoint("backup.before-manifest")
+        shutil.rmtree(self.spool, ignore_errors=True)
+        self.manifest.timings = {"capture": capture, "downtime": quiesce.downtime,
+                                 "total": round(time.monotonic() - started, 3)}
+        plan_copy = canonical_json(self.plan.raw)
+        for store in self.stores:
+            store.put_bytes(self.key(PLAN_COPY), plan_copy)
+        for store in self.stores:  # last: the manifest's presence commits the snapshot
+            store.put_bytes(self.key(MANIFEST), self.manifest.to_bytes())
+        return self.summary()
+
+    def summary(self) -> dict:
+        m = self.manifest
+        return {
+            "snapshot_id": m.snapshot_id, "vsn": m.vsn, "tags": m.tags,
+            "targets": [s.url for s in self.stores],
+            "objects": [dict(o.__dict__) for o in m.objects],
+            "size": m.size, "uncompressed": sum(o.uncompressed for o in m.objects),
+            "downtime": m.timings["downtime"], "duration": m.timings["total"], "capture": m.timings["capture"],
+            "volumes": m.volumes, "encrypted": m.encrypted,
+        }
+
+    def discard(self) -> None:
+        """A failed run leaves no listed snapshot: the manifest was never written; remove the debris."""
+        shutil.rmtree(self.spool, ignore_errors=True)
+        for store in self.stores:
+            try:
+                store.delete_prefix(f"{self.plan.vsn.name}/{self.snapshot_id}")
+            except MigratorError as exc:
+                self.report(f"could not remove partial snapshot from {store.url}: {exc.message} "
+                            f"(`migrator prune` removes such debris)")
+
+
+def _abort_quietly(writer) -> None:
+    try:
+        writer.abort()
+    except Exception:  # noqa: BLE001 - abort is cleanup on an error path; the first error matters
+        pass
+
+
+def backup(plan: Plan, targets: list[str] | None, tags: list[str], report: Report = quiet, progress=None) -> dict:
+    urls = list(targets or plan.backup.get("targets", []))
+    if not urls:
+        raise UsageError("no backup target: the plan has no backup.targets and no --to was given",
+                         hint="migrator backup --to file:///var/backups/migrator")
+    stores = open_stores(urls, plan)
+    stack = Stack.for_plan(plan, report)
+    job = Backup(plan, stores, tags, report, progress)
+    with open_journal("backup") as journal:
+        try:
+            result = job.run(stack, journal)
+        except BaseException:
+            job.discard()
+            raise
+    write_json(state_dir() / "last_backup.json", {"snapshot_id": result["snapshot_id"], "time": time.time(),
+                                                  "targets": result["targets"], "ok": True})
+    return result
+

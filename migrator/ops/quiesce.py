@@ -1,0 +1,121 @@
+"""Stopping the services that write a volume, and always bringing them back. Stops go in reverse
+depends_on order, starts in depends_on order with a health probe; the journal records what is stopped
+before anything stops, so a killed run's services are restarted by `recover`. Used by backup, restore
+and move; downtime per service is measured from its stop to its healthy restart."""
+
+from __future__ import annotations
+
+import time
+
+from migrator.errors import MigratorError
+from migrator.ops.probes import wait_healthy
+from migrator.ops.recover import handler
+from migrator.ops.stack import Report, Stack, start_order
+from migrator.plan.model import Plan, Service
+
+JOURNAL_KEY = "stopped_services"
+
+
+def writers_of(plan: Plan, volume: str) -> list[Service]:
+    """Enabled services that mount the volume (volumes_from): the ones that can change its data."""
+    return [s for s in plan.enabled_services if volume in s.volumes_from]
+
+
+class Quiesce:
+    """Stops services and guarantees their restart: use as a context manager around the stopped window."""
+
+    def __init__(self, stack: Stack, journal, report: Report):
+        self.stack = stack
+        self.journal = journal
+        self.report = report
+        self.stopped: list[Service] = []
+        self.stopped_at: dict[str, float] = {}
+        self.downtime: dict[str, float] = {}
+
+    def running(self, services: list[Service]) -> list[Service]:
+        if not self.stack.rest_reachable():
+            return []
+        engine = self.stack.rest_engine()
+        out = []
+        for svc in services:
+            info = engine.get(svc.name)
+            if info is not None and info.running:
+                out.append(svc)
+        return out
+
+    def run_hooks(self, services: list[Service], phase: str) -> list[str]:
+        """Exec each service's pre_backup/post_backup hooks (argv, no shell). A failing hook is an error."""
+        engine = self.stack.rest_engine()
+        done = []
+        for svc in services:
+            for hook in getattr(svc, phase):
+                target = hook.container or svc.name
+                self.report(f"hook {phase} in {target}: {' '.join(hook.command)[:80]}")
+                code, out = engine.exec(target, list(hook.command), timeout=hook.timeout)
+                if code != 0:
+                    raise MigratorError(f"{phase} hook in {target} exited {code}: {out.strip()[-200:]}",
+                                        hint="fix the hook command in the plan; services were restarted")
+                done.append(f"{target}: {' '.join(hook.command)}")
+        return done
+
+    def stop(self, services: list[Service]) -> None:
+        todo = [s for s in self.running(services) if s.name not in self.stopped_at]
+        if not todo:
+            return
+        names = [s.name for s in self.stopped] + [s.name for s in todo]
+        self.journal.note(JOURNAL_KEY, {"plan": self.stack.plan.raw, "services": names})
+        engine = self.stack.rest_engine()
+        order = [s for s in reversed(start_order(self.stack.plan.enabled_services)) if s in todo]
+        for svc in order:
+            self.report(f"stopping {svc.name}")
+            self.stopped_at[svc.name] = time.monotonic()
+            self.stopped.append(svc)
+            engine.stop(svc.name, timeout=svc.stop_timeout)
+
+    def start_all(self) -> None:
+        """Start every stopped service in depends_on order and wait for health. Raises after trying all."""
+        if not self.stopped:
+            return
+        engine = self.stack.rest_engine()
+        failures = []
+        for svc in start_order(tuple(self.stopped)):
+            self.report(f"starting {svc.name}")
+            try:
+                engine.start(svc.name)
+                probe = wait_healthy(engine, svc)
+                if not probe.ok:
+                    failures.append(f"{svc.name}: {probe.detail}")
+            except MigratorError as exc:
+                failures.append(f"{svc.name}: {exc.message}")
+            self.downtime[svc.name] = round(time.monotonic() - self.stopped_at[svc.name], 3)
+        self.stopped = []
+        self.journal.forget(JOURNAL_KEY)
+        if failures:
+            raise MigratorError(f"service(s) did not come back healthy: {'; '.join(failures)}",
+                                hint="`migrator status` shows them; the data was not changed")
+
+    def __enter__(self) -> Quiesce:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            self.start_all()
+            return
+        try:
+            self.start_all()
+        except MigratorError as restart_error:
+            self.report(f"also: {restart_error.message}")
+
+
+@handler(JOURNAL_KEY)
+def _restart_stopped(fact: dict, report: Report) -> str:
+    stack = Stack.for_plan(Plan.from_json(fact["plan"]), report)
+    engine = stack.rest_engine()
+    started = []
+    for svc in start_order(stack.plan.enabled_services):
+        if svc.name in fact["services"]:
+            info = engine.get(svc.name)
+            if info is not None and not info.running:
+                engine.start(svc.name)
+                started.append(svc.name)
+    return f"restarted services a killed run had stopped: {', '.join(started) or 'none needed'}"

@@ -1,0 +1,219 @@
+"""`migrator restore` — bring volumes back from a snapshot without ever risking live data.
+
+1. read and validate the manifest; every object must exist with the manifest's size;
+2. stream each object into a staging dir beside the live dir (same filesystem), verifying sha256 as it
+   streams and applying phase-2 deltas (with deletions) in order;
+3. only when every volume is staged and verified: stop the services that mount them, swap staging and
+   live dir by rename (the old one kept as <dir>.pre-restore-<ts>), start the services and probe health;
+   on failure swap back. The journal records each swap so a killed restore is finished or undone by
+   `recover`: a live dir is always entirely old or entirely new.
+`--into DIR` restores into another tree and touches no container."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from migrator.archive import extract_archive
+from migrator.catalog.listing import read_manifest
+from migrator.catalog.manifest import MAX_PLAN_BYTES, PLAN_COPY, Manifest
+from migrator.errors import IntegrityError, MigratorError, PlanInvalid, PreflightFailed, UsageError
+from migrator.faults import checkpoint
+from migrator.ops.quiesce import Quiesce, writers_of
+from migrator.ops.recover import handler
+from migrator.ops.stack import Report, Stack, quiet
+from migrator.plan.checks import special_checks
+from migrator.plan.load import schema_problems
+from migrator.plan.model import Plan, Secrets
+from migrator.plan.sizes import format_size
+from migrator.state.journal import open_journal
+
+JOURNAL_KEY = "restore_swaps"
+# Decompressed bytes may exceed the manifest's count by tar padding only; anything more is a bomb.
+BOMB_SLACK = 1024 * 1024
+# Keep this much free beyond the restored size: the VSN must not be left with a full disk.
+FREE_MARGIN = 256 * 1024 * 1024
+
+
+@dataclass
+class Swap:
+    volume: str
+    live: Path
+    staging: Path
+    old: Path
+
+    def to_json(self) -> dict:
+        return {"volume": self.volume, "live": str(self.live), "staging": str(self.staging), "old": str(self.old)}
+
+
+def snapshot_plan(store, manifest: Manifest) -> Plan:
+    """The plan copy stored with the snapshot (untrusted: validated like a user's plan)."""
+    import json
+
+    key = f"{manifest.vsn}/{manifest.snapshot_id}/{PLAN_COPY}"
+    try:
+        raw = json.loads(store.get_bytes(key, MAX_PLAN_BYTES))
+    except ValueError as exc:
+        raise IntegrityError(f"plan copy {key} in {store.url} is not JSON") from exc
+    problems = schema_problems("plan", raw) or special_checks(raw, Secrets(), secrets_given=True)
+    problems = [p for p in problems if "secret" not in p]  # secrets are not part of a snapshot
+    if problems:
+        raise PlanInvalid(f"plan copy in snapshot {manifest.snapshot_id} is invalid", details=problems)
+    return Plan.from_json(raw)
+
+
+def check_objects(store, manifest: Manifest, volumes: list[str]) -> None:
+    for vol in volumes:
+        for obj in manifest.objects_of(vol):
+            key = f"{manifest.vsn}/{manifest.snapshot_id}/{obj.name}"
+            size = store.size(key)
+            if size is None:
+                raise IntegrityError(f"object {obj.name} of snapshot {manifest.snapshot_id} is missing from {store.url}")
+            if size != obj.size:
+                raise IntegrityError(f"object {obj.name} is {size} bytes in {store.url}, the manifest says {obj.size}")
+
+
+def stage_volume(store, manifest: Manifest, volume: str, staging: Path, identity: Path | None, report: Report,
+                 progress=None) -> int:
+    staging.mkdir(mode=0o700)
+    files = 0
+    for obj in manifest.objects_of(volume):
+        key = f"{manifest.vsn}/{manifest.snapshot_id}/{obj.name}"
+        report(f"restoring {obj.name} ({format_size(obj.size)})")
+        with store.open_reader(key) as reader:
+            stats = extract_archive(reader, staging, expected_sha256=obj.sha256, expected_size=obj.size,
+                                    identity_file=identity, encrypted=obj.name.endswith(".age"),
+                                    max_uncompressed=obj.uncompressed + BOMB_SLACK, progress=progress)
+        files += getattr(stats, "files", 0)
+    # The staged root takes the captured root's metadata (extracted as ".").
+    return files
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def swap_in(s: Swap) -> None:
+    if s.live.exists():
+        os.rename(s.live, s.old)
+    os.rename(s.staging, s.live)
+    _fsync_dir(s.live.parent)
+
+
+def swap_back(s: Swap) -> None:
+    if s.old.exists():
+        if s.live.exists():
+            os.rename(s.live, s.staging)
+        os.rename(s.old, s.live)
+        _fsync_dir(s.live.parent)
+    shutil.rmtree(s.staging, ignore_errors=True)
+
+
+def restore(store, vsn: str, snapshot_id: str, *, plan: Plan | None, volumes: list[str] | None = None,
+            into: Path | None = None, identity: Path | None = None, keep_old: bool = False,
+            touch_containers: bool = True, report: Report = quiet, progress=None) -> dict:
+    started = time.monotonic()
+    manifest = read_manifest(store, vsn, snapshot_id)
+    chosen = volumes or sorted(manifest.volumes)
+    unknown = [v for v in chosen if v not in manifest.volumes]
+    if unknown:
+        raise UsageError(f"snapshot {manifest.snapshot_id} has no volume {unknown[0]!r}",
+                         hint="volumes in it: " + ", ".join(sorted(manifest.volumes)))
+    check_objects(store, manifest, chosen)
+    if plan is None:
+        plan = snapshot_plan(store, manifest)
+        touch_containers = False  # never deployed here: there is nothing to stop
+    if manifest.encrypted and identity is None:
+        ident = (plan.backup.get("encryption") or {}).get("identity_file")
+        identity = Path(ident) if ident else None
+        if identity is None:
+            raise UsageError("the snapshot is encrypted: pass --identity FILE (an age identity)")
+    base = Path(into) if into else Path(plan.vsn.data_root)
+    base.mkdir(parents=True, exist_ok=True)
+    needed = sum(o.uncompressed for v in chosen for o in manifest.objects_of(v))
+    free = shutil.disk_usage(base).free
+    if needed + FREE_MARGIN > free:
+        raise PreflightFailed(f"not enough space under {base}: need {format_size(needed + FREE_MARGIN)}, "
+                              f"{format_size(free)} free")
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    swaps = [Swap(v, base / v, base / f".{v}.restore-{stamp}", base / f"{v}.pre-restore-{stamp}") for v in chosen]
+    if into:
+        taken = [str(s.live) for s in swaps if s.live.exists()]
+        if taken:
+            raise UsageError(f"{taken[0]} exists; --into needs an empty place", hint="choose another --into DIR")
+    files = 0
+    try:
+        for s in swaps:
+            files += stage_volume(store, manifest, s.volume, s.staging, identity, report, progress)
+    except BaseException:
+        for s in swaps:
+            shutil.rmtree(s.staging, ignore_errors=True)
+        raise
+    data_restored = round(time.monotonic() - started, 3)
+    if into:
+        for s in swaps:
+            os.rename(s.staging, s.live)
+        return _result(manifest, store, chosen, into, files, data_restored, started, {}, [])
+    stack = Stack.for_plan(plan, report)
+    writers = list({w.name: w for v in chosen if v in {x.name for x in plan.volumes}
+                    for w in writers_of(plan, v)}.values())
+    with open_journal("restore") as journal:
+        journal.note(JOURNAL_KEY, {"swaps": [s.to_json() for s in swaps], "committed": False})
+        quiesce = Quiesce(stack, journal, report)
+        try:
+            with quiesce:
+                if touch_containers:
+                    quiesce.stop(writers)
+                for s in swaps:
+                    report(f"swapping {s.live} (old kept as {s.old.name})")
+                    swap_in(s)
+                    checkpoint("restore.swapped")
+        except MigratorError as exc:
+            report(f"restore failed after the swap ({exc.message}); swapping the old data back")
+            with Quiesce(stack, journal, report) as again:
+                if touch_containers:
+                    again.stop(writers)
+                for s in reversed(swaps):
+                    swap_back(s)
+            journal.forget(JOURNAL_KEY)
+            raise
+        except BaseException:
+            for s in reversed(swaps):
+                swap_back(s)
+            journal.forget(JOURNAL_KEY)
+            raise
+        journal.note(JOURNAL_KEY, {"swaps": [s.to_json() for s in swaps], "committed": True})
+        kept = []
+        for s in swaps:
+            if keep_old:
+                kept.append(str(s.old))
+            else:
+                shutil.rmtree(s.old, ignore_errors=True)
+        journal.forget(JOURNAL_KEY)
+    return _result(manifest, store, chosen, base, files, data_restored, started, quiesce.downtime, kept)
+
+
+def _result(manifest, store, volumes, base, files, data_restored, started, downtime, kept) -> dict:
+    return {"snapshot_id": manifest.snapshot_id, "store": store.url, "volumes": volumes, "into": str(base),
+            "files": files, "bytes": sum(o.size for v in volumes for o in manifest.objects_of(v)),
+            "data_restored_s": data_restored, "duration": round(time.monotonic() - started, 3),
+            "downtime": downtime, "kept_old": kept}
+
+
+@handler(JOURNAL_KEY)
+def _finish_or_undo_restore(fact: dict, report: Report) -> str:
+    swaps = [Swap(d["volume"], Path(d["live"]), Path(d["staging"]), Path(d["old"])) for d in fact["swaps"]]
+    if fact.get("committed"):
+        for s in swaps:
+            shutil.rmtree(s.old, ignore_errors=True)
+        return "finished a restore that had completed (old data removed)"
+    for s in reversed(swaps):
+        swap_back(s)
+    return "undid an interrupted restore: every volume holds its old data again"
