@@ -174,7 +174,9 @@ def write_archive(root: Path, sinks: list[Sink], *, members: list[str] | None = 
     `deleted` (phase 2) goes first as the `.migrator-deleted` member. `threads=0` means one zstd worker
     per CPU. `recipients` (age1... or ssh public keys) turn on age encryption. `progress` is called
     with the tar-stream bytes processed so far; `on_member` with each archived member's relative path
-    ("." for the root) — phase 1 uses it to learn what was archived that its scan did not see.
+    ("." for the root) — phase 1 uses it to learn what was archived that its scan did not see. Sinks
+    and `progress` run in the caller's thread; with recipients, `on_member` runs in the compressing thread.
+    On error the sinks may hold a partial object: discard it.
     """
     root = Path(root)
     if not root.is_dir():

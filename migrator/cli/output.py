@@ -14,17 +14,50 @@ import typer
 from migrator.errors import MigratorError
 
 DEBUG = {"on": False}
+_LIVE: list = []  # progress bars showing now: stopped before a command prints its result
 
 
-def progress_printer(json_out: bool) -> Callable[[str], None]:
-    """Progress goes to stderr on a TTY (or with MIGRATOR_PROGRESS=1); cron and CI stay quiet."""
-    show = sys.stderr.isatty() or os.environ.get("MIGRATOR_PROGRESS") == "1"
+class Progress:
+    """Progress on stderr: step lines, and on a TTY a live bar (bytes, rate) for the current archive.
+    Quiet when stderr is not a TTY (cron, CI) unless MIGRATOR_PROGRESS=1 asks for the step lines."""
 
-    def report(message: str) -> None:
-        if show:
-            print(f"migrator: {message}", file=sys.stderr, flush=True)
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.show = self.tty or os.environ.get("MIGRATOR_PROGRESS") == "1"
+        self._bar = None
+        self._task = None
 
-    return report
+    def __call__(self, message: str) -> None:
+        if not self.show:
+            return
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+        print(f"migrator: {message}", file=sys.stderr, flush=True)
+
+    def bytes(self, done: int) -> None:
+        """Cumulative bytes of the archive being written or read (called often: keep it cheap)."""
+        if not self.tty:
+            return
+        if self._bar is None:
+            from rich.console import Console
+            from rich.progress import DownloadColumn, Progress, TimeElapsedColumn, TransferSpeedColumn
+
+            self._bar = Progress(DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn(),
+                                 console=Console(stderr=True), transient=True)
+            self._bar.start()
+            _LIVE.append(self)
+            self._task = self._bar.add_task("bytes", total=None)
+        self._bar.update(self._task, completed=done)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def progress_printer(json_out: bool) -> Progress:
+    return Progress()
 
 
 def emit_json(obj: dict) -> None:
@@ -44,11 +77,19 @@ def fail(exc: MigratorError, json_out: bool) -> None:
     raise typer.Exit(exc.exit_code)
 
 
+def _stop_live_progress() -> None:
+    while _LIVE:
+        _LIVE.pop().close()
+
+
 def run(json_out: bool, action: Callable[[], dict], human: Callable[[dict], None] | None = None,
         exit_code: Callable[[dict], int] | None = None) -> None:
     """Run one command's action and render its result; map errors to exit codes."""
     try:
-        result = action()
+        try:
+            result = action()
+        finally:
+            _stop_live_progress()
     except MigratorError as exc:
         fail(exc, json_out)
         return

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from migrator import __version__
-from migrator.archive import TreeState, diff, scan, write_archive
+from migrator.archive import TreeState, capture_phase2, scan, write_archive
 from migrator.catalog.manifest import MANIFEST, PLAN_COPY, Manifest, ObjectEntry, new_snapshot_id, object_name
 from migrator.errors import MigratorError, UsageError
 from migrator.faults import checkpoint
@@ -89,7 +89,7 @@ class Backup:
     def key(self, name: str) -> str:
         return f"{self.plan.vsn.name}/{self.snapshot_id}/{name}"
 
-    def _archive_to_stores(self, vol: VolumePlan, phase: int, two_phase: bool, **kwargs) -> None:
+    def _archive_to_stores(self, vol: VolumePlan, phase: int, two_phase: bool, **kwargs):
         name = object_name(vol.name, phase, two_phase, bool(self.recipients))
         self.report(f"archiving {vol.name} phase {phase} -> {name}")
         with ExitStack() as cleanup:
@@ -104,6 +104,7 @@ class Backup:
                 w.commit()
             cleanup.pop_all()
         self._record(vol, name, phase, stats)
+        return stats
 
     def _record(self, vol: VolumePlan, name: str, phase: int, stats) -> None:
         self.manifest.objects.append(ObjectEntry(name=name, volume=vol.name, phase=phase, size=stats.size,
@@ -111,17 +112,15 @@ class Backup:
                                                  uncompressed=stats.uncompressed))
 
     def _spool_phase2(self, vol: VolumePlan, before: TreeState) -> tuple[Path, object, str]:
-        after = scan(vol.root)
-        changed, deleted = diff(before, after)
+        """Phase 2 goes to a local spool (it holds only what changed) so writers restart before uploads."""
         name = object_name(vol.name, 2, True, bool(self.recipients))
-        self.report(f"phase 2 of {vol.name}: {len(changed)} changed, {len(deleted)} deleted")
         path = self.spool / name
         sink = FileSink(path)
         try:
-            stats = write_archive(vol.root, [sink], members=changed, deleted=deleted, level=self.level,
-                                  recipients=self.recipients)
+            stats, _after = capture_phase2(vol.root, [sink], before, level=self.level, recipients=self.recipients)
         finally:
             sink.close()
+        self.report(f"phase 2 of {vol.name}: {stats.files} member(s) changed")
         return path, stats, name
 
     def _upload_spooled(self, vol: VolumePlan, path: Path, stats, name: str) -> None:
@@ -156,8 +155,10 @@ class Backup:
         phase1: dict[str, TreeState] = {}
         for vol in volumes:
             if vol.mode == "two-phase":
+                # Scan before tar starts and note what tar archives beyond the scan: phase 2's diff against
+                # this state then cannot miss a change (capture_phase1 wires that order).
                 phase1[vol.name] = scan(vol.root)
-                self._archive_to_stores(vol, 1, True)
+                self._archive_to_stores(vol, 1, True, on_member=phase1[vol.name].note_archived)
             elif vol.mode == "none":
                 self._archive_to_stores(vol, 1, False)
         spooled = []

@@ -121,7 +121,9 @@ def _bring_up(stack: Stack, secrets: Secrets, result: DeployResult, journal) -> 
     start_services(stack, engine, secrets, result)
 
 
-def deploy(plan: Plan, secrets: Secrets, *, dry_run: bool = False, report: Report = quiet) -> DeployResult:
+def deploy(plan: Plan, secrets: Secrets, *, dry_run: bool = False, report: Report = quiet,
+           record: bool = True) -> DeployResult:
+    """Deploy `plan`. `record=False` (drills) leaves the VSN's remembered deployment alone."""
     started = time.monotonic()
     result = DeployResult(vsn=plan.vsn.name, host=plan.host.name if plan.host else None, dry_run=dry_run)
     if dry_run:
@@ -139,16 +141,17 @@ def deploy(plan: Plan, secrets: Secrets, *, dry_run: bool = False, report: Repor
         except (MigratorError, OSError) as exc:
             cause = exc.message if isinstance(exc, MigratorError) else f"{exc.strerror or exc}: {exc.filename or ''}"
             report(f"deploy failed ({cause}); rolling back to the containerless state")
-            rollback(stack)
+            rollback(stack, forget_deployment=record)
             journal.forget("deploy")
             raise DeployFailed(f"deploy failed and was rolled back: {cause}") from exc
-        deployed.record(plan.raw, secrets.path)
+        if record:
+            deployed.record(plan.raw, secrets.path)
         journal.forget("deploy")
     result.duration = round(time.monotonic() - started, 3)
     return result
 
 
-def rollback(stack: Stack) -> None:
+def rollback(stack: Stack, forget_deployment: bool = True) -> None:
     """Containerless again; data dirs untouched. Errors here are reported, not raised over the cause."""
     try:
         stack.drop_all()
@@ -156,4 +159,5 @@ def rollback(stack: Stack) -> None:
         stack.report(f"rollback could not remove everything: {exc.message}")
         raise DeployFailed(f"deploy failed and the rollback failed too: {exc.message}",
                            hint="run `migrator recover` (or `migrator teardown`) once the engine answers") from exc
-    deployed.forget()
+    if forget_deployment:
+        deployed.forget()

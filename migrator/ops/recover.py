@@ -85,5 +85,4 @@ def recover(report: Report = quiet) -> dict:
 
 # Handlers registered by the modules that own them (imported last: they import `handler` from here).
 from migrator.ops import quiesce as _quiesce  # noqa: E402,F401
-
 from migrator.ops import restore as _restore  # noqa: E402,F401

@@ -172,7 +172,7 @@ def restore(store, vsn: str, snapshot_id: str, *, plan: Plan | None, volumes: li
                 if touch_containers:
                     quiesce.stop(writers)
                 for s in swaps:
-                    report(f"swapping {s.live} (old kept as {s.old.name})")
+                    report(f"swapping in {s.live}" + (f" (old kept as {s.old.name})" if s.live.exists() else ""))
                     swap_in(s)
                     checkpoint("restore.swapped")
         except MigratorError as exc:

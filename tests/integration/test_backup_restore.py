@@ -245,3 +245,42 @@ def test_host_container_plan_backup_and_in_place_restore(vsn, secrets, tmp_path)
     with urllib.request.urlopen(url, timeout=10) as resp:
         assert resp.read() == b"version 1"  # the running service sees the swapped-in data
     assert not [p for p in vsn.data_root.iterdir() if "pre-restore" in p.name]  # old dir removed
+
+
+def test_drill_passes_on_healthy_snapshot_without_touching_production(vsn, stack):
+    raw, store = stack
+    run_json(vsn, "backup", "--to", store)
+    before = {n: vsn.podman("inspect", "--format", "{{.Id}}", n).stdout.strip() for n in ("db", "web")}
+    live = fingerprint(vsn.data_root / "webdata")
+    out = run_json(vsn, "drill", "--from", store)
+    assert out["ok"] is True
+    assert out["rto_data_s"] <= out["rto_healthy_s"]
+    assert all(r["ok"] for r in out["services"].values()) and len(out["services"]) == 2
+    # Production untouched; the drill stack and its scratch data are gone.
+    assert {n: vsn.podman("inspect", "--format", "{{.Id}}", n).stdout.strip() for n in ("db", "web")} == before
+    assert set(vsn.containers()) == {"db", "web", "dbdata", "webdata"}
+    assert fingerprint(vsn.data_root / "webdata") == live
+    assert not Path(out["scratch"]).exists()
+
+
+def test_drill_fails_when_a_service_cannot_become_healthy(vsn, secrets, tmp_path):
+    # web probes /health.html from its volume; the snapshot is taken after that file was deleted, so the
+    # restored service can never become healthy (quiesce "none": the backup itself does not restart it).
+    raw = demo_plan(vsn, host=False)
+    web = next(s for s in raw["services"] if s["name"] == "web")
+    web["health"].update({"path": "/health.html", "timeout": 5})
+    web["quiesce"] = "none"
+    (vsn.data_root / "webdata" / "www").mkdir(parents=True)
+    (vsn.data_root / "webdata" / "www" / "health.html").write_text("ok")
+    plan = write_json(tmp_path / "plan.json", raw)
+    assert vsn.migrator("deploy", str(plan), "--secrets", str(secrets)).returncode == 0
+    (vsn.data_root / "webdata" / "www" / "health.html").unlink()
+    store = f"file://{tmp_path}/store"
+    run_json(vsn, "backup", "--to", store)
+    result = vsn.migrator("drill", "--from", store, "--json")
+    assert result.returncode != 0
+    out = json.loads(result.stdout)
+    assert out["ok"] is False and "health.html" in out["message"]
+    assert set(vsn.containers()) == {"db", "web", "dbdata", "webdata"}  # drill stack removed
+    last = json.loads((vsn.state_dir / "last_drill.json").read_text())
+    assert last["ok"] is False and "error" in last

@@ -1,0 +1,126 @@
+"""`migrator drill` — the restore drill, meant for cron: restore a snapshot (default latest) into a scratch
+data root, verifying every object's sha256 as it streams; boot the snapshot's plan against that data in
+isolation (distinct VSN label, container names, network and free ports; production untouched); wait for
+every health probe; tear the drill stack down and delete the scratch data. Reports RTO (time until the
+data is restored, time until every service is healthy), bytes and the result."""
+
+from __future__ import annotations
+
+import copy
+import os
+import secrets as pysecrets
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from migrator.catalog.listing import read_manifest
+from migrator.errors import MigratorError
+from migrator.ops.deploy import deploy
+from migrator.ops.probes import probe_once
+from migrator.ops.restore import restore, snapshot_plan
+from migrator.ops.stack import Report, Stack, quiet
+from migrator.plan.model import Plan, Secrets
+from migrator.state.files import write_json
+from migrator.state.paths import state_dir
+
+DRILL_PREFIX = "drill-"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rename(name: str, tag: str) -> str:
+    return f"{DRILL_PREFIX}{tag}-{name}"[:63]
+
+
+def drill_plan(raw: dict, scratch: Path, tag: str) -> tuple[dict, dict[str, str]]:
+    """The snapshot's plan made isolated: new VSN label and network, every published port moved to a free
+    one, container names prefixed (flat plans) or a distinct Host name. Returns (plan, volume renames)."""
+    r = copy.deepcopy(raw)
+    r.pop("backup", None)
+    r.pop("health", None)
+    r["vsn"]["name"] = _rename(r["vsn"]["name"], tag)
+    r["vsn"]["data_root"] = str(scratch)
+    r["network"] = _rename(r.get("network", f"{raw['vsn']['name']}-net"), tag)
+    for svc in r["services"]:
+        for port in svc.get("ports", []):
+            port["host"] = _free_port()
+            port["address"] = "127.0.0.1"
+    volume_names = {v["name"]: v["name"] for v in r["volumes"]}
+    if "host" in r:
+        r["host"]["name"] = _rename(r["host"].get("name", "migrator-host"), tag)
+        for port in r["host"].get("ports", []):
+            port["host"] = _free_port()
+            port["address"] = "127.0.0.1"
+    else:
+        # Flat plans share the VSN's engine with production: every container name must differ.
+        names = {x["name"]: _rename(x["name"], tag) for x in r["volumes"] + r["services"]}
+        volume_names = {v["name"]: names[v["name"]] for v in r["volumes"]}
+        for vol in r["volumes"]:
+            vol["name"] = names[vol["name"]]
+        for svc in r["services"]:
+            svc["name"] = names[svc["name"]]
+            svc["volumes_from"] = [names[v] for v in svc.get("volumes_from", [])]
+            svc["depends_on"] = [names[d] for d in svc.get("depends_on", [])]
+            for hooks in svc.get("hooks", {}).values():
+                for hook in hooks:
+                    if "container" in hook:
+                        hook["container"] = names[hook["container"]]
+    return r, volume_names
+
+
+def drill(store, vsn: str, snapshot_id: str, *, plan: Plan | None, secrets: Secrets, identity: Path | None = None,
+          scratch: Path | None = None, report: Report = quiet) -> dict:
+    started = time.monotonic()
+    manifest = read_manifest(store, vsn, snapshot_id)
+    source_plan = plan or snapshot_plan(store, manifest)
+    tag = pysecrets.token_hex(2)
+    scratch = Path(scratch) if scratch else state_dir() / "drill" / f"{manifest.snapshot_id}-{tag}"
+    scratch.mkdir(parents=True, exist_ok=False, mode=0o700)
+    result = {"snapshot_id": manifest.snapshot_id, "store": store.url, "scratch": str(scratch), "ok": False,
+              "bytes": manifest.size, "services": {}}
+    stack = None
+    try:
+        report(f"drill: restoring {manifest.snapshot_id} into {scratch}")
+        restored = restore(store, vsn, manifest.snapshot_id, plan=source_plan, into=scratch / "restored",
+                           identity=identity, report=report)
+        raw, renames = drill_plan(source_plan.raw, scratch / "data", tag)
+        (scratch / "data").mkdir(mode=0o755)
+        for original, renamed in renames.items():
+            src = scratch / "restored" / original
+            if src.exists():
+                os.rename(src, scratch / "data" / renamed)
+        result["rto_data_s"] = round(time.monotonic() - started, 3)
+        result["files"] = restored["files"]
+        drill_stack_plan = Plan.from_json(raw)
+        stack = Stack.for_plan(drill_stack_plan, report)
+        report("drill: booting the isolated stack")
+        deployed = deploy(drill_stack_plan, secrets, report=report, record=False)
+        engine = stack.rest_engine()
+        for svc in drill_stack_plan.enabled_services:
+            probe = probe_once(engine, svc, svc.health) if svc.health else None
+            result["services"][svc.name] = {"ok": probe.ok if probe else True,
+                                            "detail": probe.detail if probe else deployed.health.get(svc.name)}
+        result["rto_healthy_s"] = round(time.monotonic() - started, 3)
+        failed = [n for n, r in result["services"].items() if not r["ok"]]
+        if failed:
+            raise MigratorError(f"drill: service(s) unhealthy after restore: {', '.join(failed)}")
+        result["ok"] = True
+        return result
+    except MigratorError as exc:
+        result["error"] = exc.message
+        raise
+    finally:
+        if stack is not None:
+            try:
+                stack.drop_all()
+            except MigratorError as exc:
+                report(f"drill: could not remove the drill stack: {exc.message}")
+        shutil.rmtree(scratch, ignore_errors=True)
+        result["duration"] = round(time.monotonic() - started, 3)
+        # Health checks read this (drill freshness); notification on failure plugs in here as well.
+        write_json(state_dir() / "last_drill.json", {**result, "time": time.time()})
