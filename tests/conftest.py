@@ -39,3 +39,12 @@ def secrets(tmp_path) -> Path:
     from tests.lab.plans import secrets_file
 
     return secrets_file(tmp_path / "secrets.json")
+
+
+@pytest.fixture()
+def target_vsn(vsn):
+    """A second VSN reached only over SSH (own netns, mount ns, podman, data root, state)."""
+    from tests.lab.vsn2 import start_target
+
+    with start_target(vsn) as target:
+        yield target

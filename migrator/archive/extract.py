@@ -164,7 +164,7 @@ def _is_delete_list(m: tarfile.TarInfo) -> bool:
 
 
 class _Extraction:
-    def __init__(self, dest: Path, source: _Source, *, expected_sha256: str, expected_size: int | None,
+    def __init__(self, dest: Path, source: _Source, *, expected_sha256: str | None, expected_size: int | None,
                  identity_file: Path | None, encrypted: bool, max_uncompressed: int | None, progress):
         self.dest = dest
         self.expected_sha256 = expected_sha256
@@ -232,7 +232,7 @@ class _Extraction:
         if self.expected_size is not None and self.source.count != self.expected_size:
             raise IntegrityError(f"the object is {self.source.count} bytes, the manifest says {self.expected_size}")
         digest = self.source.hash.hexdigest()
-        if digest != self.expected_sha256.lower():
+        if self.expected_sha256 is not None and digest != self.expected_sha256.lower():
             raise IntegrityError(f"sha256 mismatch: the object hashes to {digest}, the manifest says "
                                  f"{self.expected_sha256}")
 
@@ -422,13 +422,15 @@ def _copy_into(source: _Source, pipe) -> None:
             pass
 
 
-def extract_archive(reader: BinaryIO, dest: Path, *, expected_sha256: str, expected_size: int | None = None,
+def extract_archive(reader: BinaryIO, dest: Path, *, expected_sha256: str | None, expected_size: int | None = None,
                     identity_file: Path | None = None, encrypted: bool = False,
                     progress: Callable[[int], None] | None = None,
                     max_uncompressed: int | None = None) -> ExtractStats:
     """Verify the object read from `reader` and apply it to `dest` (a staging directory, created if missing).
 
     `progress` is called with the object bytes read so far. `max_uncompressed` caps the tar stream size.
+    `expected_sha256=None` is for a stream whose digest the sender only knows at its end (move): the
+    caller must compare the returned `sha256` with the sender's before trusting `dest`.
     """
     if encrypted and identity_file is None:
         raise UsageError("this snapshot is encrypted: an age identity file is needed to restore it",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from migrator import __version__
-from migrator.cli import plan_cmds, snapshot_cmds, stack_cmds
+from migrator.cli import agent_cmds, move_cmds, ops_cmds, plan_cmds, snapshot_cmds, stack_cmds, update_cmds
 from migrator.cli.output import DEBUG
 
 app = typer.Typer(
@@ -38,6 +38,10 @@ def main_options(
 plan_cmds.register(app)
 stack_cmds.register(app)
 snapshot_cmds.register(app)
+update_cmds.register(app)
+move_cmds.register(app)
+agent_cmds.register(app)
+ops_cmds.register(app)
 
 
 def main() -> None:

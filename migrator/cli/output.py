@@ -12,6 +12,7 @@ from collections.abc import Callable
 import typer
 
 from migrator.errors import MigratorError
+from migrator.notify import hooks
 
 DEBUG = {"on": False}
 _LIVE: list = []  # progress bars showing now: stopped before a command prints its result
@@ -82,21 +83,31 @@ def _stop_live_progress() -> None:
         _LIVE.pop().close()
 
 
+def _after(around: hooks.Around, code: int, result: dict | None = None, error: BaseException | None = None) -> None:
+    """Operation history, metrics, failure mail (notify/hooks.py); their problems are warnings only."""
+    for line in around.finish(code, result, error):
+        print(f"migrator: warning: {line}", file=sys.stderr)
+
+
 def run(json_out: bool, action: Callable[[], dict], human: Callable[[dict], None] | None = None,
         exit_code: Callable[[dict], int] | None = None) -> None:
     """Run one command's action and render its result; map errors to exit codes."""
+    around = hooks.Around()
     try:
         try:
             result = action()
         finally:
             _stop_live_progress()
     except MigratorError as exc:
+        _after(around, exc.exit_code, error=exc)
         fail(exc, json_out)
         return
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        _after(around, 130, error=exc)
         print("migrator: interrupted", file=sys.stderr)
         raise typer.Exit(130) from None
     except Exception as exc:  # a bug: one line, traceback only with --debug
+        _after(around, 1, error=exc)
         if json_out:
             emit_json({"ok": False, "error": type(exc).__name__, "exit_code": 1, "message": str(exc)})
         print(f"migrator: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -105,6 +116,7 @@ def run(json_out: bool, action: Callable[[], dict], human: Callable[[dict], None
             traceback.print_exc()
         raise typer.Exit(1) from None
     code = exit_code(result) if exit_code else 0
+    _after(around, code, result=result)
     if json_out:
         emit_json({"ok": code == 0, **result})
     elif human:

@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
             return status_op(p)
 
         def human(r: dict) -> None:
-            print(f"stack {r['vsn']}: {r['state']}")
+            print(f"stack {r['vsn']}: {r['state']} (stack state {r.get('stack_state') or 'absent'})")
             for c in r["containers"]:
                 mark = "ok " if c["state"] == c["expected"] else "   "
                 print(f"  {mark}{c['role']:8} {c['name']:24} {c['state']:10} (expected {c['expected']}) {c['image']}")

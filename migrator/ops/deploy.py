@@ -6,6 +6,7 @@ state and raises DeployFailed (exit 7); existing data dirs are never altered."""
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from migrator.engine.base import ContainerEngine
@@ -16,7 +17,7 @@ from migrator.ops.datadirs import create_missing
 from migrator.ops.probes import wait_healthy
 from migrator.ops.stack import Report, Stack, quiet, start_order
 from migrator.plan.model import Plan, Secrets
-from migrator.state import deployed
+from migrator.state import deployed, stackstate
 from migrator.state.journal import open_journal
 
 # How often to ask the Host's inner podman socket while it boots.
@@ -122,8 +123,9 @@ def _bring_up(stack: Stack, secrets: Secrets, result: DeployResult, journal) -> 
 
 
 def deploy(plan: Plan, secrets: Secrets, *, dry_run: bool = False, report: Report = quiet,
-           record: bool = True) -> DeployResult:
-    """Deploy `plan`. `record=False` (drills) leaves the VSN's remembered deployment alone."""
+           record: bool = True, verb: str = "deploy") -> DeployResult:
+    """Deploy `plan`. `record=False` (drills) leaves the VSN's remembered deployment and stack state alone;
+    otherwise the stack goes CreatePending -> Running, or Failure on error (`verb` names the command)."""
     started = time.monotonic()
     result = DeployResult(vsn=plan.vsn.name, host=plan.host.name if plan.host else None, dry_run=dry_run)
     if dry_run:
@@ -135,7 +137,7 @@ def deploy(plan: Plan, secrets: Secrets, *, dry_run: bool = False, report: Repor
     host = stack.host_info()
     if host is not None and host.running:
         raise HostRunning(f"Host container {host.name} is running; deploy replaces a stopped stack only")
-    with open_journal("deploy") as journal:
+    with stackstate.pending(verb) if record else nullcontext(), open_journal("deploy") as journal:
         try:
             _bring_up(stack, secrets, result, journal)
         except (MigratorError, OSError) as exc:

@@ -94,6 +94,11 @@ class Quiesce:
             raise MigratorError(f"service(s) did not come back healthy: {'; '.join(failures)}",
                                 hint="`migrator status` shows them; the data was not changed")
 
+    def keep_stopped(self) -> None:
+        """The stopped services are meant to stay down (a finished move): no restart on exit."""
+        self.stopped = []
+        self.journal.forget(JOURNAL_KEY)
+
     def __enter__(self) -> Quiesce:
         return self
 
@@ -108,7 +113,7 @@ class Quiesce:
 
 
 @handler(JOURNAL_KEY)
-def _restart_stopped(fact: dict, report: Report) -> str:
+def restart_stopped(fact: dict, report: Report) -> str:
     stack = Stack.for_plan(Plan.from_json(fact["plan"]), report)
     engine = stack.rest_engine()
     started = []

@@ -84,5 +84,6 @@ def recover(report: Report = quiet) -> dict:
     return {"recovered": True, "verb": entry.get("verb"), "actions": actions}
 
 # Handlers registered by the modules that own them (imported last: they import `handler` from here).
+from migrator.ops import move as _move  # noqa: E402,F401
 from migrator.ops import quiesce as _quiesce  # noqa: E402,F401
 from migrator.ops import restore as _restore  # noqa: E402,F401

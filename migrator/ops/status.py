@@ -1,11 +1,21 @@
-"""`migrator status` — each container of the stack and its state, compared with the plan."""
+"""`migrator status` — each container of the stack and its state, compared with the plan, and the stack's
+lifecycle state (state/stackstate.py)."""
 
 from __future__ import annotations
 
 from migrator.engine.base import LABEL_STACK
 from migrator.ops.stack import Stack
 from migrator.plan.model import Plan
-from migrator.state import deployed
+from migrator.state import deployed, stackstate
+
+# Volume containers are created, never started; engines report that as any of these.
+CREATED_STATES = ("created", "exited", "stopped", "configured")
+
+
+def container_ok(row: dict) -> bool:
+    """A status row is in its expected state (volume containers: any not-started state)."""
+    return (row["state"] == row["expected"] or (row["expected"] == "created" and row["state"] in CREATED_STATES)
+            or (row["expected"] == "absent" and row["state"] == "missing"))
 
 
 def status(plan: Plan) -> dict:
@@ -29,11 +39,14 @@ def status(plan: Plan) -> dict:
         rows.append({"name": svc.name, "role": "service", "expected": expected,
                      "state": c.state if c else ("missing" if reachable else "unknown"),
                      "image": c.image if c else svc.image})
-    ok = all((r["state"] == r["expected"]) or (r["expected"] == "created" and r["state"] in ("created", "exited",
-             "stopped", "configured")) or (r["expected"] == "absent" and r["state"] == "missing") for r in rows)
+    ok = all(container_ok(r) for r in rows)
     containerless = not stack.stack_containers()
     info = deployed.current() or {}
+    lifecycle = stackstate.load()
     return {
+        "stack_state": lifecycle["state"],
+        "stack_state_since": lifecycle["since"],
+        "stack_state_error": lifecycle["error"],
         "vsn": plan.vsn.name,
         "state": "containerless" if containerless else ("running" if ok else "degraded"),
         "deployed_at": info.get("deployed_at"),

@@ -10,7 +10,7 @@ from migrator.errors import DeployFailed, MigratorError, UsageError
 from migrator.ops.probes import wait_healthy
 from migrator.ops.stack import Report, Stack, quiet
 from migrator.plan.model import Plan, Secrets
-from migrator.state import deployed
+from migrator.state import deployed, stackstate
 from migrator.state.journal import open_journal
 
 
@@ -28,7 +28,7 @@ def upgrade(plan: Plan, secrets: Secrets, service: str, image: str, report: Repo
         raise DeployFailed(f"service {service} has no container; deploy first")
     stack.ensure_image(engine, image)
     aside = f"{service}-pre-upgrade-{int(time.time())}"
-    with open_journal("upgrade") as journal:
+    with stackstate.pending("upgrade"), open_journal("upgrade") as journal:
         journal.note("upgrade", {"plan": plan.raw, "service": service, "aside": aside})
         engine.rename(service, aside)
         if old.running:

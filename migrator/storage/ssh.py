@@ -240,6 +240,12 @@ class SSHStore(SnapshotStore):
             self._sftp = self._connect()
         return self._sftp
 
+    def open_channel(self) -> paramiko.SFTPClient:
+        """A new SFTP session on the store's connection (for a writer that pipelines)."""
+        self.sftp  # noqa: B018 (connects if needed)
+        assert self._client is not None
+        return self._client.open_sftp()
+
     def close(self) -> None:
         sftp, client = self._sftp, self._client
         self._sftp = self._client = None
@@ -408,8 +414,16 @@ class _SFTPWriter(WriterBase):
         self._written = 0
         with store.edge("create", key):
             store._makedirs(posixpath.dirname(self._final))
-            self._file = store.sftp.open(self._partial, "wb", bufsize=STREAM_BUFFER)
-            self._file.chmod(FILE_MODE)
+            # A channel of its own: paramiko matches pipelined write replies by order, and another request
+            # on a shared channel (size(), list_dir() while this writer is open) would swallow some of
+            # them and leave the next drain waiting forever.
+            self._sftp = store.open_channel()
+            try:
+                self._file = self._sftp.open(self._partial, "wb", bufsize=STREAM_BUFFER)
+                self._file.chmod(FILE_MODE)
+            except BaseException:
+                self._sftp.close()
+                raise
             self._file.set_pipelined(True)  # do not wait one round trip per 32 KiB write
 
     def write(self, b: bytes) -> None:
@@ -425,7 +439,7 @@ class _SFTPWriter(WriterBase):
     def _drain_pipelined(self) -> None:
         # paramiko reports a failed pipelined write only if its reply is read on its behalf; replies
         # still pending are collected here so ENOSPC/EIO fail the commit instead of vanishing.
-        f, sftp = self._file, self._store.sftp
+        f, sftp = self._file, self._sftp
         reqs = getattr(f, "_reqs", None)
         while reqs:
             req = reqs.popleft()
@@ -434,37 +448,44 @@ class _SFTPWriter(WriterBase):
 
     def _fsync(self) -> None:
         try:
-            self._store.sftp._request(CMD_EXTENDED, "fsync@openssh.com", self._file.handle)
+            self._sftp._request(CMD_EXTENDED, "fsync@openssh.com", self._file.handle)
         except OSError:
             pass  # server without the extension: the rename is still atomic, only durability is weaker
 
     def commit(self) -> None:
         self._ensure_open()
-        store = self._store
+        sftp = self._sftp
         try:
-            with store.edge("commit", self._key):
+            with self._store.edge("commit", self._key):
                 self._file.flush()
                 self._drain_pipelined()
                 self._fsync()
                 self._file.close()
-                got = store.sftp.stat(self._partial).st_size
+                got = sftp.stat(self._partial).st_size
                 if got != self._written:
                     raise OSError(errno.EIO, f"remote file has {got} bytes, {self._written} were written")
                 try:
-                    store.sftp.posix_rename(self._partial, self._final)
+                    sftp.posix_rename(self._partial, self._final)
                 except OSError as exc:
                     if exc.errno in (errno.ENOENT, errno.EACCES):
                         raise
                     # server without posix-rename@openssh.com: plain rename refuses to overwrite
                     try:
-                        store.sftp.remove(self._final)
+                        sftp.remove(self._final)
                     except FileNotFoundError:
                         pass
-                    store.sftp.rename(self._partial, self._final)
+                    sftp.rename(self._partial, self._final)
         except BaseException:
             self.abort()
             raise
         self._done = True
+        self._close_channel()
+
+    def _close_channel(self) -> None:
+        try:
+            self._sftp.close()
+        except Exception:
+            pass  # the connection may already be gone
 
     def abort(self) -> None:
         if self._done:
@@ -475,9 +496,10 @@ class _SFTPWriter(WriterBase):
         except Exception:
             pass  # the connection may be gone; the partial stays as hidden debris
         try:
-            self._store.sftp.remove(self._partial)
+            self._sftp.remove(self._partial)
         except Exception:
             pass  # same: listings hide it and delete_prefix/prune removes it
+        self._close_channel()
 
 
 class _SFTPReader(RawReader):

@@ -96,6 +96,10 @@ class PodmanVSN:
         return subprocess.run(["podman", "--url", self.socket_url, *args], env=self.podman_env(),
                               capture_output=True, text=True, check=check, timeout=300)
 
+    @staticmethod
+    def migrator_argv() -> list[str]:
+        return [sys.executable, "-m", "migrator"]
+
     def migrator(self, *args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
         """Run the real CLI as a user would: a separate process, real argv, real exit code."""
         return subprocess.run([sys.executable, "-m", "migrator", *args], env=env or self.env(), capture_output=True,

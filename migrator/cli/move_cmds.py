@@ -1,0 +1,50 @@
+"""`move`: the whole stack and its data to another VSN over SSH."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import typer
+
+from migrator.cli.output import progress_printer, run
+from migrator.cli.plan_cmds import JsonOpt, SecretsOpt
+from migrator.cli.snapshot_cmds import PlanOpt, _deployed_plan
+from migrator.cli.stack_cmds import WaitOpt
+from migrator.ops.move import move as move_op
+from migrator.ops.session import operation
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def move(to: str = typer.Option(..., "--to", help="Target VSN: [ssh://][user@]host[:port] (~/.ssh/config aliases work)."),
+             plan: Path = PlanOpt, secrets: Path = SecretsOpt,
+             keep_source: bool = typer.Option(False, "--keep-source", help="Leave the source containers stopped, not removed."),
+             remote_migrator: str = typer.Option("migrator", "--remote-migrator",
+                                                 help="How to run migrator on the target (a command line)."),
+             ssh_config: Path = typer.Option(None, "--ssh-config", help="SSH config file (default ~/.ssh/config)."),
+             identity: Path = typer.Option(None, "--ssh-identity", help="SSH private key for the target."),
+             known_hosts: Path = typer.Option(None, "--known-hosts", help="known_hosts file (default ~/.ssh/known_hosts)."),
+             wait: float = WaitOpt, json_out: bool = JsonOpt) -> None:
+        """Move the deployed stack and all its data to another VSN with minimal downtime.
+
+        Pre-copies every volume while services run, stops them only for the delta and the target's deploy.
+
+        Example: migrator move --to root@new-vsn
+        """
+        report = progress_printer(json_out)
+        options = {k: str(v) for k, v in (("ssh_config_file", ssh_config), ("identity_file", identity),
+                                          ("known_hosts_file", known_hosts)) if v}
+
+        def action() -> dict:
+            p, s = _deployed_plan(plan, secrets)
+            options.setdefault("known_host_keys", (p.backup.get("ssh") or {}).get("known_host_keys", []))
+            with operation("move", wait, report):
+                return move_op(p, s, to, keep_source=keep_source, remote_command=shlex.split(remote_migrator),
+                               ssh_options=options, report=report)
+
+        def human(r: dict) -> None:
+            print(f"moved to {r['target']}: downtime {r['downtime_s']}s, pre-copy {r['bytes_precopy']} bytes "
+                  f"in {r['precopy_s']}s, delta {r['bytes_delta']} bytes; source {r['source']}")
+
+        run(json_out, action, human)

@@ -1,0 +1,78 @@
+"""`os-update prepare|finish|run`: the six-monthly OS update without data loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from migrator.cli.output import progress_printer, run
+from migrator.cli.plan_cmds import JsonOpt, SecretsOpt
+from migrator.cli.snapshot_cmds import PlanOpt, _deployed_plan
+from migrator.cli.stack_cmds import WaitOpt
+from migrator.ops import osupdate
+from migrator.ops.session import operation
+
+os_update = typer.Typer(help="Carry the VSN through an OS update: pre-update snapshot, containerless, update, "
+                             "redeploy, prove the data unchanged.", no_args_is_help=True)
+ToOpt = typer.Option(None, "--to", help="Snapshot target (repeatable). Default: the plan's backup.targets.")
+RestoreOpt = typer.Option(False, "--restore-on-mismatch", help="Restore the pre-update snapshot if the data changed.")
+
+
+@os_update.command()
+def prepare(plan: Path = PlanOpt, secrets: Path = SecretsOpt, to: list[str] = ToOpt, wait: float = WaitOpt,
+            json_out: bool = JsonOpt) -> None:
+    """Containerless, snapshot tagged pre-update, fingerprint the data, leave a marker.
+
+    Example: migrator os-update prepare && dnf -y upgrade && reboot
+    """
+    report = progress_printer(json_out)
+
+    def action() -> dict:
+        p, s = _deployed_plan(plan, secrets)
+        with operation("os-update", wait, report):
+            return osupdate.prepare(p, s, list(to or []) or None, report)
+
+    run(json_out, action, lambda r: print(f"ready for the OS update: snapshot {r['snapshot_id']}, "
+                                          f"{r['files']} paths fingerprinted; run `migrator os-update finish` after"))
+
+
+@os_update.command()
+def finish(restore_on_mismatch: bool = RestoreOpt,
+           identity: Path = typer.Option(None, "--identity", help="age identity for an encrypted snapshot."),
+           wait: float = WaitOpt, json_out: bool = JsonOpt) -> None:
+    """Check the data against the pre-update fingerprint (exit 6 on any difference), redeploy, probe health.
+
+    Example: migrator os-update finish
+    """
+    report = progress_printer(json_out)
+
+    def action() -> dict:
+        with operation("os-update", wait, report):
+            return osupdate.finish(restore_on_mismatch, identity, report)
+
+    run(json_out, action, lambda r: print(f"OS update finished: data unchanged, stack redeployed "
+                                          f"({', '.join(r['health'])} healthy)"))
+
+
+@os_update.command("run")
+def run_cmd(command: str = typer.Option(..., "--command", help="The update command line (run with bash)."),
+            plan: Path = PlanOpt, secrets: Path = SecretsOpt, to: list[str] = ToOpt,
+            restore_on_mismatch: bool = RestoreOpt, wait: float = WaitOpt, json_out: bool = JsonOpt) -> None:
+    """prepare -> the update command -> finish, for updates without a reboot.
+
+    Example: migrator os-update run --command "apt-get update && apt-get -y upgrade"
+    """
+    report = progress_printer(json_out)
+
+    def action() -> dict:
+        p, s = _deployed_plan(plan, secrets)
+        with operation("os-update", wait, report):
+            return osupdate.run_update(p, s, command, list(to or []) or None, restore_on_mismatch, report)
+
+    run(json_out, action, lambda r: print(f"OS update done (command exit {r['command_exit']}); "
+                                          f"data unchanged, stack redeployed"))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(os_update, name="os-update")

@@ -1,0 +1,300 @@
+"""`migrator cron install|show|remove` — the plan's schedules as one file in /etc/cron.d (or systemd
+timer units). Jobs: backup (backup.schedule), health --notify (health.schedule), drill
+(backup.drill_schedule), prune (backup.retention.schedule). Each line runs this migrator by absolute
+path with the lock wait it needs and appends its output to <state dir>/cron-<verb>.log.
+
+Expressions are validated with croniter (five fields); a bad one is a plan problem (exit 3) named by its
+JSON path. Installing is idempotent (same content: no write) and atomic (temp file + rename). The file
+written is remembered in the state dir so `cleanup` can remove it with the stack.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from croniter import croniter
+
+from migrator.errors import PlanInvalid, UsageError
+from migrator.plan.model import Plan
+from migrator.state.files import atomic_write, read_json, write_json
+from migrator.state.paths import DEFAULT_STATE_DIR, state_dir
+
+DEFAULT_CRON_FILE = "/etc/cron.d/migrator"
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Lock waits: a scheduled job that finds another operation running (a backup meeting a long drill)
+# waits for it rather than skipping the day. Health never waits: it skips the container checks instead.
+BACKUP_WAIT = 3 * 3600
+DRILL_WAIT = 6 * 3600
+PRUNE_WAIT = 6 * 3600
+# Environment a scheduled run needs to find the same state as the installing one.
+CARRIED_ENV = ("MIGRATOR_STATE_DIR", "MIGRATOR_RUNTIME_DIR", "MIGRATOR_METRICS_FILE", "MIGRATOR_MAILER")
+
+
+@dataclass(frozen=True)
+class Job:
+    verb: str
+    schedule: str
+    args: tuple[str, ...]
+    path: str  # JSON path of the schedule in the plan
+
+    def to_json(self) -> dict:
+        return {"verb": self.verb, "schedule": self.schedule, "args": list(self.args), "path": self.path}
+
+
+def cron_file(path: str | os.PathLike | None = None) -> Path:
+    return Path(path or os.environ.get("MIGRATOR_CRON_FILE") or DEFAULT_CRON_FILE)
+
+
+def valid_expression(expr: str) -> bool:
+    return len(expr.split()) == 5 and croniter.is_valid(expr)
+
+
+def jobs(plan: Plan) -> list[Job]:
+    """The plan's scheduled jobs; every problem at once as PlanInvalid (exit 3) with its JSON path."""
+    backup, health = plan.backup, plan.health
+    retention = backup.get("retention", {})
+    wanted = [
+        ("backup", backup.get("schedule"), ("--wait", str(BACKUP_WAIT)), "backup.schedule"),
+        ("health", health.get("schedule"), ("--notify",), "health.schedule"),
+        ("drill", backup.get("drill_schedule"), ("--wait", str(DRILL_WAIT)), "backup.drill_schedule"),
+        ("prune", retention.get("schedule"), ("--wait", str(PRUNE_WAIT)), "backup.retention.schedule"),
+    ]
+    problems, out = [], []
+    for verb, expr, args, path in wanted:
+        if expr is None:
+            continue
+        if not valid_expression(expr):
+            problems.append(f"{path}: {expr!r} is not a valid five-field cron expression")
+            continue
+        if verb in ("backup", "drill", "prune") and not backup.get("targets"):
+            problems.append(f"{path}: scheduled {verb} needs backup.targets")
+            continue
+        if verb == "prune" and not any(k.startswith("keep_") for k in retention):
+            problems.append(f"{path}: scheduled prune needs backup.retention.keep_* values")
+            continue
+        if verb == "health" and "notify" not in health:
+            args = ()  # no address to mail: the check still runs, logs and writes metrics
+        out.append(Job(verb, expr, args, path))
+    if problems:
+        raise PlanInvalid(f"the plan's schedules are invalid ({len(problems)} problem(s))", details=problems)
+    return out
+
+
+def migrator_command() -> list[str]:
+    """This migrator by absolute path: the venv's console script when present, else `python -m migrator`."""
+    script = Path(sys.executable).parent / "migrator"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("migrator")
+    return [str(Path(found).resolve())] if found else [sys.executable, "-m", "migrator"]
+
+
+def environment() -> dict[str, str]:
+    env = {}
+    for name in CARRIED_ENV:
+        value = os.environ.get(name)
+        if value and not (name == "MIGRATOR_STATE_DIR" and value == DEFAULT_STATE_DIR):
+            if "\n" in value:
+                raise UsageError(f"${name} contains a newline; it cannot go into a cron file")
+            env[name] = value
+    env["PATH"] = f"{Path(migrator_command()[0]).parent}:{SYSTEM_PATH}"
+    return env
+
+
+def command_line(job: Job) -> str:
+    """The shell command of one job (cron runs it with /bin/sh; every word is quoted)."""
+    log = state_dir() / f"cron-{job.verb}.log"
+    argv = [*migrator_command(), job.verb, *job.args]
+    # cron turns an unescaped % into a newline.
+    return f"{shlex.join(argv)} >> {shlex.quote(str(log))} 2>&1".replace("%", "\\%")
+
+
+def render_cron(plan: Plan) -> str:
+    lines = [f"# migrator schedules for VSN {plan.vsn.name}. Written by `migrator cron install`; edit the plan",
+             "# and install again instead of editing this file.",
+             "SHELL=/bin/sh"]
+    lines += [f"{k}={v}" for k, v in sorted(environment().items())]
+    for job in jobs(plan):
+        lines.append(f"{job.schedule} root {command_line(job)}")
+    return "\n".join(lines) + "\n"
+
+
+def _remember(kind: str, path: Path, present: bool) -> None:
+    info = read_json(state_dir() / "cron.json", {}) or {}
+    files = set(info.get(kind, []))
+    (files.add if present else files.discard)(str(path))
+    info[kind] = sorted(files)
+    write_json(state_dir() / "cron.json", info)
+
+
+def _write_if_changed(path: Path, text: str, mode: int) -> bool:
+    try:
+        if path.read_text() == text:
+            return False
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # cron ignores files in /etc/cron.d that are group- or world-writable: 0644, written atomically.
+    atomic_write(path, text.encode(), mode=mode)
+    os.chmod(path, mode)
+    return True
+
+
+def install(plan: Plan, path: str | os.PathLike | None = None) -> dict:
+    target = cron_file(path)
+    text = render_cron(plan)
+    changed = _write_if_changed(target, text, 0o644)
+    _remember("cron", target, True)
+    return {"file": str(target), "changed": changed, "jobs": [j.to_json() for j in jobs(plan)], "content": text}
+
+
+def show(plan: Plan | None, path: str | os.PathLike | None = None) -> dict:
+    target = cron_file(path)
+    try:
+        installed = target.read_text()
+    except FileNotFoundError:
+        installed = None
+    expected = render_cron(plan) if plan else None
+    return {"file": str(target), "installed": installed, "expected": expected,
+            "in_sync": installed is not None and installed == expected}
+
+
+def remove(path: str | os.PathLike | None = None) -> dict:
+    target = cron_file(path)
+    try:
+        target.unlink()
+        removed = True
+    except FileNotFoundError:
+        removed = False
+    _remember("cron", target, False)
+    return {"file": str(target), "removed": removed}
+
+
+# --- systemd timers --------------------------------------------------------------------------------
+_DOW_NAMES = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+_CRON_NAMES = {name: i for i, name in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])}
+_CRON_NAMES.update({m: i + 1 for i, m in enumerate(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug",
+                                                        "sep", "oct", "nov", "dec"])})
+_RANGES = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]
+
+
+def _num(token: str) -> int:
+    return _CRON_NAMES[token.lower()] if token.lower() in _CRON_NAMES else int(token)
+
+
+def _values(item: str, low: int, high: int) -> list[int]:
+    base, _, step = item.partition("/")
+    if base == "*":
+        start, stop = low, high
+    elif "-" in base:
+        start, stop = (_num(x) for x in base.split("-", 1))
+        if start > stop:
+            raise ValueError(f"wrapping range {base!r} has no systemd equivalent")
+    else:
+        start = _num(base)
+        stop = high if step else start
+    return list(range(start, stop + 1, int(step) if step else 1))
+
+
+def _field(token: str, index: int) -> str:
+    """One cron field in systemd calendar syntax: `*`, plain ranges as a..b, everything else (steps,
+    days of the week) as an explicit list, which both understand the same way."""
+    if token == "*":
+        return "*"
+    low, high = _RANGES[index]
+    if index == 4:  # days of the week: names, 0 and 7 are both Sunday
+        days = sorted({v % 7 for item in token.split(",") for v in _values(item, 0, 6)})
+        return ",".join(_DOW_NAMES[d] for d in days)
+    parts = []
+    for item in token.split(","):
+        base, _, step = item.partition("/")
+        if "-" in base and not step:
+            a, b = (_num(x) for x in base.split("-", 1))
+            if a > b:
+                raise ValueError(f"wrapping range {base!r} has no systemd equivalent")
+            parts.append(f"{a}..{b}")
+        else:
+            parts += [str(v) for v in _values(item, low, high)]
+    return ",".join(parts)
+
+
+def on_calendar(expr: str) -> str:
+    """A five-field cron expression as a systemd OnCalendar= value. Raises ValueError where the two
+    differ: cron ORs a restricted day-of-month with a restricted day-of-week, systemd ANDs them."""
+    if not valid_expression(expr):
+        raise ValueError(f"{expr!r} is not a valid five-field cron expression")
+    minute, hour, dom, month, dow = expr.split()
+    if dom != "*" and dow != "*":
+        raise ValueError(f"{expr!r} restricts both day of month and day of week (cron ORs them, systemd ANDs)")
+    fields = [_field(f, i) for i, f in enumerate((minute, hour, dom, month, dow))]
+    days = "" if fields[4] == "*" else f"{fields[4]} "
+    return f"{days}*-{fields[3]}-{fields[2]} {fields[1]}:{fields[0]}:00"
+
+
+def render_systemd(plan: Plan) -> dict[str, str]:
+    """{unit file name: content} for every job: a oneshot service and its timer."""
+    env = environment()
+    units: dict[str, str] = {}
+    problems = []
+    for job in jobs(plan):
+        try:
+            calendar = on_calendar(job.schedule)
+        except ValueError as exc:
+            problems.append(f"{job.path}: {exc}")
+            continue
+        argv = [*migrator_command(), job.verb, *job.args]
+        # systemd expands %-specifiers in these lines: a literal % is written %%.
+        env_lines = "".join(f"Environment={shlex.quote(f'{k}={v}')}\n".replace("%", "%%") for k, v in sorted(env.items()))
+        units[f"migrator-{job.verb}.service"] = (
+            f"[Unit]\nDescription=migrator {job.verb} of VSN {plan.vsn.name}\n\n"
+            f"[Service]\nType=oneshot\n{env_lines}ExecStart={shlex.join(argv).replace('%', '%%')}\n")
+        # A missed backup/drill/prune (machine off at the time) runs at boot; a missed health check does not.
+        persistent = "false" if job.verb == "health" else "true"
+        units[f"migrator-{job.verb}.timer"] = (
+            f"[Unit]\nDescription=migrator {job.verb} schedule ({job.schedule})\n\n"
+            f"[Timer]\nOnCalendar={calendar}\nPersistent={persistent}\n\n[Install]\nWantedBy=timers.target\n")
+    if problems:
+        raise PlanInvalid("some schedules have no systemd equivalent; use the cron file instead",
+                          details=problems)
+    return units
+
+
+def install_systemd(plan: Plan, directory: str | os.PathLike) -> dict:
+    base = Path(directory)
+    units = render_systemd(plan)
+    changed = [name for name, text in sorted(units.items()) if _write_if_changed(base / name, text, 0o644)]
+    stale = [p.name for p in base.glob("migrator-*.*") if p.suffix in (".service", ".timer") and p.name not in units]
+    for name in stale:
+        (base / name).unlink()
+    _remember("systemd", base, True)
+    timers = sorted(n for n in units if n.endswith(".timer"))
+    return {"directory": str(base), "units": sorted(units), "changed": changed, "removed": stale,
+            "next_step": f"systemctl daemon-reload && systemctl enable --now {' '.join(timers)}"}
+
+
+def remove_systemd(directory: str | os.PathLike) -> dict:
+    base = Path(directory)
+    removed = []
+    for p in sorted(base.glob("migrator-*.*")):
+        if p.suffix in (".service", ".timer"):
+            p.unlink()
+            removed.append(p.name)
+    _remember("systemd", base, False)
+    return {"directory": str(base), "removed": removed}
+
+
+def remove_all_installed() -> list[str]:
+    """Remove every schedule file `install` wrote (for cleanup). Returns what was removed."""
+    info = read_json(state_dir() / "cron.json", {}) or {}
+    removed = []
+    for f in info.get("cron", []):
+        if remove(f)["removed"]:
+            removed.append(f)
+    for d in info.get("systemd", []):
+        removed += [str(Path(d) / n) for n in remove_systemd(d)["removed"]]
+    return removed

@@ -1,0 +1,145 @@
+"""`migrator health` — is the deployed stack healthy right now? Checks, each with a name and one line:
+- `container:<name>`: the Host and every REST container in its expected state (volume containers
+  created, enabled services running, disabled ones absent);
+- `probe:<service>`: each running service's health probe answers (tcp, http with its status, cmd);
+- `backup-age`: the last successful backup (last_backup.json) is younger than backup.max_age_hours,
+  when the plan has backup targets or a schedule;
+- `drill`: the last restore drill (last_drill.json), when there was one, passed;
+- `disk`: free space on the data root is at least health.min_free (default: vsn.min_free);
+- `stack-state`: the last lifecycle command did not leave the stack in Failure.
+
+Health takes the operation lock without waiting. When another operation holds it (a backup stops
+services for seconds, a restore for longer), container and probe checks are skipped instead of raising
+a false alarm; the freshness and disk checks still run. An Archived stack is containerless on purpose,
+so its container and probe checks are skipped too.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from migrator.errors import LockHeld
+from migrator.ops.probes import probe_once
+from migrator.ops.stack import Stack
+from migrator.ops.status import container_ok, status
+from migrator.plan.model import Plan
+from migrator.plan.sizes import format_size, parse_size
+from migrator.state import stackstate
+from migrator.state.files import read_json
+from migrator.state.lock import operation_lock
+from migrator.state.paths import state_dir
+
+DEFAULT_MAX_AGE_HOURS = 26  # a daily backup plus two hours of slack (README: backup.max_age_hours)
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool | None  # None = skipped (not counted as a failure)
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.name}: {self.detail}"
+
+
+def container_checks(plan: Plan) -> list[Check]:
+    rows = status(plan)["containers"]
+    checks = []
+    host_down = False
+    for row in rows:
+        ok = container_ok(row)
+        name = f"container:{row['name']}"
+        if row["role"] != "host" and host_down:
+            checks.append(Check(name, None, "skipped: the Host container is not running"))
+            continue
+        checks.append(Check(name, ok, f"{row['role']} {row['name']} is {row['state']}"
+                                      + ("" if ok else f" (expected {row['expected']})")))
+        if row["role"] == "host" and not ok:
+            host_down = True
+    return checks
+
+
+def probe_checks(plan: Plan, containers: list[Check]) -> list[Check]:
+    bad = {c.name.split(":", 1)[1] for c in containers if c.ok is not True}
+    probed = [s for s in plan.enabled_services if s.health is not None]
+    if not probed:
+        return []
+    stack = Stack.for_plan(plan)
+    checks = []
+    for svc in probed:
+        name = f"probe:{svc.name}"
+        if svc.name in bad:
+            checks.append(Check(name, None, "skipped: the container is not running"))
+            continue
+        result = probe_once(stack.rest_engine(), svc, svc.health)
+        checks.append(Check(name, result.ok, result.detail))
+    return checks
+
+
+def backup_check(plan: Plan, now: float) -> Check | None:
+    if not (plan.backup.get("targets") or plan.backup.get("schedule")):
+        return None
+    max_age = float(plan.backup.get("max_age_hours", DEFAULT_MAX_AGE_HOURS))
+    last = read_json(state_dir() / "last_backup.json")
+    if not last or not last.get("ok") or not last.get("time"):
+        return Check("backup-age", False, "no successful backup recorded on this VSN")
+    age_h = (now - float(last["time"])) / 3600
+    ok = age_h <= max_age
+    return Check("backup-age", ok, f"last successful backup {last.get('snapshot_id')} is {age_h:.1f}h old"
+                                   + ("" if ok else f" (limit {max_age:g}h)"))
+
+
+def drill_check() -> Check | None:
+    last = read_json(state_dir() / "last_drill.json")
+    if last is None:
+        return None
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(last.get("time", 0)))
+    if last.get("ok"):
+        return Check("drill", True, f"last restore drill ({when}) of {last.get('snapshot_id')} passed")
+    return Check("drill", False, f"last restore drill ({when}) failed: {last.get('error') or 'see migrator log'}")
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def disk_check(plan: Plan) -> Check:
+    min_free = parse_size(plan.health["min_free"]) if "min_free" in plan.health else plan.vsn.min_free
+    root = Path(plan.vsn.data_root)
+    free = shutil.disk_usage(_existing(root)).free
+    ok = free >= min_free
+    return Check("disk", ok, f"{format_size(free)} free on {root}" + ("" if ok else f" (need {format_size(min_free)})"))
+
+
+def health(plan: Plan, now: float | None = None) -> dict:
+    now = time.time() if now is None else now
+    checks: list[Check] = []
+    lifecycle = stackstate.load()
+    if lifecycle["state"] == stackstate.FAILURE:
+        checks.append(Check("stack-state", False, f"the last {lifecycle.get('verb') or 'command'} failed: "
+                                                  f"{lifecycle.get('error') or 'see migrator log'}"))
+    if lifecycle["state"] == stackstate.ARCHIVED:
+        checks.append(Check("containers", None, "skipped: the stack is Archived (containerless on purpose)"))
+    else:
+        try:
+            with operation_lock("health", 0):
+                containers = container_checks(plan)
+                checks += containers + probe_checks(plan, containers)
+        except LockHeld as exc:
+            checks.append(Check("containers", None, f"skipped: {exc.message}"))
+    checks += [c for c in (backup_check(plan, now), drill_check()) if c is not None]
+    checks.append(disk_check(plan))
+    failures = [c for c in checks if c.ok is False]
+    return {
+        "vsn": plan.vsn.name,
+        "healthy": not failures,
+        "stack_state": lifecycle["state"],
+        "checks": [asdict(c) for c in checks],
+        "failures": [c.line() for c in failures],
+        "time": now,
+    }

@@ -1,0 +1,99 @@
+"""Seed 004's staging lifecycle on one VSN: `archive` (remove the containers, keep the data: Archived),
+`unarchive` (redeploy with the remembered plan and secrets path: Running), `cleanup` (a final snapshot,
+then remove the containers AND the plan's data dirs, the remembered deployment and the installed
+schedules: no stack any more). The stack-state transitions are in state/stackstate.py; the caller
+holds the operation lock.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from migrator.errors import MigratorError, UsageError
+from migrator.ops import cron
+from migrator.ops.backup import backup
+from migrator.ops.deploy import deploy
+from migrator.ops.stack import Report, Stack, quiet
+from migrator.ops.teardown import teardown
+from migrator.plan import validate_files
+from migrator.plan.model import Plan
+from migrator.state import deployed, stackstate
+from migrator.state.paths import state_dir
+
+FINAL_TAG = "final"
+# What the state dir remembers about a stack; cleanup forgets it (history and metrics stay).
+STACK_STATE_FILES = ("plan.json", "deployment.json", "last_backup.json", "last_drill.json", "notify_state.json",
+                     "cron.json")
+
+
+def archive(plan: Plan, report: Report = quiet) -> dict:
+    result = teardown(plan, report, verb="archive")
+    return {**result, "stack_state": stackstate.current()}
+
+
+def unarchive(report: Report = quiet) -> dict:
+    if stackstate.current() != stackstate.ARCHIVED:
+        raise stackstate.InvalidTransition(f"stack is {stackstate.current() or 'absent'}: only an Archived stack "
+                                           "can be unarchived",
+                                           hint="`migrator deploy PLAN` deploys from scratch")
+    info = deployed.current() or {}
+    if not info.get("plan") or not Path(info["plan"]).exists():
+        raise UsageError("no remembered plan to unarchive", hint="deploy with `migrator deploy PLAN --secrets F`")
+    plan, secrets = validate_files(info["plan"], info.get("secrets"))
+    result = deploy(plan, secrets, report=report, verb="unarchive").to_json()
+    return {**result, "plan": info["plan"], "secrets": info.get("secrets"), "stack_state": stackstate.current()}
+
+
+def _remove_data(plan: Plan, report: Report) -> list[str]:
+    """Remove the plan's volume dirs: renamed aside first (one atomic step per volume, so an interrupted
+    cleanup leaves whole volumes or debris, never a half-deleted live dir), then deleted."""
+    root = Path(plan.vsn.data_root)
+    removed = []
+    for vol in plan.volumes:
+        live = Path(vol.root_dir(plan.vsn.data_root))
+        if live.is_symlink():
+            raise MigratorError(f"{live} is a symlink; refusing to delete through it",
+                                hint="remove it by hand if it is yours")
+        if live.exists():
+            aside = root / f".{vol.name}.cleanup-{int(time.time())}"
+            os.rename(live, aside)
+            removed.append(str(live))
+    for debris in root.glob(".*.cleanup-*") if root.is_dir() else ():
+        report(f"cleanup: deleting {debris}")
+        shutil.rmtree(debris)
+    try:
+        root.rmdir()  # only when empty: the data root may hold things that are not ours
+    except OSError:
+        pass
+    return removed
+
+
+def _forget_stack() -> None:
+    for name in STACK_STATE_FILES:
+        try:
+            (state_dir() / name).unlink()
+        except FileNotFoundError:
+            pass
+
+
+def cleanup(plan: Plan, *, snapshot: bool = True, targets: list[str] | None = None, report: Report = quiet) -> dict:
+    """Final snapshot (unless `snapshot` is False), then everything of the stack goes. The confirmation
+    (--yes or the typed VSN name) is the CLI's job; nothing here asks."""
+    if snapshot and not (targets or plan.backup.get("targets")):
+        raise UsageError("cleanup needs a final snapshot but the plan has no backup.targets",
+                         hint="pass --to URL for the final snapshot, or --no-snapshot to delete without one")
+    result: dict = {"vsn": plan.vsn.name, "snapshot_id": None}
+    with stackstate.pending("cleanup"):
+        if snapshot:
+            report("cleanup: taking the final snapshot")
+            snap = backup(plan, targets, [FINAL_TAG], report)
+            result.update(snapshot_id=snap["snapshot_id"], targets=snap["targets"], size=snap["size"])
+        result["removed_containers"] = Stack.for_plan(plan, report).drop_all()
+        result["removed_data"] = _remove_data(plan, report)
+        result["removed_schedules"] = cron.remove_all_installed()
+        _forget_stack()
+    result["stack_state"] = stackstate.current()
+    return result

@@ -1,0 +1,220 @@
+"""`migrator move --to [ssh://][user@]host[:port]` — the whole stack and its data to another VSN.
+
+1. preflight the target over SSH (host key verified): migrator there in a compatible version, root, the
+   target's own `check` of the plan (commands, engine, data root), free space >= data + margin;
+2. pre-copy while services run: every volume streamed (tar | zstd) into a staging dir on the target;
+3. cut over: stop every source service (hooks run), stream only what changed since the pre-copy (with
+   deletions), compare stream checksums and metadata fingerprints, copy plan and secrets (0600, SFTP),
+   swap staging into the target's data root, deploy there (its seed flow), probe health;
+4. finish: the source goes containerless (data kept), or with --keep-source its containers stay, stopped.
+Failure before the target is healthy: the target's deploy rolls itself back to containerless (copied data
+stays for a retry), the source services are restarted, the cause is raised. A killed move is finished or
+undone from the journal by the next command or `migrator recover` (it asks the target which it is)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from migrator import __version__
+from migrator.archive import capture_phase2, scan, write_archive
+from migrator.archive.fingerprint import compare, fingerprint
+from migrator.errors import IntegrityError, MigratorError, PreflightFailed
+from migrator.faults import checkpoint
+from migrator.ops.datadirs import tree_size
+from migrator.ops.quiesce import Quiesce, restart_stopped
+from migrator.ops.recover import handler
+from migrator.ops.stack import Report, Stack, quiet
+from migrator.plan.model import Plan, Secrets, canonical_json
+from migrator.remote.session import RemoteVSN
+from migrator.state import deployed
+from migrator.state.files import write_json
+from migrator.state.journal import open_journal
+from migrator.state.paths import state_dir
+
+JOURNAL_KEY = "move"
+# Room the target must have beyond the data itself: 10% plus 1 GiB for logs, images and databases' growth.
+SPACE_MARGIN_RATIO = 0.10
+SPACE_MARGIN_BYTES = 1024**3
+
+
+@dataclass
+class MoveResult:
+    target: str
+    volumes: list[str]
+    bytes_precopy: int = 0
+    bytes_delta: int = 0
+    precopy_s: float = 0.0
+    downtime_s: float = 0.0
+    duration_s: float = 0.0
+    health: dict = field(default_factory=dict)
+    source: str = "containerless"
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def compatible(local: str, remote: str) -> bool:
+    """Same major.minor: the agent protocol and the plan schema only change with the minor version."""
+    try:
+        return local.split(".")[:2] == remote.split(".")[:2] and all(x.isdigit() for x in remote.split(".")[:2])
+    except AttributeError:
+        return False
+
+
+def preflight(remote: RemoteVSN, plan: Plan, secrets: Secrets, report: Report) -> dict:
+    info = remote.migrator("agent", "info", "--data-root", plan.vsn.data_root)
+    version = str(info.get("version", "?"))
+    if not compatible(__version__, version):
+        raise PreflightFailed(f"{remote.what} runs migrator {version[:40]!r}; this one is {__version__}",
+                              hint="install the same migrator version on the target")
+    if info.get("euid") != 0:
+        raise PreflightFailed(f"{remote.what}: migrator does not run as root there (uid {info.get('euid')})")
+    needed = sum(tree_size(Path(v.root_dir(plan.vsn.data_root))) for v in plan.volumes
+                 if Path(v.root_dir(plan.vsn.data_root)).exists())
+    margin = int(needed * SPACE_MARGIN_RATIO) + SPACE_MARGIN_BYTES
+    free = int(info.get("free_bytes", 0))
+    if free < needed + margin:
+        raise PreflightFailed(f"{remote.what} has {free} bytes free under {plan.vsn.data_root}; "
+                              f"the data needs {needed} + {margin} margin")
+    incoming = f"{info['state_dir']}/incoming"
+    remote.makedirs(incoming)
+    remote.put_file(f"{incoming}/plan.json", canonical_json(plan.raw), 0o600)
+    secrets_path = None
+    if secrets.path:
+        secrets_path = f"{incoming}/secrets.json"
+        remote.put_file(secrets_path, json.dumps(secrets.values).encode(), 0o600)
+    report(f"checking {remote.what}")
+    args = ["check", f"{incoming}/plan.json"] + (["--secrets", secrets_path] if secrets_path else [])
+    remote.migrator(*args)
+    return {"plan": f"{incoming}/plan.json", "secrets": secrets_path, "needed": needed, "free": free}
+
+
+def send_volume(remote: RemoteVSN, plan: Plan, volume: str, capture, fresh: bool) -> tuple[int, str]:
+    """Stream one archive (built by `capture(sinks)`) into the target's staging dir; check its sha256."""
+    args = ["agent", "receive", "--volume", volume, "--data-root", plan.vsn.data_root] + (["--fresh"] if fresh else [])
+    stream = remote.stream(*args)
+    try:
+        stats = capture([stream])
+    except BaseException:
+        stream.abort()
+        raise
+    code, out, err = stream.finish()
+    reply = remote.reply(code, out, err, "agent receive")
+    if reply.get("sha256") != stats.sha256 or reply.get("size") != stats.size:
+        raise IntegrityError(f"{volume}: the target received {reply.get('size')} bytes with sha256 "
+                             f"{reply.get('sha256')}, we sent {stats.size} with {stats.sha256}")
+    return stats.size, stats.sha256
+
+
+def move(plan: Plan, secrets: Secrets, target: str, *, keep_source: bool = False,
+         remote_command: list[str] | None = None, ssh_options: dict | None = None, report: Report = quiet) -> dict:
+    started = time.monotonic()
+    remote = RemoteVSN.open(target, ssh_options, remote_command)
+    result = MoveResult(target=target, volumes=[v.name for v in plan.volumes])
+    stack = Stack.for_plan(plan, report)
+    try:
+        report(f"preflight of {remote.what}")
+        files = preflight(remote, plan, secrets, report)
+        with open_journal("move") as journal:
+            journal.note(JOURNAL_KEY, {"plan": plan.raw, "target": target, "stage": "precopy",
+                                       "ssh_options": ssh_options or {}, "remote_command": remote.command,
+                                       "keep_source": keep_source})
+            states = {}
+            for vol in plan.volumes:
+                root = Path(vol.root_dir(plan.vsn.data_root))
+                root.mkdir(parents=True, exist_ok=True)
+                report(f"pre-copy of {vol.name} while services run")
+                states[vol.name] = scan(root)
+                size, _sha = send_volume(remote, plan, vol.name, lambda sinks, r=root, s=states[vol.name]: write_archive(
+                    r, sinks, on_member=s.note_archived), fresh=True)
+                result.bytes_precopy += size
+            result.precopy_s = round(time.monotonic() - started, 3)
+            checkpoint("move.precopied")
+            quiesce = Quiesce(stack, journal, report)
+            try:
+                with quiesce:
+                    cut_over(remote, plan, stack, quiesce, journal, states, files, result)
+            except MigratorError:
+                journal.forget(JOURNAL_KEY)  # handled: the source services were restarted on the way out
+                raise
+            result.source = finish_source(stack, keep_source, target, remote, report)
+            journal.forget(JOURNAL_KEY)
+    finally:
+        remote.close()
+    result.duration_s = round(time.monotonic() - started, 3)
+    return result.to_json()
+
+
+def cut_over(remote: RemoteVSN, plan: Plan, stack: Stack, quiesce: Quiesce, journal, states: dict, files: dict,
+             result: MoveResult) -> None:
+    """Source services down -> delta sent and checked -> target deployed and healthy. Raises on failure;
+    the caller's Quiesce then restarts the source services."""
+    report = stack.report
+    services = quiesce.running(list(plan.enabled_services))
+    quiesce.run_hooks(services, "pre_backup")
+    quiesce.stop(services)
+    down_since = min(quiesce.stopped_at.values(), default=time.monotonic())
+    checkpoint("move.source-stopped")
+    for vol in plan.volumes:
+        root = Path(vol.root_dir(plan.vsn.data_root))
+        report(f"sending what changed in {vol.name}")
+        size, _sha = send_volume(remote, plan, vol.name,
+                                 lambda sinks, r=root, s=states[vol.name]: capture_phase2(r, sinks, s)[0], fresh=False)
+        result.bytes_delta += size
+        there = remote.migrator("agent", "fingerprint", "--volume", vol.name,
+                                "--data-root", plan.vsn.data_root)["fingerprint"]
+        differences = compare(fingerprint(root, content=False), there)
+        if differences:
+            raise IntegrityError(f"{vol.name} differs on the target after the transfer", details=differences)
+    journal.note(JOURNAL_KEY, {**journal.entry["undo"][JOURNAL_KEY], "stage": "deploying"})
+    remote.migrator("agent", "commit", *[a for v in plan.volumes for a in ("--volume", v.name)],
+                    "--data-root", plan.vsn.data_root)
+    report(f"deploying on {remote.what}")
+    args = ["deploy", files["plan"]] + (["--secrets", files["secrets"]] if files["secrets"] else [])
+    deployed_there = remote.migrator(*args)
+    result.health = deployed_there.get("health", {})
+    result.downtime_s = round(time.monotonic() - down_since, 3)
+    checkpoint("move.target-healthy")
+    journal.note(JOURNAL_KEY, {**journal.entry["undo"][JOURNAL_KEY], "stage": "target-healthy"})
+    quiesce.keep_stopped()  # success: the source stays down
+
+
+def finish_source(stack: Stack, keep_source: bool, target: str, remote: RemoteVSN | None, report: Report) -> str:
+    if keep_source:
+        state = "stopped (kept)"
+    else:
+        report("leaving the source containerless (data kept)")
+        stack.drop_all()
+        state = "containerless"
+    deployed.forget()
+    write_json(state_dir() / "moved-out.json", {"to": target, "at": time.time(), "source": state})
+    if remote is not None:
+        remote.migrator("agent", "mark-moved", "--from", socket.gethostname())
+    return state
+
+
+@handler(JOURNAL_KEY)
+def _finish_or_undo_move(fact: dict, report: Report) -> str:
+    """Ask the target whether the stack runs there: then finish (source down), else leave it to the
+    stopped-services entry to restart the source. An unreachable target counts as 'not there'."""
+    plan = Plan.from_json(fact["plan"])
+    stack = Stack.for_plan(plan, report)
+    running_there = False
+    if fact.get("stage") in ("deploying", "target-healthy"):
+        try:
+            remote = RemoteVSN.open(fact["target"], fact.get("ssh_options"), fact.get("remote_command"))
+            try:
+                running_there = remote.migrator("status").get("state") == "running"
+            finally:
+                remote.close()
+        except MigratorError as exc:
+            report(f"cannot ask the target ({exc.message}); keeping the stack on this VSN")
+    if running_there:
+        finish_source(stack, fact.get("keep_source", False), fact["target"], None, report)
+        return f"finished an interrupted move: the stack runs on {fact['target']}"
+    restart_stopped({"plan": fact["plan"], "services": [s.name for s in plan.enabled_services]}, report)
+    return f"undid an interrupted move to {fact['target']}: the stack runs here again"

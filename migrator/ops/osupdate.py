@@ -1,0 +1,113 @@
+"""`migrator os-update prepare|finish|run` — carry a VSN through its OS update without data loss (seed 000).
+
+prepare: containerless first (so the data is quiet), then a snapshot tagged `pre-update` to the plan's
+targets, then a content fingerprint of every volume, then a marker in the state dir. Taking the
+snapshot after the stop makes snapshot, fingerprint and the data the update must not touch one and the
+same state. finish: refuse without the marker; recompute the fingerprint and compare (any difference ->
+exit 6 listing it, or with --restore-on-mismatch restore the pre-update snapshot and check again);
+redeploy the recorded plan (health-probed by deploy); remove the marker. run: prepare, the update
+command, finish."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from migrator.archive.fingerprint import compare, fingerprint
+from migrator.errors import IntegrityError, MigratorError, UsageError
+from migrator.ops.backup import backup, open_stores
+from migrator.ops.deploy import deploy
+from migrator.ops.restore import restore
+from migrator.ops.stack import Report, quiet
+from migrator.ops.teardown import teardown
+from migrator.plan import load_secrets
+from migrator.plan.model import Plan, Secrets
+from migrator.state.files import read_json, write_json
+from migrator.state.paths import state_dir
+
+PRE_UPDATE_TAG = "pre-update"
+
+
+def _marker() -> Path:
+    return state_dir() / "os-update.json"
+
+
+def _fingerprints(plan: Plan) -> dict[str, dict]:
+    return {v.name: fingerprint(Path(v.root_dir(plan.vsn.data_root))) for v in plan.volumes
+            if Path(v.root_dir(plan.vsn.data_root)).exists()}
+
+
+def prepare(plan: Plan, secrets: Secrets, targets: list[str] | None, report: Report = quiet) -> dict:
+    if _marker().exists():
+        raise UsageError("an OS update is already prepared on this VSN",
+                         hint="run `migrator os-update finish` (after the update) first")
+    urls = list(targets or plan.backup.get("targets", []))
+    if not urls:
+        raise UsageError("no backup target for the pre-update snapshot", hint="add backup.targets or pass --to URL")
+    open_stores(urls, plan)  # unreachable store -> exit 8 before anything stops
+    report("bringing the VSN to the containerless state")
+    down = teardown(plan, report)
+    report("taking the pre-update snapshot")
+    snap = backup(plan, urls, [PRE_UPDATE_TAG], report)
+    report("fingerprinting the data")
+    prints = _fingerprints(plan)
+    write_json(state_dir() / "os-update-fingerprint.json", prints)
+    write_json(_marker(), {"prepared": time.time(), "snapshot_id": snap["snapshot_id"], "targets": urls,
+                           "plan": plan.raw, "secrets": secrets.path, "removed": down["removed"]})
+    return {"prepared": True, "snapshot_id": snap["snapshot_id"], "targets": urls,
+            "files": sum(len(p) for p in prints.values()), "volumes": sorted(prints)}
+
+
+def finish(restore_on_mismatch: bool = False, identity: Path | None = None, report: Report = quiet) -> dict:
+    marker = read_json(_marker())
+    if marker is None:
+        raise UsageError("no OS update is prepared on this VSN", hint="run `migrator os-update prepare` first")
+    plan = Plan.from_json(marker["plan"])
+    secrets = load_secrets(marker["secrets"]) if marker.get("secrets") else Secrets()
+    before = read_json(state_dir() / "os-update-fingerprint.json", {})
+    report("checking the data against the pre-update fingerprint")
+    differences = _differences(before, _fingerprints(plan))
+    restored = None
+    if differences:
+        if not restore_on_mismatch:
+            raise IntegrityError(f"the data changed during the OS update: {len(differences)} difference(s); "
+                                 "nothing was redeployed", details=differences,
+                                 hint="inspect the listed paths; `migrator os-update finish --restore-on-mismatch` "
+                                      "restores the pre-update snapshot")
+        store = open_stores([marker["targets"][0]], plan)[0]
+        report(f"restoring the pre-update snapshot {marker['snapshot_id']}")
+        restored = restore(store, plan.vsn.name, marker["snapshot_id"], plan=plan, identity=identity,
+                           touch_containers=False, report=report)
+        again = _differences(before, _fingerprints(plan))
+        if again:
+            raise IntegrityError("the restored data still differs from the pre-update fingerprint", details=again)
+    report("redeploying the recorded plan")
+    deployed = deploy(plan, secrets, report=report)
+    _marker().unlink()
+    (state_dir() / "os-update-fingerprint.json").unlink(missing_ok=True)
+    return {"finished": True, "snapshot_id": marker["snapshot_id"], "differences": differences,
+            "restored": bool(restored), "health": deployed.health}
+
+
+def _differences(before: dict, after: dict) -> list[str]:
+    lines = []
+    for volume in sorted(set(before) | set(after)):
+        lines += [f"{volume}/{line}" for line in compare(before.get(volume, {}), after.get(volume, {}))]
+    return lines
+
+
+def run_update(plan: Plan, secrets: Secrets, command: str, targets: list[str] | None,
+               restore_on_mismatch: bool = False, report: Report = quiet) -> dict:
+    prepared = prepare(plan, secrets, targets, report)
+    report(f"running the update: {command}")
+    # The operator's own update command line (not plan data): bash interprets it, as on a terminal.
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
+    finished = finish(restore_on_mismatch, report=report)
+    result = {"prepared": prepared, "command": command, "command_exit": proc.returncode,
+              "command_output": (proc.stdout + proc.stderr)[-4000:], "finished": finished}
+    if proc.returncode != 0:
+        raise MigratorError(f"the update command exited {proc.returncode}; the stack was redeployed on the "
+                            f"unchanged data: {(proc.stderr or proc.stdout).strip()[-300:]}",
+                            hint="fix the update and run `migrator os-update run` again")
+    return result

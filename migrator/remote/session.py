@@ -1,0 +1,169 @@
+"""A session with a remote VSN over SSH: run migrator there (argv quoted with shlex for the remote shell),
+read its one JSON object, stream bytes into a remote command's stdin, and put small files over SFTP
+(atomically, with the mode they need). A dropped connection becomes Unreachable (exit 8); a remote
+migrator failure becomes the same error class the remote exit code means."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import secrets
+import shlex
+from typing import Any
+
+import paramiko
+
+from migrator import errors
+from migrator.remote.ssh import Address, connect, parse_address
+
+# Bytes the remote side may send before we read them: only JSON results and error lines come back.
+MAX_REPLY = 64 * 1024 * 1024
+# A remote command with no output for this long is hung (deploy waits for health probes: minutes).
+COMMAND_TIMEOUT = 3600
+# Bigger SSH windows keep a long bulk stream from stalling on acknowledgements.
+WINDOW_SIZE = 16 * 1024 * 1024
+SEND_CHUNK = 1024 * 1024
+
+REMOTE_ERRORS = {2: errors.UsageError, 3: errors.PlanInvalid, 4: errors.PreflightFailed, 5: errors.LockHeld,
+                 6: errors.IntegrityError, 7: errors.DeployFailed, 8: errors.Unreachable}
+
+
+class RemoteStream:
+    """A remote command fed from here: write() bytes to its stdin, finish() to get (exit code, stdout, stderr)."""
+
+    def __init__(self, session: RemoteVSN, channel: paramiko.Channel, command: str):
+        self.session = session
+        self.channel = channel
+        self.command = command
+
+    def write(self, data: bytes) -> None:
+        try:
+            view = memoryview(data)
+            for start in range(0, len(view), SEND_CHUNK):
+                self.channel.sendall(view[start:start + SEND_CHUNK])
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self.session.dropped(f"sending data ({exc or type(exc).__name__})") from exc
+
+    def finish(self) -> tuple[int, str, str]:
+        try:
+            self.channel.shutdown_write()
+            return self.session.collect(self.channel)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self.session.dropped(f"waiting for {self.command[:60]}") from exc
+
+    def abort(self) -> None:
+        self.channel.close()
+
+
+class RemoteVSN:
+    def __init__(self, address: Address, options: dict[str, Any], command: list[str]):
+        self.address = address
+        self.options = options
+        self.command = command  # how to run migrator there, e.g. ["migrator"] or ["env", "X=1", "/opt/m"]
+        self.what = f"target VSN {address}"
+        self.client, self.peer = connect(address, options, self.what)
+        transport = self.client.get_transport()
+        assert transport is not None
+        transport.default_window_size = WINDOW_SIZE
+        self._sftp: paramiko.SFTPClient | None = None
+
+    @classmethod
+    def open(cls, target: str, options: dict[str, Any] | None = None, command: list[str] | None = None) -> RemoteVSN:
+        return cls(parse_address(target), dict(options or {}), list(command or ["migrator"]))
+
+    def dropped(self, doing: str) -> errors.Unreachable:
+        return errors.Unreachable(f"{self.what}: the SSH connection to {self.peer} dropped while {doing}",
+                                  hint="check the network; `migrator move` can be run again (it resumes or undoes)")
+
+    def _exec(self, argv: list[str]) -> tuple[paramiko.Channel, str]:
+        line = shlex.join(argv)
+        try:
+            channel = self.client.get_transport().open_session(window_size=WINDOW_SIZE)
+            channel.settimeout(COMMAND_TIMEOUT)
+            channel.exec_command(line)
+        except (OSError, EOFError, paramiko.SSHException, AttributeError) as exc:
+            raise self.dropped(f"starting {line[:80]}") from exc
+        return channel, line
+
+    def collect(self, channel: paramiko.Channel) -> tuple[int, str, str]:
+        """Read a finished command's stdout, then stderr, then its exit status. Remote migrator writes one
+        JSON object to stdout and a few lines to stderr (no TTY: no progress), so reading them one after
+        the other cannot fill the channel window and deadlock."""
+        try:
+            with channel.makefile("rb") as stdout, channel.makefile_stderr("rb") as stderr:
+                out = stdout.read(MAX_REPLY + 1)
+                err = stderr.read(MAX_REPLY + 1)
+            if len(out) > MAX_REPLY or len(err) > MAX_REPLY:
+                raise errors.IntegrityError(f"{self.what} sent more than {MAX_REPLY} bytes of output")
+            code = channel.recv_exit_status()
+        except TimeoutError as exc:
+            raise self.dropped("waiting for a reply (timed out)") from exc
+        finally:
+            channel.close()
+        return code, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def run(self, argv: list[str]) -> tuple[int, str, str]:
+        """Run a plain command (argv) on the target."""
+        channel, _line = self._exec(argv)
+        return self.collect(channel)
+
+    def migrator(self, *args: str) -> dict:
+        """Run `migrator ARGS --json` on the target; its one JSON object, or the error it maps to."""
+        code, out, err = self.run([*self.command, *args, "--json"])
+        return self.reply(code, out, err, args[0] if args else "migrator")
+
+    def reply(self, code: int, out: str, err: str, verb: str) -> dict:
+        if code == -1:  # paramiko: the channel closed without an exit status -> the connection went away
+            raise self.dropped(f"running `migrator {verb}`")
+        try:
+            data = json.loads(out) if out.strip() else None
+        except json.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):
+            if code == 127 or "not found" in err:
+                raise errors.PreflightFailed(f"{self.what}: migrator is not installed there ({err.strip()[-200:]})",
+                                             hint="install migrator on the target (same version), or pass --install")
+            raise errors.IntegrityError(f"{self.what}: `migrator {verb}` answered nonsense (exit {code}): "
+                                        f"{(out or err).strip()[-200:]}")
+        if code != 0:
+            cls = REMOTE_ERRORS.get(code, errors.MigratorError)
+            raise cls(f"{self.what}: {data.get('message', 'failed')}", details=data.get("details") or [],
+                      hint=data.get("hint"))
+        return data
+
+    def stream(self, *args: str) -> RemoteStream:
+        """Start `migrator ARGS --json` on the target, to be fed through the returned stream."""
+        channel, line = self._exec([*self.command, *args, "--json"])
+        return RemoteStream(self, channel, line)
+
+    @property
+    def sftp(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            try:
+                self._sftp = self.client.open_sftp()
+            except (OSError, paramiko.SSHException) as exc:
+                raise self.dropped("opening SFTP") from exc
+        return self._sftp
+
+    def put_file(self, path: str, data: bytes, mode: int = 0o600) -> None:
+        """Write `data` to `path` on the target atomically with `mode` (set before any byte is written)."""
+        tmp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.{secrets.token_hex(4)}")
+        try:
+            with self.sftp.open(tmp, "wb") as fh:
+                fh.chmod(mode)
+                fh.write(data)
+            self.sftp.posix_rename(tmp, path)
+        except OSError as exc:
+            raise errors.Unreachable(f"{self.what}: cannot write {path}: {exc}") from exc
+        except (EOFError, paramiko.SSHException) as exc:
+            raise self.dropped(f"writing {path}") from exc
+
+    def makedirs(self, path: str, mode: int = 0o700) -> None:
+        code, _out, err = self.run(["mkdir", "-p", "-m", oct(mode)[2:], path])
+        if code != 0:
+            raise errors.PreflightFailed(f"{self.what}: cannot create {path}: {err.strip()}")
+
+    def close(self) -> None:
+        if self._sftp is not None:
+            self._sftp.close()
+        self.client.close()

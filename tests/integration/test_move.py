@@ -1,0 +1,143 @@
+"""`migrator move` between two real VSNs: this lab VSN and a second host in its own network and mount
+namespaces (own podman, storage, data root), reached only over SSH."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from tests.lab.fingerprint import fingerprint
+from tests.lab.plans import demo_plan, web_port
+from tests.lab.vsn import write_json
+
+
+def deploy_source(vsn, secrets, tmp_path, host=True, big_bytes=0):
+    raw = demo_plan(vsn, host=host)
+    plan = write_json(tmp_path / "plan.json", raw)
+    www = vsn.data_root / "webdata" / "www"
+    www.mkdir(parents=True)
+    (www / "index.html").write_text("moved page")
+    (www / "private.key").write_text("0600 and odd owner")
+    (www / "private.key").chmod(0o600)
+    os.chown(www / "private.key", 1234, 5678)
+    (www / "sub dir").mkdir()
+    (www / "sub dir" / "hard").write_text("h")
+    os.link(www / "sub dir" / "hard", www / "hard-link")
+    (www / "link").symlink_to("index.html")
+    if big_bytes:
+        with open(www / "big.bin", "wb") as fh:
+            fh.write(os.urandom(big_bytes))
+    result = vsn.migrator("deploy", str(plan), "--secrets", str(secrets))
+    assert result.returncode == 0, result.stderr
+    return raw
+
+
+def move(vsn, target, *extra, env=None):
+    return vsn.migrator("move", *target.move_args(), "--json", *extra, env=env)
+
+
+def test_move_host_plan_with_a_writer(vsn, target_vsn, secrets, tmp_path):
+    raw = deploy_source(vsn, secrets, tmp_path)
+    result = move(vsn, target_vsn)
+    assert result.returncode == 0, result.stderr + result.stdout
+    out = json.loads(result.stdout)
+    assert out["downtime_s"] > 0 and out["bytes_precopy"] > 0 and out["bytes_delta"] > 0
+    assert set(out["health"]) == {"db", "web"}
+    # The source is containerless, data kept; the target runs the stack and serves the moved data.
+    assert vsn.containers() == {}
+    assert target_vsn.containers() == {raw["host"]["name"]: "running"}
+    assert target_vsn.http_get(web_port(raw)) == "moved page"
+    # Data byte-identical, owners, modes and links included (webdata is static; the target's db writer
+    # resumed appending to the log the source wrote).
+    assert fingerprint(target_vsn.data_root / "webdata") == fingerprint(vsn.data_root / "webdata")
+    moved_log = (target_vsn.data_root / "dbdata" / "data" / "log.txt").read_bytes()
+    assert moved_log.startswith((vsn.data_root / "dbdata" / "data" / "log.txt").read_bytes())
+    st = os.stat(target_vsn.data_root / "webdata" / "www" / "private.key")
+    assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o600, 1234, 5678)
+    # Both sides say where the stack lives; the secrets went over SSH with mode 0600.
+    assert json.loads((vsn.state_dir / "moved-out.json").read_text())["to"] == target_vsn.host.alias
+    assert "from" in json.loads((target_vsn.state_dir / "moved-in.json").read_text())
+    secrets_there = target_vsn.state_dir / "incoming" / "secrets.json"
+    assert secrets_there.stat().st_mode & 0o777 == 0o600
+    assert "pa55-w0rd" not in result.stdout + result.stderr
+
+
+def test_keep_source_leaves_source_stopped_not_removed(vsn, target_vsn, secrets, tmp_path):
+    deploy_source(vsn, secrets, tmp_path, host=False)
+    result = move(vsn, target_vsn, "--keep-source")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["source"].startswith("stopped")
+    states = vsn.containers()
+    assert states["db"] == "exited" and states["web"] == "exited" and "dbdata" in states
+    assert target_vsn.containers()["web"] == "running"
+
+
+def test_target_disk_too_small_exits_4_and_changes_nothing(vsn, target_vsn, secrets, tmp_path):
+    deploy_source(vsn, secrets, tmp_path, host=False)
+    target_vsn.host.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", f"{target_vsn.path}/data"])
+    try:
+        result = move(vsn, target_vsn)
+        assert result.returncode == 4, result.stderr
+        assert "free" in json.loads(result.stdout)["message"]
+        assert vsn.containers()["web"] == "running" and vsn.containers()["db"] == "running"
+        assert target_vsn.containers() == {}
+    finally:
+        target_vsn.host.run(["umount", f"{target_vsn.path}/data"], check=False)
+
+
+def test_deploy_failure_on_target_restarts_source(vsn, target_vsn, secrets, tmp_path):
+    raw = deploy_source(vsn, secrets, tmp_path, host=False)
+    # Something else holds the web port on the target: its deploy fails and rolls back.
+    blocker = target_vsn.host.spawn(["python3", "-c", f"import socket,time;s=socket.socket();"
+                                     f"s.bind(('127.0.0.1',{web_port(raw)}));s.listen();time.sleep(600)"],
+                                    log_name="port-blocker")
+    try:
+        result = move(vsn, target_vsn)
+        assert result.returncode == 7, result.stderr + result.stdout
+        assert vsn.containers()["web"] == "running" and vsn.containers()["db"] == "running"
+        assert target_vsn.containers() == {}  # the target rolled back to containerless
+        assert (target_vsn.data_root / "webdata" / "www" / "index.html").exists()  # data stays for a retry
+    finally:
+        blocker.kill()
+        blocker.wait()
+    # A retry once the port is free completes the move.
+    again = move(vsn, target_vsn)
+    assert again.returncode == 0, again.stderr
+    assert target_vsn.http_get(web_port(raw)) == "moved page"
+
+
+def test_ssh_dropped_during_transfer(vsn, target_vsn, secrets, tmp_path):
+    deploy_source(vsn, secrets, tmp_path, host=False, big_bytes=300 * 1024 * 1024)
+    proc = subprocess.Popen([*vsn.migrator_argv(), "move", *target_vsn.move_args(), "--json"], env=vsn.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Wait until the target is receiving (an observable state, not a sleep), then cut the SSH sessions.
+    deadline = time.monotonic() + 120
+    while target_vsn.host.run(["pgrep", "-f", "agent receive"], check=False).returncode != 0:
+        assert proc.poll() is None and time.monotonic() < deadline, "receiver never started"
+        time.sleep(0.05)
+    target_vsn.host.run(["pkill", "-KILL", "-f", "sshd: root"], check=False)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 8, err + out
+    assert "dropped" in json.loads(out)["message"] or "connect" in json.loads(out)["message"]
+    assert vsn.containers()["web"] == "running" and vsn.containers()["db"] == "running"
+    assert target_vsn.containers() == {}
+
+
+@pytest.mark.parametrize("point,expect_target", [("move.source-stopped", False), ("move.target-healthy", True)])
+def test_killed_move_is_finished_or_undone(vsn, target_vsn, secrets, tmp_path, point, expect_target):
+    deploy_source(vsn, secrets, tmp_path, host=False)
+    env = dict(vsn.env(), MIGRATOR_KILL_AT=point)
+    killed = move(vsn, target_vsn, env=env)
+    assert killed.returncode == -9, killed.stderr
+    recovered = vsn.migrator("recover", "--json")
+    assert recovered.returncode == 0, recovered.stderr
+    if expect_target:
+        assert vsn.containers() == {}  # the stack runs on the target: the source was finished off
+        assert target_vsn.containers()["web"] == "running"
+    else:
+        assert vsn.containers()["web"] == "running"  # never both down: the source runs again
+        assert target_vsn.containers() == {}

@@ -1,0 +1,157 @@
+"""Cron file rendering and validation, idempotent install, systemd OnCalendar conversion (cross-checked
+against systemd-analyze and croniter where systemd-analyze is installed)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from datetime import datetime, timezone
+
+import pytest
+from croniter import croniter
+
+from migrator.errors import PlanInvalid
+from migrator.ops import cron
+from migrator.plan.model import Plan
+from tests.lab.vsn import REPO
+
+DEMO = json.loads((REPO / "examples" / "demo-plan.json").read_text())
+
+
+def plan(**changes) -> Plan:
+    raw = copy.deepcopy(DEMO)
+    raw["backup"].update({"drill_schedule": "30 3 * * 0"})
+    raw["backup"]["retention"]["schedule"] = "15 6 * * *"
+    for path, value in changes.items():
+        section, key = path.split("__")
+        raw[section][key] = value
+    return Plan.from_json(raw)
+
+
+@pytest.fixture(autouse=True)
+def state(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIGRATOR_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("MIGRATOR_CRON_FILE", raising=False)
+    return tmp_path / "state"
+
+
+def test_renders_one_line_per_schedule_with_wait_log_and_env(state):
+    text = cron.render_cron(plan())
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    env = dict(line.split("=", 1) for line in lines if re.match(r"^[A-Z_]+=", line))
+    assert env["MIGRATOR_STATE_DIR"] == str(state) and env["SHELL"] == "/bin/sh"
+    assert env["PATH"].endswith("/usr/sbin:/usr/bin:/sbin:/bin")
+    jobs = [line for line in lines if not re.match(r"^[A-Z_]+=", line)]
+    assert len(jobs) == 4
+    by_verb = {}
+    for line in jobs:
+        fields = line.split(None, 6)
+        schedule, user, command = " ".join(fields[:5]), fields[5], fields[6]
+        assert user == "root" and croniter.is_valid(schedule)
+        argv = shlex.split(command)
+        assert os.path.isabs(argv[0]) and os.access(argv[0], os.X_OK)
+        by_verb[argv[1]] = (schedule, argv)
+        assert argv[-2:] == [f"{state}/cron-{argv[1]}.log", "2>&1"] and argv[-3] == ">>"
+    assert by_verb["backup"][0] == "4 5 * * *" and "--wait" in by_verb["backup"][1]
+    assert by_verb["health"][0] == "*/5 * * * *" and "--notify" in by_verb["health"][1]
+    assert by_verb["drill"][0] == "30 3 * * 0" and by_verb["prune"][0] == "15 6 * * *"
+
+
+def test_default_state_dir_is_not_written_and_percent_is_escaped(monkeypatch, tmp_path):
+    monkeypatch.setenv("MIGRATOR_STATE_DIR", "/var/lib/migrator")
+    monkeypatch.setattr(cron, "state_dir", lambda: tmp_path / "50%")
+    text = cron.render_cron(plan())
+    assert "MIGRATOR_STATE_DIR" not in text
+    assert "50\\%/cron-backup.log" in text and "50%/" not in text.replace("50\\%", "")
+
+
+@pytest.mark.parametrize("path,value,expected", [
+    ("backup__schedule", "99 5 * * *", "backup.schedule"),
+    ("health__schedule", "*/5 * * *", "health.schedule"),
+    ("backup__drill_schedule", "0 0 31 2 * *", "backup.drill_schedule"),
+])
+def test_invalid_expressions_are_plan_problems_with_their_path(path, value, expected):
+    with pytest.raises(PlanInvalid) as exc:
+        cron.render_cron(plan(**{path: value}))
+    assert exc.value.exit_code == 3
+    assert any(d.startswith(expected + ":") for d in exc.value.details), exc.value.details
+
+
+def test_prune_schedule_needs_retention_values():
+    raw = copy.deepcopy(DEMO)
+    raw["backup"]["retention"] = {"schedule": "0 4 * * *"}
+    with pytest.raises(PlanInvalid) as exc:
+        cron.jobs(Plan.from_json(raw))
+    assert exc.value.details == ["backup.retention.schedule: scheduled prune needs backup.retention.keep_* values"]
+
+
+def test_install_is_idempotent_and_atomic(tmp_path):
+    target = tmp_path / "cron.d" / "migrator"
+    first = cron.install(plan(), target)
+    assert first["changed"] and oct(target.stat().st_mode & 0o777) == "0o644"
+    inode, mtime = target.stat().st_ino, target.stat().st_mtime_ns
+    again = cron.install(plan(), target)
+    assert not again["changed"]
+    assert (target.stat().st_ino, target.stat().st_mtime_ns) == (inode, mtime)  # not rewritten
+    changed = cron.install(plan(backup__schedule="4 6 * * *"), target)
+    assert changed["changed"] and target.stat().st_ino != inode  # replaced by rename, never edited in place
+    assert [p.name for p in target.parent.iterdir()] == ["migrator"]  # no temp files left
+    assert cron.show(plan(backup__schedule="4 6 * * *"), target)["in_sync"]
+    assert not cron.show(plan(), target)["in_sync"]
+    assert cron.remove(target)["removed"] and not target.exists()
+    assert not cron.remove(target)["removed"]
+
+
+def test_env_override_of_the_cron_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIGRATOR_CRON_FILE", str(tmp_path / "elsewhere"))
+    assert cron.install(plan())["file"] == str(tmp_path / "elsewhere")
+
+
+@pytest.mark.parametrize("expr,expected", [
+    ("4 5 * * *", "*-*-* 5:4:00"),
+    ("*/5 * * * *", "*-*-* *:0,5,10,15,20,25,30,35,40,45,50,55:00"),
+    ("30 3 * * 0", "Sun *-*-* 3:30:00"),
+    ("0 2 * * 1-5", "Mon,Tue,Wed,Thu,Fri *-*-* 2:0:00"),
+    ("0 0 1,15 * *", "*-*-1,15 0:0:00"),
+    ("15 8-18/2 * 1-6 *", "*-1..6-* 8,10,12,14,16,18:15:00"),
+])
+def test_on_calendar(expr, expected):
+    assert cron.on_calendar(expr) == expected
+
+
+def test_on_calendar_refuses_dom_and_dow_together():
+    with pytest.raises(ValueError, match="cron ORs them"):
+        cron.on_calendar("0 0 1 * 1")
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+@pytest.mark.parametrize("expr", ["4 5 * * *", "*/5 * * * *", "30 3 * * 0", "0 2 * * 1-5", "0 0 1,15 * *",
+                                  "15 8-18/2 * 1-6 *", "7 */6 * * 6,7"])
+def test_on_calendar_fires_when_cron_does(expr):
+    """systemd's own parser agrees with croniter on the next five times."""
+    calendar = cron.on_calendar(expr)
+    out = subprocess.run(["systemd-analyze", "calendar", "--iterations=5", calendar], capture_output=True, text=True,
+                         env={**os.environ, "TZ": "UTC"}, check=True).stdout
+    stamps = re.findall(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC", out)
+    systemd_times = [datetime.strptime(s, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc) for s in stamps][:5]
+    it = croniter(expr, datetime.now(timezone.utc))
+    cron_times = [it.get_next(datetime) for _ in range(5)]
+    assert systemd_times == cron_times, (calendar, out)
+
+
+def test_systemd_units(tmp_path):
+    res = cron.install_systemd(plan(), tmp_path)
+    assert sorted(res["units"]) == sorted(f"migrator-{v}.{k}" for v in ("backup", "health", "drill", "prune")
+                                          for k in ("service", "timer"))
+    timer = (tmp_path / "migrator-backup.timer").read_text()
+    assert "OnCalendar=*-*-* 5:4:00" in timer and "Persistent=true" in timer
+    service = (tmp_path / "migrator-health.service").read_text()
+    assert re.search(r"^ExecStart=/\S+ health --notify$", service, re.M)
+    assert "Environment=" in service and "Type=oneshot" in service
+    assert not cron.install_systemd(plan(), tmp_path)["changed"]
+    assert len(cron.remove_systemd(tmp_path)["removed"]) == 8
