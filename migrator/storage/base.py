@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import os
-import posixpath
 import re
 import secrets
 from abc import ABC, abstractmethod
@@ -50,11 +49,6 @@ def check_key(key: str, *, allow_empty: bool = False) -> str:
         if part in ("", ".", ".."):
             raise ValueError(f"unsafe store key {key!r}")
     return stripped
-
-
-def join_key(*parts: str) -> str:
-    """Join key components with '/', skipping empty ones."""
-    return posixpath.join(*[p for p in parts if p]) if any(parts) else ""
 
 
 def is_hidden_name(name: str) -> bool:

@@ -7,23 +7,19 @@ Owns: the SSH connection to the store and SFTP I/O, and translating paramiko/soc
   UserKnownHostsFile, else ~/.ssh/known_hosts, plus /etc/ssh/ssh_known_hosts) and the plan's pinned
   `known_host_keys`. Unknown or changed keys are REFUSED with Unreachable (exit 8), never added.
 - Auth: identity files (option `identity_file`, config IdentityFile), the agent, default keys.
-- Writes go to `<name>.partial-<pid>-<hex>` with pipelined 1 MiB writes, then fsync (if the server
-  offers fsync@openssh.com) and posix-rename over the final name: atomic on the remote filesystem.
+- Writes go to `<name>.partial-<pid>-<hex>` with pipelined 1 MiB writes on an SFTP channel of the
+  writer's own, then fsync (if the server offers fsync@openssh.com) and posix-rename over the final
+  name: atomic on the remote filesystem.
   Reads use bounded read-ahead windows, so memory stays flat for any object size.
 Not done: ProxyCommand/ProxyJump, HostKeyAlias, reconnecting in the middle of a transfer.
 """
 
 from __future__ import annotations
 
-import base64
 import errno
-import getpass
-import hashlib
 import io
-import os
 import posixpath
 import secrets
-import socket
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,7 +30,8 @@ import paramiko
 from paramiko.sftp import CMD_EXTENDED
 
 from migrator.errors import IntegrityError, MigratorError, ObjectMissing, Unreachable, UsageError
-from migrator.retry import RetryPolicy, call_with_retry
+from migrator.remote.ssh import Address, connect, resolve
+from migrator.retry import RetryPolicy
 from migrator.storage.base import (
     STREAM_BUFFER,
     RawReader,
@@ -48,58 +45,12 @@ from migrator.storage.base import (
     too_large,
 )
 
-DEFAULT_PORT = 22
-# Seconds for TCP connect, for the server's SSH banner and for authentication: a VSN on the same
-# provider answers in well under a second; a long wait only delays the exit-8 diagnosis.
-CONNECT_TIMEOUT = 15
-BANNER_TIMEOUT = 15
-AUTH_TIMEOUT = 20
-# Keepalive interval (seconds), so NAT/firewall state survives a long compression pause.
-KEEPALIVE = 30
 # Read-ahead window: bytes requested in parallel (as 32 KiB SFTP reads) before the consumer takes them.
 # Hides the round-trip latency while bounding memory (paramiko's own prefetch buffers the whole file).
 READ_WINDOW = 4 * 1024 * 1024
-# Connection attempts: a VSN that just booted may refuse for a few seconds; auth and host-key
-# failures are never retried.
-CONNECT_ATTEMPTS = 3
-CONNECT_BASE_DELAY = 1.0
 # Modes for what we create: snapshots hold whole databases, so only the owner may read them.
 DIR_MODE = 0o700
 FILE_MODE = 0o600
-SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
-
-
-class _UnknownHostKey(paramiko.SSHException):
-    def __init__(self, hostname: str, key: paramiko.PKey) -> None:
-        super().__init__(f"unknown host key for {hostname}")
-        self.hostname = hostname
-        self.key = key
-
-
-class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
-    """Like RejectPolicy, but keeps the offered key so the error can show its fingerprint."""
-
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        raise _UnknownHostKey(hostname, key)
-
-
-def fingerprint(key: paramiko.PKey) -> str:
-    """OpenSSH-style SHA256 fingerprint, as `ssh-keygen -lf` prints it."""
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
-
-
-def _connect_transient(exc: BaseException) -> bool:
-    """Connection refused/timed out or dropped before the banner: the host may be booting."""
-    if isinstance(exc, (paramiko.AuthenticationException, paramiko.BadHostKeyException, _UnknownHostKey)):
-        return False
-    if isinstance(exc, socket.gaierror):
-        return False  # a name that does not resolve will not resolve in 2 seconds either
-    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
-        return True
-    if isinstance(exc, paramiko.SSHException):
-        return "banner" in str(exc).lower()
-    return isinstance(exc, (TimeoutError, ConnectionError, EOFError))
 
 
 class SSHStore(SnapshotStore):
@@ -126,8 +77,8 @@ class SSHStore(SnapshotStore):
         port = f":{self.url_port}" if self.url_port else ""
         self.url = f"ssh://{user}{self.alias}{port}{self.root}"
         self.options = dict(options or {})
-        self.policy = (retry_policy or RetryPolicy(attempts=CONNECT_ATTEMPTS, base_delay=CONNECT_BASE_DELAY)
-                       ).with_(retry_on=_connect_transient)
+        self.address = Address(self.alias, self.url_user, self.url_port)
+        self.policy = retry_policy  # None: the shared connect policy (remote.ssh)
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._dirs_made: set[str] = set()
@@ -135,102 +86,18 @@ class SSHStore(SnapshotStore):
 
     # -- connection ---------------------------------------------------------------------------------
 
-    def _ssh_config(self) -> dict[str, Any]:
-        path = self.options.get("ssh_config_file") or os.path.expanduser("~/.ssh/config")
-        if not os.path.exists(path):
-            return {}
-        try:
-            return dict(paramiko.SSHConfig.from_path(path).lookup(self.alias))
-        except Exception as exc:  # paramiko raises several types for a bad config
-            raise Unreachable(f"store {self.url}: cannot use SSH config {path}: {exc}",
-                              hint="fix the SSH config file") from exc
-
     def resolve(self) -> dict[str, Any]:
         """Connection parameters after applying the SSH config and the URL (no network)."""
-        cfg = self._ssh_config()
-        identity = self.options.get("identity_file")
-        identities = [identity] if isinstance(identity, str) else list(identity or [])
-        identities += list(cfg.get("identityfile", []))
-        known = self.options.get("known_hosts_file")
-        if known:
-            known_files = [known]
-        elif cfg.get("userknownhostsfile"):
-            known_files = cfg["userknownhostsfile"].split()
-        else:
-            known_files = ["~/.ssh/known_hosts"]
-        only = str(cfg.get("identitiesonly", "no")).lower() == "yes"
-        return {
-            "hostname": cfg.get("hostname", self.alias),
-            "port": self.url_port or int(cfg.get("port", DEFAULT_PORT)),
-            "username": self.url_user or cfg.get("user") or getpass.getuser(),
-            "key_filename": [os.path.expanduser(p) for p in identities] or None,
-            "known_hosts": [os.path.expanduser(p) for p in known_files] + [SYSTEM_KNOWN_HOSTS],
-            "allow_agent": not only,
-            "look_for_keys": not only,
-        }
-
-    def _new_client(self, params: dict[str, Any]) -> paramiko.SSHClient:
-        client = paramiko.SSHClient()
-        for path in params["known_hosts"]:
-            if os.path.exists(path):
-                client.load_system_host_keys(path)  # "system" keys: paramiko never writes them back
-        pinned = self.options.get("known_host_keys") or []
-        for line in pinned:
-            entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
-            if entry is None or entry.key is None:
-                raise UsageError(f"bad pinned host key {line[:60]!r}", hint="use 'host keytype base64' lines")
-            for name in entry.hostnames:
-                client.get_host_keys().add(name, entry.key.get_name(), entry.key)
-        client.set_missing_host_key_policy(_RefuseUnknown())  # never AutoAddPolicy
-        return client
+        return resolve(self.address, self.options, f"store {self.url}")
 
     def _connect(self) -> paramiko.SFTPClient:
-        params = self.resolve()
-        self.target = f"{self.alias} ({params['hostname']}:{params['port']})" if params["hostname"] != self.alias \
-            else f"{params['hostname']}:{params['port']}"
-
-        def attempt() -> paramiko.SSHClient:
-            client = self._new_client(params)
-            try:
-                client.connect(
-                    params["hostname"], port=params["port"], username=params["username"],
-                    key_filename=params["key_filename"], allow_agent=params["allow_agent"],
-                    look_for_keys=params["look_for_keys"], timeout=CONNECT_TIMEOUT,
-                    banner_timeout=BANNER_TIMEOUT, auth_timeout=AUTH_TIMEOUT,
-                )
-            except BaseException:
-                client.close()
-                raise
-            return client
-
+        client, self.target = connect(self.address, self.options, f"store {self.url}", self.policy)
         try:
-            client = call_with_retry(self.policy, attempt)
-            transport = client.get_transport()
-            assert transport is not None
-            transport.set_keepalive(KEEPALIVE)
             sftp = client.open_sftp()
-        except _UnknownHostKey as exc:
-            line = f"{exc.hostname} {exc.key.get_name()} {exc.key.get_base64()}"
-            raise Unreachable(
-                f"store {self.url}: host key of {self.target} is unknown ({exc.key.get_name()} "
-                f"{fingerprint(exc.key)}); refusing to connect",
-                hint=f"verify the fingerprint out of band, then add it to known_hosts or pin it in "
-                     f"backup.ssh.known_host_keys: {line}") from exc
-        except paramiko.BadHostKeyException as exc:
-            raise Unreachable(
-                f"store {self.url}: host key of {self.target} CHANGED (offered {exc.key.get_name()} "
-                f"{fingerprint(exc.key)}, expected {fingerprint(exc.expected_key)}); refusing to connect",
-                hint="if the host was reinstalled, verify its new key and update known_hosts; "
-                     "otherwise someone may be intercepting the connection") from exc
-        except paramiko.AuthenticationException as exc:
-            raise Unreachable(f"store {self.url}: {self.target} refused authentication as {params['username']!r}",
-                              hint="check IdentityFile/User in ~/.ssh/config, the agent, and authorized_keys") from exc
-        except socket.gaierror as exc:
-            raise Unreachable(f"store {self.url}: cannot resolve host {params['hostname']!r}",
-                              hint="check the host name or the Host alias in ~/.ssh/config") from exc
         except Exception as exc:
-            raise Unreachable(f"store {self.url}: cannot connect to {self.target}: {exc or type(exc).__name__}",
-                              hint="check that the host is up and sshd listens on that port") from exc
+            client.close()
+            raise Unreachable(f"store {self.url}: {self.target} refused SFTP: {exc or type(exc).__name__}",
+                              hint="check that the SSH server offers the sftp subsystem") from exc
         self._client = client
         return sftp
 

@@ -284,3 +284,42 @@ def test_drill_fails_when_a_service_cannot_become_healthy(vsn, secrets, tmp_path
     assert set(vsn.containers()) == {"db", "web", "dbdata", "webdata"}  # drill stack removed
     last = json.loads((vsn.state_dir / "last_drill.json").read_text())
     assert last["ok"] is False and "error" in last
+
+
+@pytest.mark.parametrize("kind", ["s3", "ssh"])
+def test_round_trip_through_s3_and_ssh_stores(vsn, secrets, tmp_path, kind, request):
+    """Backup to a real S3 server over HTTP / a real sshd in another network namespace, then restore."""
+    raw = demo_plan(vsn, host=False)
+    env = vsn.env()
+    if kind == "s3":
+        bucket = request.getfixturevalue("s3_bucket")
+        url = bucket.url("vsn-backups")
+        raw["backup"] = {"targets": [url], "s3": {"endpoint_url": bucket.endpoint_url, "region": "us-east-1",
+                                                  "sse": "AES256", "storage_class": "STANDARD_IA"}}
+        env = dict(vsn.env(), **{k: v for k, v in os.environ.items() if k.startswith("AWS_")})
+    else:
+        host = request.getfixturevalue("ssh_host")
+        url = host.url(f"backups-{tmp_path.name}")
+        raw["backup"] = {"targets": [url]}
+        home = tmp_path / "home"
+        (home / ".ssh").mkdir(parents=True, mode=0o700)
+        (home / ".ssh" / "config").write_text(host.ssh_config_file.read_text())
+        env = dict(vsn.env(), HOME=str(home))
+    plan = write_json(tmp_path / "plan.json", raw)
+    (vsn.data_root / "webdata" / "www").mkdir(parents=True)
+    (vsn.data_root / "webdata" / "www" / "index.html").write_text(f"stored in {kind}")
+    assert vsn.migrator("deploy", str(plan), "--secrets", str(secrets), env=env).returncode == 0
+    backup = vsn.migrator("backup", "--json", env=env)
+    assert backup.returncode == 0, backup.stderr
+    snap = json.loads(backup.stdout)
+    assert snap["targets"] == [url]
+    if kind == "s3":
+        head = bucket.client().head_object(Bucket=bucket.name,
+                                           Key=f"vsn-backups/{raw['vsn']['name']}/{snap['snapshot_id']}/manifest.json")
+        assert head["ServerSideEncryption"] == "AES256" and head["StorageClass"] == "STANDARD_IA"
+    verify = vsn.migrator("verify", "latest", "--read-data", "--json", env=env)
+    assert verify.returncode == 0, verify.stderr
+    restored = vsn.migrator("restore", "latest", "--into", str(tmp_path / "back"), "--json", env=env)
+    assert restored.returncode == 0, restored.stderr
+    assert fingerprint(tmp_path / "back" / "webdata") == fingerprint(vsn.data_root / "webdata")
+    assert (tmp_path / "back" / "webdata" / "www" / "index.html").read_text() == f"stored in {kind}"

@@ -21,20 +21,16 @@ from pathlib import Path
 import botocore.exceptions as bex
 import pytest
 
-# Lab modules hold pytest fixtures and asserts: let pytest rewrite them although we import them here.
-pytest.register_assert_rewrite("tests.lab.s3server", "tests.lab.sshhost")
+from migrator.errors import IntegrityError, ObjectMissing, ObjectTooLarge, Unreachable, UsageError
+from migrator.retry import RetryPolicy
+from migrator.storage import check_key, get_store, is_hidden_name, options_for
+from migrator.storage.s3 import PART_SIZE, S3Store, is_transient
+from migrator.storage.ssh import SSHStore
+from tests.lab.s3server import REGION, FaultProxy, S3Bucket, aws_test_env, create_bucket
+from tests.lab.sshhost import SSHHost
 
-from migrator.errors import IntegrityError, ObjectMissing, ObjectTooLarge, Unreachable, UsageError  # noqa: E402
-from migrator.retry import RetryPolicy  # noqa: E402
-from migrator.storage import check_key, get_store, is_hidden_name, options_for  # noqa: E402
-from migrator.storage.s3 import PART_SIZE, S3Store, is_transient  # noqa: E402
-from migrator.storage.ssh import SSHStore  # noqa: E402
-from tests.lab.s3server import REGION, FaultProxy, S3Bucket, aws_test_env, create_bucket  # noqa: E402
-from tests.lab.sshhost import SSHHost  # noqa: E402
-
-# The lab fixtures (s3_server, s3_server_process, s3_env, s3_bucket, s3_fault_proxy, ssh_host, ...);
-# harmless if tests/conftest.py registers the same modules.
-pytest_plugins = ["tests.lab.s3server", "tests.lab.sshhost"]
+# Lab fixtures used here (s3_bucket, s3_env, s3_fault_proxy, s3_server_process, ssh_host) come from
+# tests/conftest.py, which registers tests.lab.s3server and tests.lab.sshhost as plugins.
 
 integration = pytest.mark.integration
 # A hung transfer must fail this module in minutes, not at the global 10-minute timeout.
