@@ -11,7 +11,7 @@ from migrator.cli.output import DEBUG
 app = typer.Typer(
     name="migrator",
     help="Keep a small container deployment alive across its data lifecycle: deploy, snapshot, restore, "
-         "move, OS update.\n\nExit codes: 0 done, 1 bug, 2 bad command line, 3 plan invalid, 4 preflight "
+         "move, OS update.\n\nExit codes: 0 done, 1 unexpected failure (or: unhealthy, for health), 2 bad command line, 3 plan invalid, 4 preflight "
          "failed, 5 locked, 6 integrity failure, 7 deploy rolled back, 8 store/remote unreachable.",
     no_args_is_help=True,
     add_completion=False,

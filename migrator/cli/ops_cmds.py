@@ -91,6 +91,8 @@ def register(app: typer.Typer) -> None:
                 print(f"UNHEALTHY: {r['vsn']}, {len(r['failures'])} problem(s)")
                 for line in r["failures"]:
                     print(f"  {line}")
+            if r.get("stack_state_error"):
+                print(f"note: stack state is Failure: {r['stack_state_error']}")
             n = r.get("notify")
             if n and n.get("sent"):
                 print(f"mailed ({n['sent']}) via {n['transport']}")
@@ -105,8 +107,8 @@ def register(app: typer.Typer) -> None:
     app.add_typer(cron, name="cron")
 
     @cron.command("install")
-    def cron_install(plan: Path = PlanOpt, file: Path = CronFileOpt, systemd: Path = SystemdOpt,
-                     json_out: bool = JsonOpt) -> None:
+    def cron_install(plan: Path = PlanOpt, secrets: Path = SecretsOpt, file: Path = CronFileOpt,
+                     systemd: Path = SystemdOpt, json_out: bool = JsonOpt) -> None:
         """Write the plan's schedules to one cron file (idempotent, atomic), or systemd units with --systemd.
 
         Cron expressions are validated (exit 3 with the JSON path of a bad one).
@@ -115,7 +117,7 @@ def register(app: typer.Typer) -> None:
         """
 
         def action() -> dict:
-            p, _ = _plan(plan)
+            p, _ = _plan(plan, secrets)
             if systemd:
                 return cron_op.install_systemd(p, systemd)
             return cron_op.install(p, file)
@@ -127,12 +129,13 @@ def register(app: typer.Typer) -> None:
                 return
             print(f"{r['file']}: {'written' if r['changed'] else 'unchanged'} ({len(r['jobs'])} job(s))")
             for job in r["jobs"]:
-                print(f"  {job['schedule']:15} {job['verb']} {' '.join(job['args'])}")
+                print(f"  {job['schedule']:15} {' '.join([job['verb'], *job['args']])}")
 
         run(json_out, action, human)
 
     @cron.command("show")
-    def cron_show(plan: Path = PlanOpt, file: Path = CronFileOpt, json_out: bool = JsonOpt) -> None:
+    def cron_show(plan: Path = PlanOpt, secrets: Path = SecretsOpt, file: Path = CronFileOpt,
+                  json_out: bool = JsonOpt) -> None:
         """Show the installed cron file and whether it matches the plan.
 
         Example: migrator cron show
@@ -141,7 +144,7 @@ def register(app: typer.Typer) -> None:
         def action() -> dict:
             p = None
             if plan or (deployed.current() or {}).get("plan"):
-                p, _ = _plan(plan)
+                p, _ = _plan(plan, secrets)
             return cron_op.show(p, file)
 
         def human(r: dict) -> None:
@@ -250,10 +253,10 @@ def register(app: typer.Typer) -> None:
             if not r["entries"]:
                 print("no operations recorded")
             for e in r["entries"]:
-                extra = f" {e['snapshot_id']}" if e["snapshot_id"] else ""
-                why = f"  {e['message']}" if e["message"] and e["result"] != "ok" else ""
+                snap = f"  snapshot {e['snapshot_id']}" if e["snapshot_id"] else ""
+                why = f"  ({e['message']})" if e["message"] and e["result"] != "ok" else ""
                 dur = f"{e['duration']:.1f}s" if e["duration"] is not None else "-"
                 print(f"{_when(e['started'])}  {e['verb']:14} {e['result']:11} {e['exit_code']!s:>3} {dur:>8}"
-                      f"  {e['user']}{extra}  {' '.join(e['args'])}{why}")
+                      f"  {e['user']:8} {' '.join(e['args'])}{snap}{why}")
 
         run(json_out, action, human)

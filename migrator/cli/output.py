@@ -3,6 +3,7 @@ human output or exactly one JSON object on stdout, MigratorError -> exit code + 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -83,6 +84,24 @@ def _stop_live_progress() -> None:
         _LIVE.pop().close()
 
 
+def command_verb() -> str | None:
+    """The command being run, e.g. "backup" or "cron install", from the CLI framework's context (Typer
+    0.2x+ vendors click as typer._click; older Typer uses click itself)."""
+    ctx = None
+    for module in ("typer._click.globals", "click"):
+        try:
+            ctx = importlib.import_module(module).get_current_context(silent=True)
+        except ImportError:
+            continue
+        if ctx is not None:
+            break
+    names = []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    return " ".join(reversed(names)) or None
+
+
 def _after(around: hooks.Around, code: int, result: dict | None = None, error: BaseException | None = None) -> None:
     """Operation history, metrics, failure mail (notify/hooks.py); their problems are warnings only."""
     for line in around.finish(code, result, error):
@@ -92,7 +111,7 @@ def _after(around: hooks.Around, code: int, result: dict | None = None, error: B
 def run(json_out: bool, action: Callable[[], dict], human: Callable[[dict], None] | None = None,
         exit_code: Callable[[dict], int] | None = None) -> None:
     """Run one command's action and render its result; map errors to exit codes."""
-    around = hooks.Around()
+    around = hooks.Around(command_verb())
     try:
         try:
             result = action()

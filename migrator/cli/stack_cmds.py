@@ -92,6 +92,13 @@ def register(app: typer.Typer) -> None:
             for c in r["containers"]:
                 mark = "ok " if c["state"] == c["expected"] else "   "
                 print(f"  {mark}{c['role']:8} {c['name']:24} {c['state']:10} (expected {c['expected']}) {c['image']}")
+            if r.get("last_snapshot"):
+                print(f"last snapshot: {r['last_snapshot']['snapshot_id']} -> {', '.join(r['last_snapshot']['targets'])}")
+            if r.get("last_drill"):
+                d = r["last_drill"]
+                print(f"last drill: {'passed' if d['ok'] else 'FAILED'} ({d.get('snapshot_id')})")
+            if r.get("moved_to"):
+                print(f"moved to {r['moved_to']['to']}")
 
         run(json_out, action, human)
 

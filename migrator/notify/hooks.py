@@ -13,10 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-import click
-
 from migrator.errors import LockHeld, MigratorError
 from migrator.notify import alerts, metrics
+from migrator.plan import load_secrets
 from migrator.state import deployed, history, stackstate
 from migrator.state.files import read_json, write_json
 from migrator.state.lock import operation_lock
@@ -29,16 +28,6 @@ NOT_RECORDED = {"validate", "check", "status", "snapshots", "log", "cron show"}
 EXTRA_METRICS = {"health", "snapshots"}
 # Failures of these mail the plan's health.notify address (health --notify mails by itself).
 NOTIFY_VERBS = {"backup", "drill", "prune", "move", "os-update"}
-
-
-def command_verb() -> str | None:
-    """The command being run, e.g. "backup" or "cron install", from click's context."""
-    ctx = click.get_current_context(silent=True)
-    names = []
-    while ctx is not None and ctx.parent is not None:
-        names.append(ctx.info_name)
-        ctx = ctx.parent
-    return " ".join(reversed(names)) or None
 
 
 def _remembered() -> tuple[dict | None, str | None]:
@@ -57,10 +46,10 @@ def _secret_values(path: str | None) -> list[str]:
 
 
 class Around:
-    """Created when a command starts; `finish` once when it ends."""
+    """Created when a command starts (`verb` as typed: "backup", "cron install"); `finish` once when it ends."""
 
-    def __init__(self) -> None:
-        self.verb = command_verb()
+    def __init__(self, verb: str | None) -> None:
+        self.verb = verb
         self.started = time.time()
         self.t0 = time.monotonic()
 
@@ -84,13 +73,15 @@ class Around:
             except Exception as exc:  # noqa: BLE001 - bookkeeping must not change the command's outcome
                 warnings.append(f"could not {what}: {getattr(exc, 'message', None) or exc}")
 
+        # A dry run did nothing: it must neither look like a fresh success nor end a failure mail episode.
+        acted = not (result or {}).get("dry_run")
         if self.verb not in NOT_RECORDED:
             attempt("record the operation history",
                     lambda: self._record(code, result, message, ended, secrets_path))
-        if self.verb not in NOT_RECORDED or self.verb in EXTRA_METRICS:
+        if acted:
             attempt("write the metrics file", lambda: metrics.update(
                 self.verb, ended, duration, code, result, stackstate.current(), plan_raw))
-        if top in NOTIFY_VERBS and code != 130:
+        if top in NOTIFY_VERBS and code != 130 and acted:
             attempt("send the failure mail", lambda: self._notify(top, code, message, plan_raw, secrets_path,
                                                                   warnings))
         if self.verb == "recover" and code == 0:
@@ -101,8 +92,9 @@ class Around:
                 secrets_path: str | None) -> None:
         result = result or {}
         if self.verb == "health":
-            message = "healthy" if result.get("healthy") else "unhealthy: " + "; ".join(result.get("failures", []))
-            if not _health_changed(result):
+            if "checks" in result:
+                message = "healthy" if result["healthy"] else "unhealthy: " + "; ".join(result["failures"])
+            if not _health_changed(result, message):
                 return
         downtime = result.get("downtime") if isinstance(result.get("downtime"), dict) else None
         nbytes = metrics.bytes_of(result)
@@ -119,8 +111,6 @@ class Around:
             return
         secrets = None
         if secrets_path and Path(secrets_path).exists():
-            from migrator.plan import load_secrets
-
             secrets = load_secrets(secrets_path)
         failures = {} if code == 0 else {source: f"exit {code}: {message or 'failed'}"}
         out = alerts.notify(source, failures, notify_cfg, plan_raw["vsn"]["name"], secrets, what=f"migrator {source}")
@@ -128,9 +118,13 @@ class Around:
             warnings.append(f"could not mail {notify_cfg['email']}: {out['error']}")
 
 
-def _health_changed(result: dict) -> bool:
-    """Health runs every few minutes: record a row only when the set of failing checks changed."""
-    failing = sorted(c["name"] for c in result.get("checks", []) if c.get("ok") is False)
+def _health_changed(result: dict, message: str | None) -> bool:
+    """Health runs every few minutes: record a row only when the set of failing checks (or the error that
+    kept it from checking) changed."""
+    if "checks" in result:
+        failing = sorted(c["name"] for c in result["checks"] if c.get("ok") is False)
+    else:
+        failing = [f"error: {message}"]
     path = state_dir() / "health_last.json"
     previous = read_json(path)
     if previous is not None and previous.get("failing") == failing:

@@ -161,6 +161,7 @@ class Backup:
                 self._archive_to_stores(vol, 1, True, on_member=phase1[vol.name].note_archived)
             elif vol.mode == "none":
                 self._archive_to_stores(vol, 1, False)
+        checkpoint("backup.phase1-done")
         spooled = []
         with quiesce:
             quiesce.stop([s for v in volumes if v.mode in ("two-phase", "stop") for s in v.writers])

@@ -94,6 +94,7 @@ def start_services(stack: Stack, engine: ContainerEngine, secrets: Secrets, resu
         if not probe.ok:
             raise DeployFailed(f"service {svc.name} did not become healthy: {probe.detail}")
         result.health[svc.name] = probe.detail
+        checkpoint(f"deploy.service-healthy.{svc.name}")
 
 
 def _bring_up(stack: Stack, secrets: Secrets, result: DeployResult, journal) -> None:
@@ -102,6 +103,7 @@ def _bring_up(stack: Stack, secrets: Secrets, result: DeployResult, journal) -> 
     if removed:
         stack.report(f"dropped {len(removed)} old container(s)")
     journal.note("deploy", {"plan": plan.raw, "rollback": "containerless"})
+    checkpoint("deploy.dropped")
     result.created_dirs = create_missing(plan)
     if plan.host:
         host = plan.host
@@ -119,6 +121,7 @@ def _bring_up(stack: Stack, secrets: Secrets, result: DeployResult, journal) -> 
         stack.report(f"creating volume container {vol.name}")
         engine.create(stack.volume_spec(vol))
         result.containers.append(vol.name)
+    checkpoint("deploy.volumes-created")
     start_services(stack, engine, secrets, result)
 
 

@@ -5,8 +5,10 @@
 - `backup-age`: the last successful backup (last_backup.json) is younger than backup.max_age_hours,
   when the plan has backup targets or a schedule;
 - `drill`: the last restore drill (last_drill.json), when there was one, passed;
-- `disk`: free space on the data root is at least health.min_free (default: vsn.min_free);
-- `stack-state`: the last lifecycle command did not leave the stack in Failure.
+- `disk`: free space on the data root is at least health.min_free (default: vsn.min_free).
+
+The stack state (Failure after a failed deploy or upgrade) is reported beside the checks but is not one:
+health answers "does it work now", and a failed upgrade whose old container came back does work.
 
 Health takes the operation lock without waiting. When another operation holds it (a backup stops
 services for seconds, a restore for longer), container and probe checks are skipped instead of raising
@@ -120,9 +122,6 @@ def health(plan: Plan, now: float | None = None) -> dict:
     now = time.time() if now is None else now
     checks: list[Check] = []
     lifecycle = stackstate.load()
-    if lifecycle["state"] == stackstate.FAILURE:
-        checks.append(Check("stack-state", False, f"the last {lifecycle.get('verb') or 'command'} failed: "
-                                                  f"{lifecycle.get('error') or 'see migrator log'}"))
     if lifecycle["state"] == stackstate.ARCHIVED:
         checks.append(Check("containers", None, "skipped: the stack is Archived (containerless on purpose)"))
     else:
@@ -139,6 +138,7 @@ def health(plan: Plan, now: float | None = None) -> dict:
         "vsn": plan.vsn.name,
         "healthy": not failures,
         "stack_state": lifecycle["state"],
+        "stack_state_error": lifecycle["error"] if lifecycle["state"] == stackstate.FAILURE else None,
         "checks": [asdict(c) for c in checks],
         "failures": [c.line() for c in failures],
         "time": now,

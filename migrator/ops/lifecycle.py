@@ -26,7 +26,7 @@ from migrator.state.paths import state_dir
 FINAL_TAG = "final"
 # What the state dir remembers about a stack; cleanup forgets it (history and metrics stay).
 STACK_STATE_FILES = ("plan.json", "deployment.json", "last_backup.json", "last_drill.json", "notify_state.json",
-                     "cron.json")
+                     "health_last.json", "cron.json")
 
 
 def archive(plan: Plan, report: Report = quiet) -> dict:

@@ -30,7 +30,7 @@ from migrator.ops.recover import handler
 from migrator.ops.stack import Report, Stack, quiet
 from migrator.plan.model import Plan, Secrets, canonical_json
 from migrator.remote.session import RemoteVSN
-from migrator.state import deployed
+from migrator.state import deployed, stackstate
 from migrator.state.files import write_json
 from migrator.state.journal import open_journal
 from migrator.state.paths import state_dir
@@ -184,13 +184,14 @@ def cut_over(remote: RemoteVSN, plan: Plan, stack: Stack, quiesce: Quiesce, jour
 
 
 def finish_source(stack: Stack, keep_source: bool, target: str, remote: RemoteVSN | None, report: Report) -> str:
-    if keep_source:
-        state = "stopped (kept)"
-    else:
-        report("leaving the source containerless (data kept)")
-        stack.drop_all()
-        state = "containerless"
-    deployed.forget()
+    with stackstate.pending("move"):
+        if keep_source:
+            state = "stopped (kept)"
+        else:
+            report("leaving the source containerless (data kept)")
+            stack.drop_all()
+            state = "containerless"
+        deployed.forget()
     write_json(state_dir() / "moved-out.json", {"to": target, "at": time.time(), "source": state})
     if remote is not None:
         remote.migrator("agent", "mark-moved", "--from", socket.gethostname())

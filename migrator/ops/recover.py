@@ -73,14 +73,17 @@ def recover(report: Report = quiet) -> dict:
     if entry is None:
         return {"recovered": False, "actions": []}
     actions = []
+    unknown = []
     for key, fact in list(entry.get("undo", {}).items()):
         fn = HANDLERS.get(key)
         if fn is None:
-            actions.append(f"unknown journal entry {key!r} left as is")
+            unknown.append(key)
+            actions.append(f"unknown journal entry {key!r} left in the journal (written by another migrator version?)")
             continue
         actions.append(fn(fact, report))
         report(actions[-1])
-    journal.clear()
+    if not unknown:
+        journal.clear()
     return {"recovered": True, "verb": entry.get("verb"), "actions": actions}
 
 # Handlers registered by the modules that own them (imported last: they import `handler` from here).

@@ -32,6 +32,7 @@ from migrator.plan.sizes import format_size
 from migrator.state.journal import open_journal
 
 JOURNAL_KEY = "restore_swaps"
+STAGING_KEY = "restore_staging"
 # Decompressed bytes may exceed the manifest's count by tar padding only; anything more is a bomb.
 BOMB_SLACK = 1024 * 1024
 # Keep this much free beyond the restored size: the VSN must not be left with a full disk.
@@ -148,56 +149,73 @@ def restore(store, vsn: str, snapshot_id: str, *, plan: Plan | None, volumes: li
         taken = [str(s.live) for s in swaps if s.live.exists()]
         if taken:
             raise UsageError(f"{taken[0]} exists; --into needs an empty place", hint="choose another --into DIR")
-    files = 0
-    try:
-        for s in swaps:
-            files += stage_volume(store, manifest, s.volume, s.staging, identity, report, progress)
-    except BaseException:
-        for s in swaps:
-            shutil.rmtree(s.staging, ignore_errors=True)
-        raise
-    data_restored = round(time.monotonic() - started, 3)
-    if into:
-        for s in swaps:
-            os.rename(s.staging, s.live)
-        return _result(manifest, store, chosen, into, files, data_restored, started, {}, [])
-    stack = Stack.for_plan(plan, report)
-    writers = list({w.name: w for v in chosen if v in {x.name for x in plan.volumes}
-                    for w in writers_of(plan, v)}.values())
     with open_journal("restore") as journal:
-        journal.note(JOURNAL_KEY, {"swaps": [s.to_json() for s in swaps], "committed": False})
-        quiesce = Quiesce(stack, journal, report)
+        # Staging dirs are journaled first: a run killed while staging leaves nothing behind after recover.
+        journal.note(STAGING_KEY, {"dirs": [str(s.staging) for s in swaps]})
+        files = 0
         try:
-            with quiesce:
-                if touch_containers:
-                    quiesce.stop(writers)
-                for s in swaps:
-                    report(f"swapping in {s.live}" + (f" (old kept as {s.old.name})" if s.live.exists() else ""))
-                    swap_in(s)
-                    checkpoint("restore.swapped")
-        except MigratorError as exc:
-            report(f"restore failed after the swap ({exc.message}); swapping the old data back")
-            with Quiesce(stack, journal, report) as again:
-                if touch_containers:
-                    again.stop(writers)
-                for s in reversed(swaps):
-                    swap_back(s)
-            journal.forget(JOURNAL_KEY)
-            raise
+            for s in swaps:
+                files += stage_volume(store, manifest, s.volume, s.staging, identity, report, progress)
         except BaseException:
+            for s in swaps:
+                shutil.rmtree(s.staging, ignore_errors=True)
+            journal.forget(STAGING_KEY)
+            raise
+        data_restored = round(time.monotonic() - started, 3)
+        checkpoint("restore.staged")
+        if into:
+            for s in swaps:
+                os.rename(s.staging, s.live)
+            journal.forget(STAGING_KEY)
+            return _result(manifest, store, chosen, into, files, data_restored, started, {}, [])
+        downtime, kept = _swap_into_live(plan, swaps, writers_for(plan, chosen), touch_containers, keep_old,
+                                         journal, report)
+    return _result(manifest, store, chosen, base, files, data_restored, started, downtime, kept)
+
+
+def writers_for(plan: Plan, volumes: list[str]) -> list:
+    names = {x.name for x in plan.volumes}
+    return list({w.name: w for v in volumes if v in names for w in writers_of(plan, v)}.values())
+
+
+def _swap_into_live(plan: Plan, swaps: list[Swap], writers: list, touch_containers: bool, keep_old: bool,
+                    journal, report: Report) -> tuple[dict, list[str]]:
+    """Stop the writers, swap every staged volume in, restart and probe them; swap back on failure."""
+    stack = Stack.for_plan(plan, report)
+    journal.note(JOURNAL_KEY, {"swaps": [s.to_json() for s in swaps], "committed": False})
+    journal.forget(STAGING_KEY)  # the swap entry covers the staging dirs from here on
+    quiesce = Quiesce(stack, journal, report)
+    try:
+        with quiesce:
+            if touch_containers:
+                quiesce.stop(writers)
+            for s in swaps:
+                report(f"swapping in {s.live}" + (f" (old kept as {s.old.name})" if s.live.exists() else ""))
+                swap_in(s)
+                checkpoint("restore.swapped")
+    except MigratorError as exc:
+        report(f"restore failed after the swap ({exc.message}); swapping the old data back")
+        with Quiesce(stack, journal, report) as again:
+            if touch_containers:
+                again.stop(writers)
             for s in reversed(swaps):
                 swap_back(s)
-            journal.forget(JOURNAL_KEY)
-            raise
-        journal.note(JOURNAL_KEY, {"swaps": [s.to_json() for s in swaps], "committed": True})
-        kept = []
-        for s in swaps:
-            if keep_old:
-                kept.append(str(s.old))
-            else:
-                shutil.rmtree(s.old, ignore_errors=True)
         journal.forget(JOURNAL_KEY)
-    return _result(manifest, store, chosen, base, files, data_restored, started, quiesce.downtime, kept)
+        raise
+    except BaseException:
+        for s in reversed(swaps):
+            swap_back(s)
+        journal.forget(JOURNAL_KEY)
+        raise
+    journal.note(JOURNAL_KEY, {"swaps": [s.to_json() for s in swaps], "committed": True})
+    kept = []
+    for s in swaps:
+        if keep_old:
+            kept.append(str(s.old))
+        else:
+            shutil.rmtree(s.old, ignore_errors=True)
+    journal.forget(JOURNAL_KEY)
+    return quiesce.downtime, kept
 
 
 def _result(manifest, store, volumes, base, files, data_restored, started, downtime, kept) -> dict:
@@ -205,6 +223,13 @@ def _result(manifest, store, volumes, base, files, data_restored, started, downt
             "files": files, "bytes": sum(o.size for v in volumes for o in manifest.objects_of(v)),
             "data_restored_s": data_restored, "duration": round(time.monotonic() - started, 3),
             "downtime": downtime, "kept_old": kept}
+
+
+@handler(STAGING_KEY)
+def _remove_staging(fact: dict, report: Report) -> str:
+    for d in fact["dirs"]:
+        shutil.rmtree(d, ignore_errors=True)
+    return "removed the staging dirs of an interrupted restore (live data was never touched)"
 
 
 @handler(JOURNAL_KEY)

@@ -7,6 +7,8 @@ from migrator.engine.base import LABEL_STACK
 from migrator.ops.stack import Stack
 from migrator.plan.model import Plan
 from migrator.state import deployed, stackstate
+from migrator.state.files import read_json
+from migrator.state.paths import state_dir
 
 # Volume containers are created, never started; engines report that as any of these.
 CREATED_STATES = ("created", "exited", "stopped", "configured")
@@ -51,4 +53,17 @@ def status(plan: Plan) -> dict:
         "state": "containerless" if containerless else ("running" if ok else "degraded"),
         "deployed_at": info.get("deployed_at"),
         "containers": rows,
+        **recent_history(),
+    }
+
+
+def recent_history() -> dict:
+    """The last snapshot, the last drill and where a moved stack went, from the state dir."""
+    backup = read_json(state_dir() / "last_backup.json") or {}
+    drill = read_json(state_dir() / "last_drill.json") or {}
+    moved = read_json(state_dir() / "moved-out.json")
+    return {
+        "last_snapshot": {k: backup.get(k) for k in ("snapshot_id", "time", "targets")} if backup else None,
+        "last_drill": {k: drill.get(k) for k in ("snapshot_id", "time", "ok", "rto_healthy_s", "error")} if drill else None,
+        "moved_to": moved,
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from importlib import resources
 from pathlib import Path
@@ -32,14 +33,20 @@ def _validator(name: str) -> Draft202012Validator:
     return _VALIDATORS[name]
 
 
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+
+
 def json_path(parts) -> str:
-    """['services', 2, 'volumes_from', 0] -> 'services[2].volumes_from[0]'."""
+    """['services', 2, 'volumes_from', 0] -> 'services[2].volumes_from[0]'. A key that is not a plain name
+    is quoted as JSON (env["A;B"]), so a hostile key can neither blur the path nor inject a line."""
     out = ""
     for part in parts:
         if isinstance(part, int):
             out += f"[{part}]"
-        else:
+        elif _PLAIN_KEY.match(str(part)):
             out += f".{part}" if out else str(part)
+        else:
+            out += f"[{json.dumps(str(part)[:64])}]"
     return out or "(root)"
 
 
@@ -102,7 +109,8 @@ def validate_files(plan_path: str | os.PathLike, secrets_path: str | os.PathLike
         else:
             raw_secrets = _read_json(sp, "secrets file")
             secret_schema_problems = schema_problems("secrets", raw_secrets)
-            problems += [f"(secrets).{p}" if not p.startswith("(root)") else p.replace("(root)", "(secrets)", 1)
+            problems += [p.replace("(root)", "(secrets)", 1) if p.startswith("(root)")
+                         else f"(secrets){p}" if p.startswith("[") else f"(secrets).{p}"
                          for p in secret_schema_problems]
             if not secret_schema_problems:
                 secrets = Secrets(values=dict(raw_secrets), path=str(sp))

@@ -48,6 +48,8 @@ VERBS: dict[str, tuple[str, str | None, str]] = {
     "teardown": (DELETE_PENDING, ARCHIVED, FAILURE),
     "archive": (DELETE_PENDING, ARCHIVED, FAILURE),
     "cleanup": (DELETE_PENDING, NONE, FAILURE),
+    # The source of a finished move: containers gone (or stopped with --keep-source), data kept.
+    "move": (DELETE_PENDING, ARCHIVED, FAILURE),
 }
 
 

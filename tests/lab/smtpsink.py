@@ -1,5 +1,6 @@
 """A real SMTP server on loopback (aiosmtpd) that keeps every message it receives, for notification tests.
-Optionally requires AUTH PLAIN/LOGIN with one user and password (over plain SMTP: loopback only)."""
+Optionally requires AUTH PLAIN/LOGIN with one user and password (over plain SMTP: loopback only; tests
+that use it silence aiosmtpd's "AUTH without TLS" warning with SINK_WARNING)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from tests.lab.vsn import free_port
+
+SINK_WARNING = "ignore:Requiring AUTH while not requiring TLS"
 
 
 @dataclass
@@ -44,7 +47,8 @@ class SMTPSink:
               and auth_data.password.decode() == self.password)
         if ok:
             self.logins.append(self.user)
-        return AuthResult(success=ok)
+        # handled=False: aiosmtpd then answers 535 itself (handled=True would leave the client waiting).
+        return AuthResult(success=ok, handled=False)
 
     def __enter__(self) -> SMTPSink:
         kwargs = {}

@@ -10,7 +10,7 @@ import re
 import shlex
 import shutil
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from croniter import croniter
@@ -138,8 +138,8 @@ def test_on_calendar_fires_when_cron_does(expr):
     out = subprocess.run(["systemd-analyze", "calendar", "--iterations=5", calendar], capture_output=True, text=True,
                          env={**os.environ, "TZ": "UTC"}, check=True).stdout
     stamps = re.findall(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC", out)
-    systemd_times = [datetime.strptime(s, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc) for s in stamps][:5]
-    it = croniter(expr, datetime.now(timezone.utc))
+    systemd_times = [datetime.strptime(s, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC) for s in stamps][:5]
+    it = croniter(expr, datetime.now(UTC))
     cron_times = [it.get_next(datetime) for _ in range(5)]
     assert systemd_times == cron_times, (calendar, out)
 
