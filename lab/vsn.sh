@@ -24,6 +24,8 @@ CLAIMS=/run/migrator-lab/subnets
 START_TIMEOUT_S=20   # the service answers _ping in ~0.1 s; allow a loaded machine
 
 die() { echo "vsn: $*" >&2; exit 1; }
+# A pid that runs and is not a zombie (a killed service nobody reaped still answers `kill -0`).
+alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
 
 [ $# -eq 2 ] || { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 cmd=$1
@@ -100,7 +102,7 @@ podman_local() {
 
 start() {
     local n pid i
-    if [ -f "$dir/service.pid" ] && kill -0 "$(cat "$dir/service.pid")" 2>/dev/null; then
+    if [ -f "$dir/service.pid" ] && alive "$(cat "$dir/service.pid")"; then
         die "already running (pid $(cat "$dir/service.pid"))"
     fi
     if [ -f "$dir/subnet" ] && [ "$(cat "$CLAIMS/$(cat "$dir/subnet")/owner" 2>/dev/null)" = "$dir" ]; then
@@ -120,7 +122,7 @@ start() {
             echo "vsn: $dir up: pid $pid, unix://$dir/podman.sock, bridge mlab$n 10.89.$n.0/24"
             return
         fi
-        kill -0 "$pid" 2>/dev/null || { tail -n 5 "$dir/service.log" >&2; die "service exited"; }
+        alive "$pid" || { tail -n 5 "$dir/service.log" >&2; die "service exited"; }
         sleep 0.05
     done
     die "service did not answer within ${START_TIMEOUT_S}s"
@@ -142,17 +144,17 @@ kill_exec_conmons() {
 stop() {
     local pid n i
     kill_exec_conmons
-    if [ -S "$dir/podman.sock" ] && [ -f "$dir/service.pid" ] && kill -0 "$(cat "$dir/service.pid")" 2>/dev/null; then
+    if [ -S "$dir/podman.sock" ] && [ -f "$dir/service.pid" ] && alive "$(cat "$dir/service.pid")"; then
         podman --url "unix://$dir/podman.sock" rm -af -t 2 >/dev/null 2>&1 || true
     elif [ -f "$dir/containers.conf" ]; then
         podman_local rm -af -t 2 >/dev/null 2>&1 || true
     fi
     if [ -f "$dir/service.pid" ]; then
         pid=$(cat "$dir/service.pid")
-        if kill -0 "$pid" 2>/dev/null; then
+        if alive "$pid"; then
             kill -TERM "$pid"
-            for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-            kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+            for i in $(seq 100); do alive "$pid" || break; sleep 0.1; done
+            alive "$pid" && kill -KILL "$pid"
         fi
         rm -f "$dir/service.pid"
     fi
