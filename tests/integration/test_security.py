@@ -3,7 +3,6 @@ argv, snapshots or error messages; S3 credentials are never logged; modes of wha
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
