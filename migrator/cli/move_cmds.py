@@ -11,7 +11,6 @@ from migrator.cli.output import progress_printer, run
 from migrator.cli.plan_cmds import JsonOpt, SecretsOpt
 from migrator.cli.snapshot_cmds import PlanOpt, _deployed_plan
 from migrator.cli.stack_cmds import WaitOpt
-from migrator.ops.move import move as move_op
 from migrator.ops.session import operation
 
 
@@ -37,6 +36,8 @@ def register(app: typer.Typer) -> None:
                                           ("known_hosts_file", known_hosts)) if v}
 
         def action() -> dict:
+            from migrator.ops.move import move as move_op  # paramiko loads only for a move
+
             p, s = _deployed_plan(plan, secrets)
             options.setdefault("known_host_keys", (p.backup.get("ssh") or {}).get("known_host_keys", []))
             with operation("move", wait, report):

@@ -60,6 +60,12 @@ def _undo_upgrade(fact: dict, report: Report) -> str:
     return f"brought the old {service} container back after an interrupted upgrade"
 
 
+def _load_handlers() -> None:
+    """Modules that own an undo step register its handler when imported; import them only when a journal
+    needs handling, so importing this module never drags in SSH or archive code (and never cycles)."""
+    from migrator.ops import move, quiesce, restore  # noqa: F401
+
+
 def pending() -> dict | None:
     """The journal of a dead run, or None (no journal, or its owner still runs)."""
     entry = journal.load()
@@ -72,6 +78,7 @@ def recover(report: Report = quiet) -> dict:
     entry = pending()
     if entry is None:
         return {"recovered": False, "actions": []}
+    _load_handlers()
     actions = []
     unknown = []
     for key, fact in list(entry.get("undo", {}).items()):
@@ -86,7 +93,3 @@ def recover(report: Report = quiet) -> dict:
         journal.clear()
     return {"recovered": True, "verb": entry.get("verb"), "actions": actions}
 
-# Handlers registered by the modules that own them (imported last: they import `handler` from here).
-from migrator.ops import move as _move  # noqa: E402,F401
-from migrator.ops import quiesce as _quiesce  # noqa: E402,F401
-from migrator.ops import restore as _restore  # noqa: E402,F401
