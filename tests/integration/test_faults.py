@@ -226,3 +226,22 @@ def test_move_refuses_unknown_host_key_and_nonsense_versions(vsn, target_vsn, se
     garbage = vsn.migrator("move", *target_vsn.move_args()[:4], "--remote-migrator", "sh -c 'echo hello' --", "--json")
     assert garbage.returncode == 6 and "nonsense" in json.loads(garbage.stdout)["message"]
     assert containers_up(vsn) and target_vsn.containers() == {}
+
+
+def test_store_full_fails_cleanly(vsn, secrets, tmp_path):
+    deployed(vsn, secrets, tmp_path, big=6 * 1024 * 1024)
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(full)], check=True)
+    try:
+        result = vsn.migrator("backup", "--to", f"file://{full}/store", "--json")
+        assert result.returncode in (1, 8), result.stderr
+        message = json.loads(result.stdout)["message"]
+        assert "space" in message.lower() or "full" in message.lower(), message
+        listed = vsn.migrator("snapshots", "--from", f"file://{full}/store", "--vsn", "t", "--json")
+        assert json.loads(listed.stdout)["snapshots"] == []
+        assert containers_up(vsn)
+        leftovers = [p for p in full.rglob("*") if p.is_file()]
+        assert leftovers == [], leftovers  # partial objects were removed
+    finally:
+        subprocess.run(["umount", str(full)], check=False)
