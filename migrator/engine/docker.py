@@ -132,7 +132,7 @@ class DockerEngine(ContainerEngine):
     def save_image(self, ref: str, path: Path) -> None:
         image = self._wrap(f"inspect image {ref}", self.client.images.get, ref)
         with open(path, "wb") as fh:
-            for chunk in self._wrap(f"save {ref}", image.save, named=True):
+            for chunk in self._wrap(f"save {ref}", image.save, named=ref):  # True would name it tags[0]
                 fh.write(chunk)
 
     def load_image(self, path: Path) -> None:
