@@ -245,3 +245,29 @@ def test_store_full_fails_cleanly(vsn, secrets, tmp_path):
         assert leftovers == [], leftovers  # partial objects were removed
     finally:
         subprocess.run(["umount", str(full)], check=False)
+
+
+def test_ssh_store_connection_dropped_mid_upload(vsn, secrets, tmp_path, ssh_host):
+    url = ssh_host.url(f"drop-{tmp_path.name}")
+
+    def to_ssh(raw):
+        raw["backup"] = {"targets": [url]}
+    deployed(vsn, secrets, tmp_path, mutate=to_ssh, big=200 * 1024 * 1024)
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    (home / ".ssh" / "config").write_text(ssh_host.ssh_config_file.read_text())
+    env = dict(vsn.env(), HOME=str(home))
+    proc = subprocess.Popen([*vsn.migrator_argv(), "backup", "--json"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    # Wait for an upload in progress (a partial object appears on the store host), then cut SSH.
+    remote = ssh_host.local(url[len(f"ssh://{ssh_host.alias}"):])
+    deadline = time.monotonic() + 120
+    while not any(".partial-" in p.name for p in remote.rglob("*")) if remote.exists() else True:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
+        time.sleep(0.05)
+    ssh_host.run(["pkill", "-KILL", "-f", "sshd: root"], check=False)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 8, err + out
+    assert containers_up(vsn)
+    listed = vsn.migrator("snapshots", "--json", env=env)
+    assert listed.returncode == 0 and json.loads(listed.stdout)["snapshots"] == []
