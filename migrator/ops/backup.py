@@ -17,11 +17,12 @@ from pathlib import Path
 from migrator import __version__
 from migrator.archive import TreeState, capture_phase2, scan, write_archive
 from migrator.catalog.manifest import MANIFEST, PLAN_COPY, Manifest, ObjectEntry, new_snapshot_id, object_name
-from migrator.errors import MigratorError, UsageError
+from migrator.errors import MigratorError, PreflightFailed, UsageError
 from migrator.faults import checkpoint
 from migrator.ops.quiesce import Quiesce, writers_of
 from migrator.ops.stack import Report, Stack, quiet
 from migrator.plan.model import Plan, canonical_json
+from migrator.state import deployed
 from migrator.state.files import write_json
 from migrator.state.journal import open_journal
 from migrator.state.paths import state_dir
@@ -216,6 +217,10 @@ def _abort_quietly(writer) -> None:
 
 
 def backup(plan: Plan, targets: list[str] | None, tags: list[str], report: Report = quiet, progress=None) -> dict:
+    moved = deployed.moved_away()
+    if moved:
+        raise PreflightFailed(f"the stack moved to {moved.get('to')}; this VSN's data is a stale copy",
+                              hint="back up on the VSN the stack runs on (or deploy it here again)")
     urls = list(targets or plan.backup.get("targets", []))
     if not urls:
         raise UsageError("no backup target: the plan has no backup.targets and no --to was given",

@@ -71,6 +71,9 @@ def preflight(remote: RemoteVSN, plan: Plan, secrets: Secrets, report: Report) -
     if not compatible(__version__, version):
         raise PreflightFailed(f"{remote.what} runs migrator {version[:40]!r}; this one is {__version__}",
                               hint="install the same migrator version on the target")
+    if info.get("deployed_at"):
+        raise PreflightFailed(f"{remote.what} already runs a deployed stack; a move would replace its deployment",
+                              hint="move to a VSN without a stack, or tear that stack down there first")
     if info.get("euid") != 0:
         raise PreflightFailed(f"{remote.what}: migrator does not run as root there (uid {info.get('euid')})")
     needed = sum(tree_size(Path(v.root_dir(plan.vsn.data_root))) for v in plan.volumes

@@ -16,6 +16,7 @@ from migrator import __version__
 from migrator.archive import extract_archive
 from migrator.archive.fingerprint import fingerprint
 from migrator.errors import UsageError
+from migrator.state import deployed
 from migrator.state.files import write_json
 from migrator.state.paths import state_dir
 
@@ -44,8 +45,10 @@ def _safe_volume(name: str) -> str:
 def info(data_root: str) -> dict:
     root = Path(data_root)
     free = shutil.disk_usage(_existing_ancestor(root)).free
+    here = deployed.current() or {}
     return {"version": __version__, "euid": os.geteuid(), "hostname": socket.gethostname(),
-            "state_dir": str(state_dir()), "data_root": str(root), "free_bytes": free}
+            "state_dir": str(state_dir()), "data_root": str(root), "free_bytes": free,
+            "deployed_at": here.get("deployed_at")}
 
 
 def receive(data_root: str, volume: str, fresh: bool) -> dict:

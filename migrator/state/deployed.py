@@ -17,12 +17,14 @@ def _dir() -> Path:
 
 
 def record(plan_raw: dict, secrets_path: str | None) -> None:
+    """A deploy here: the stack lives on this VSN (again), so a moved-out record no longer applies."""
     atomic_write(_dir() / "plan.json", json.dumps(plan_raw, indent=2, sort_keys=True).encode() + b"\n")
     write_json(_dir() / "deployment.json", {
         "plan": str(_dir() / "plan.json"),
         "secrets": str(Path(secrets_path).resolve()) if secrets_path else None,
         "deployed_at": time.time(),
     })
+    (_dir() / "moved-out.json").unlink(missing_ok=True)
 
 
 def forget() -> None:
@@ -46,3 +48,10 @@ def plan_and_secrets_paths(plan: str | None, secrets: str | None) -> tuple[str, 
         raise UsageError("no plan given and none remembered on this VSN",
                          hint="pass PLAN (and --secrets FILE), or deploy first")
     return info["plan"], secrets if secrets else info.get("secrets")
+
+
+def moved_away() -> dict | None:
+    """Where the stack went, when it was moved off this VSN and not deployed here since."""
+    moved = read_json(_dir() / "moved-out.json")
+    info = current() or {}
+    return moved if moved and not info.get("deployed_at") else None

@@ -265,7 +265,7 @@ def test_ssh_store_connection_dropped_mid_upload(vsn, secrets, tmp_path, ssh_hos
     while not any(".partial-" in p.name for p in remote.rglob("*")) if remote.exists() else True:
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
         time.sleep(0.05)
-    ssh_host.run(["pkill", "-KILL", "-f", "sshd: root"], check=False)
+    ssh_host.drop_ssh_sessions()
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 8, err + out
     assert containers_up(vsn)

@@ -64,6 +64,13 @@ def test_move_host_plan_with_a_writer(vsn, target_vsn, secrets, tmp_path):
     secrets_there = target_vsn.state_dir / "incoming" / "secrets.json"
     assert secrets_there.stat().st_mode & 0o777 == 0o600
     assert "pa55-w0rd" not in result.stdout + result.stderr
+    # The source's copy is stale now: backing it up is refused; so is a second move onto the busy target.
+    stale = vsn.migrator("backup", "--to", f"file://{tmp_path}/store", "--json")
+    assert stale.returncode == 4 and "moved to" in json.loads(stale.stdout)["message"]
+    assert vsn.migrator("deploy", str(tmp_path / "plan.json"), "--secrets", str(secrets)).returncode == 0
+    busy = move(vsn, target_vsn)
+    assert busy.returncode == 4 and "already runs" in json.loads(busy.stdout)["message"]
+    assert vsn.containers() == {raw["host"]["name"]: "running"}  # the source keeps running
 
 
 def test_keep_source_leaves_source_stopped_not_removed(vsn, target_vsn, secrets, tmp_path):
@@ -119,7 +126,7 @@ def test_ssh_dropped_during_transfer(vsn, target_vsn, secrets, tmp_path):
     while target_vsn.host.run(["pgrep", "-f", "agent receive"], check=False).returncode != 0:
         assert proc.poll() is None and time.monotonic() < deadline, "receiver never started"
         time.sleep(0.05)
-    target_vsn.host.run(["pkill", "-KILL", "-f", "sshd: root"], check=False)
+    target_vsn.host.drop_ssh_sessions()
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 8, err + out
     assert "dropped" in json.loads(out)["message"] or "connect" in json.loads(out)["message"]

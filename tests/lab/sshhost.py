@@ -176,6 +176,18 @@ class SSHHost:
         self.procs.append(proc)
         return proc
 
+    def drop_ssh_sessions(self) -> None:
+        """Kill this host's sshd session processes (a dropped connection), and only this host's: the pid
+        namespace is shared, so a plain `pkill -f` would cut every lab host's sessions."""
+        for pid in _netns_pids(self.netns):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmdline.startswith(b"sshd: root"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
     def bind(self, source: str | Path, target: str) -> None:
         """Bind-mount a local directory on `target` in the host's private mount namespace. A missing
         `target` is created first: under /srv that is the host's private tmpfs; elsewhere (e.g.
