@@ -16,15 +16,18 @@ export CONTAINERS_STORAGE_CONF=${CONTAINERS_STORAGE_CONF:-$PWD/lab/storage.conf}
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-# The secrets file must be 0600 and owned by us; git does not keep modes, so install a private copy.
-SECRETS=$(mktemp /tmp/demo-secrets.XXXXXX)
+# The secrets file must be 0600 and owned by us; git does not keep modes, so install a private copy where
+# an operator would keep it (deploy remembers its path for later commands).
+SECRETS=/etc/migrator/demo-secrets.json
+install -d -m 700 /etc/migrator
 install -m 600 examples/demo-secrets.json "$SECRETS"
 
 started_service=""
 cleanup() {
-    rm -f "$SECRETS"
+    # Teardown first: it reads the remembered plan and secrets file, which is removed after it.
     if [ -z "${KEEP:-}" ]; then
-        "$MIGRATOR" teardown >/dev/null 2>&1 || true
+        "$MIGRATOR" teardown "$PLAN" --secrets "$SECRETS" >/dev/null 2>&1 \
+            || echo "demo: teardown failed; run: migrator teardown $PLAN" >&2
         [ -n "$started_service" ] && kill "$started_service" 2>/dev/null || true
     fi
 }

@@ -93,7 +93,8 @@ def preflight(remote: RemoteVSN, plan: Plan, secrets: Secrets, report: Report) -
     report(f"checking {remote.what}")
     args = ["check", f"{incoming}/plan.json"] + (["--secrets", secrets_path] if secrets_path else [])
     remote.migrator(*args)
-    return {"plan": f"{incoming}/plan.json", "secrets": secrets_path, "needed": needed, "free": free}
+    return {"plan": f"{incoming}/plan.json", "secrets": secrets_path, "needed": needed, "free": free,
+            "state_dir": info["state_dir"]}
 
 
 def send_volume(remote: RemoteVSN, plan: Plan, volume: str, capture, fresh: bool) -> tuple[int, str]:
@@ -180,6 +181,10 @@ def cut_over(remote: RemoteVSN, plan: Plan, stack: Stack, quiesce: Quiesce, jour
     args = ["deploy", files["plan"]] + (["--secrets", files["secrets"]] if files["secrets"] else [])
     deployed_there = remote.migrator(*args)
     result.health = deployed_there.get("health", {})
+    # The stack's backup heartbeat moves with it: health on the target judges the last backup taken.
+    last_backup = state_dir() / "last_backup.json"
+    if last_backup.exists():
+        remote.put_file(f"{files['state_dir']}/last_backup.json", last_backup.read_bytes(), 0o600)
     result.downtime_s = round(time.monotonic() - down_since, 3)
     checkpoint("move.target-healthy")
     journal.note(JOURNAL_KEY, {**journal.entry["undo"][JOURNAL_KEY], "stage": "target-healthy"})

@@ -53,6 +53,8 @@ VSN_PATH = "/srv/vsn"
 OVERLAID = ("/etc", "/opt", "/root", "/usr/local", "/var/lib")
 # Shared lab state that must stay shared under the /var/lib overlay: the read-only lab image store.
 LAB_STORE = "/var/lib/migrator-lab"
+# migrator's own state and config dirs: empty and private on every lab VSN, whatever the machine holds.
+OPAQUE = ("/var/lib/migrator", "/etc/migrator")
 RUNTIME_ROOT = "/run/migrator"
 # Where built wheelhouses are cached between runs (like the lab images): keyed by source hash inside.
 WHEELHOUSE_CACHE = Path(os.environ.get("MIGRATOR_LAB_CACHE", "/var/cache/migrator-lab")) / "wheelhouse"
@@ -226,6 +228,14 @@ def _setup_private_root(host: SSHHost, private: Path) -> None:
         base = private / "ov" / top.strip("/").replace("/", "_")
         (base / "upper").mkdir(parents=True)
         (base / "work").mkdir()
+        # The overlay shows the machine's own files underneath: migrator state or config left on this
+        # machine (e.g. by `make demo`) must not appear on a lab VSN. An opaque dir in the upper layer
+        # hides what is below it, and the VSN's own writes still land in the upper layer.
+        for own in OPAQUE:
+            if own.startswith(top + "/"):
+                hidden = base / "upper" / own[len(top) + 1:]
+                hidden.mkdir(parents=True, mode=0o700)
+                os.setxattr(hidden, "trusted.overlay.opaque", b"y")
         host.run(["mount", "-t", "overlay", "overlay", "-o",
                   f"lowerdir={top},upperdir={base / 'upper'},workdir={base / 'work'}", top])
     host.run(["mount", "--move", keep, LAB_STORE])
