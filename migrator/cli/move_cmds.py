@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 
 from migrator.cli.output import progress_printer, run
-from migrator.cli.plan_cmds import JsonOpt, SecretsOpt
-from migrator.cli.snapshot_cmds import PlanOpt, _deployed_plan
+from migrator.cli.plan_cmds import JsonOpt, SecretsOpt, load_plan_args
+from migrator.cli.snapshot_cmds import PlanOpt
 from migrator.cli.stack_cmds import WaitOpt
 from migrator.ops.session import operation
 
@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
         def action() -> dict:
             from migrator.ops.move import move as move_op  # paramiko loads only for a move
 
-            p, s = _deployed_plan(plan, secrets)
+            p, s = load_plan_args(plan, secrets)
             options.setdefault("known_host_keys", (p.backup.get("ssh") or {}).get("known_host_keys", []))
             with operation("move", wait, report):
                 return move_op(p, s, to, keep_source=keep_source, remote_command=shlex.split(remote_migrator),

@@ -8,7 +8,7 @@ import typer
 
 from migrator.catalog.retention import DEFAULT_KEEP_TAGS, Policy
 from migrator.cli.output import progress_printer, run
-from migrator.cli.plan_cmds import JsonOpt, SecretsOpt
+from migrator.cli.plan_cmds import JsonOpt, SecretsOpt, load_plan_args
 from migrator.cli.stack_cmds import WaitOpt
 from migrator.errors import UsageError
 from migrator.ops import snapshots as snap_ops
@@ -17,10 +17,8 @@ from migrator.ops.backup import open_stores
 from migrator.ops.drill import drill as drill_op
 from migrator.ops.restore import restore as restore_op
 from migrator.ops.session import operation
-from migrator.plan import validate_files
 from migrator.plan.model import Secrets
 from migrator.plan.sizes import format_size
-from migrator.state import deployed
 
 FromOpt = typer.Option(None, "--from", help="Store URL (file:///…, s3://bucket/prefix, ssh://host/path). "
                                             "Default: the deployed plan's first backup target.")
@@ -28,18 +26,10 @@ VsnOpt = typer.Option(None, "--vsn", help="VSN name the snapshots are filed unde
 PlanOpt = typer.Option(None, "--plan", help="Plan (default: the one deployed on this VSN).")
 
 
-def _deployed_plan(plan: Path | None, secrets: Path | None, required: bool = True):
-    if plan is None and not (deployed.current() or {}).get("plan"):
-        if required:
-            raise UsageError("no plan given and none deployed on this VSN", hint="pass --plan FILE")
-        return None, None
-    plan_path, secrets_path = deployed.plan_and_secrets_paths(str(plan) if plan else None,
-                                                              str(secrets) if secrets else None)
-    return validate_files(plan_path, secrets_path)
 
 
 def _store_and_vsn(url: str | None, vsn: str | None, plan_file: Path | None):
-    p, _ = _deployed_plan(plan_file, None, required=False)
+    p, _ = load_plan_args(plan_file, None, required=False)
     if url is None:
         targets = p.backup.get("targets", []) if p else []
         if not targets:
@@ -67,7 +57,7 @@ def register(app: typer.Typer) -> None:
         report = progress_printer(json_out)
 
         def action() -> dict:
-            p, _s = _deployed_plan(plan, secrets)
+            p, _s = load_plan_args(plan, secrets)
             with operation("backup", wait, report):
                 return backup_op(p, to, list(tag or []), report, progress=report.bytes)
 
@@ -206,7 +196,7 @@ def register(app: typer.Typer) -> None:
 
         def action() -> dict:
             s, name, p = _store_and_vsn(store, vsn, plan)
-            _p, sec = _deployed_plan(plan, secrets, required=False)
+            _p, sec = load_plan_args(plan, secrets, required=False)
             with operation("drill", wait, report):
                 return drill_op(s, name, snapshot, plan=None, secrets=sec or Secrets(), identity=identity,
                                 scratch=scratch, report=report)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from migrator.cli.output import progress_printer, run
-from migrator.cli.plan_cmds import JsonOpt, PlanArg, SecretsOpt
+from migrator.cli.plan_cmds import JsonOpt, PlanArg, SecretsOpt, load_plan_args
 from migrator.ops import recover as recover_op
 from migrator.ops.deploy import deploy as deploy_op
 from migrator.ops.session import operation
@@ -15,15 +15,10 @@ from migrator.ops.status import status as status_op
 from migrator.ops.teardown import teardown as teardown_op
 from migrator.ops.upgrade import upgrade as upgrade_op
 from migrator.plan import validate_files
-from migrator.state import deployed
 
 WaitOpt = typer.Option(0.0, "--wait", help="Seconds to wait for another operation's lock (default: exit 5 at once).")
 
 
-def _load(plan: Path | None, secrets: Path | None):
-    plan_path, secrets_path = deployed.plan_and_secrets_paths(str(plan) if plan else None,
-                                                              str(secrets) if secrets else None)
-    return validate_files(plan_path, secrets_path)
 
 
 def register(app: typer.Typer) -> None:
@@ -69,7 +64,7 @@ def register(app: typer.Typer) -> None:
         report = progress_printer(json_out)
 
         def action() -> dict:
-            p, _ = _load(plan, secrets)
+            p, _ = load_plan_args(plan, secrets)
             with operation("teardown", wait, report):
                 return teardown_op(p, report)
 
@@ -84,7 +79,7 @@ def register(app: typer.Typer) -> None:
         """
 
         def action() -> dict:
-            p, _ = _load(plan, secrets)
+            p, _ = load_plan_args(plan, secrets)
             return status_op(p)
 
         def human(r: dict) -> None:
@@ -116,7 +111,7 @@ def register(app: typer.Typer) -> None:
         report = progress_printer(json_out)
 
         def action() -> dict:
-            p, s = _load(plan, secrets)
+            p, s = load_plan_args(plan, secrets)
             with operation("upgrade", wait, report):
                 return upgrade_op(p, s, service, image, report)
 

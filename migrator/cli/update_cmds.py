@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 
 from migrator.cli.output import progress_printer, run
-from migrator.cli.plan_cmds import JsonOpt, SecretsOpt
-from migrator.cli.snapshot_cmds import PlanOpt, _deployed_plan
+from migrator.cli.plan_cmds import JsonOpt, SecretsOpt, load_plan_args
+from migrator.cli.snapshot_cmds import PlanOpt
 from migrator.cli.stack_cmds import WaitOpt
 from migrator.ops import osupdate
 from migrator.ops.session import operation
@@ -29,7 +29,7 @@ def prepare(plan: Path = PlanOpt, secrets: Path = SecretsOpt, to: list[str] = To
     report = progress_printer(json_out)
 
     def action() -> dict:
-        p, s = _deployed_plan(plan, secrets)
+        p, s = load_plan_args(plan, secrets)
         with operation("os-update", wait, report):
             return osupdate.prepare(p, s, list(to or []) or None, report)
 
@@ -66,7 +66,7 @@ def run_cmd(command: str = typer.Option(..., "--command", help="The update comma
     report = progress_printer(json_out)
 
     def action() -> dict:
-        p, s = _deployed_plan(plan, secrets)
+        p, s = load_plan_args(plan, secrets)
         with operation("os-update", wait, report):
             return osupdate.run_update(p, s, command, list(to or []) or None, restore_on_mismatch, report)
 

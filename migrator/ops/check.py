@@ -11,7 +11,7 @@ from pathlib import Path
 
 from migrator.engine.factory import engine_for_url
 from migrator.errors import MigratorError, PreflightFailed
-from migrator.ops.datadirs import data_dirs, tree_size
+from migrator.ops.datadirs import data_dirs, existing_ancestor, tree_size
 from migrator.plan.model import DEFAULT_SOCKETS, Plan
 from migrator.plan.sizes import format_size
 
@@ -29,14 +29,9 @@ class CheckResult:
         return {"name": self.name, "ok": self.ok, "detail": self.detail}
 
 
-def _existing_ancestor(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
 
 def _writable(path: Path) -> CheckResult:
-    target = path if path.exists() else _existing_ancestor(path)
+    target = path if path.exists() else existing_ancestor(path)
     try:
         with tempfile.NamedTemporaryFile(dir=target, prefix=".migrator-check-"):
             pass
@@ -66,9 +61,9 @@ def run(plan: Plan | None) -> list[CheckResult]:
         return results
     root = Path(plan.vsn.data_root)
     results.append(_writable(root))
-    free = shutil.disk_usage(_existing_ancestor(root)).free
+    free = shutil.disk_usage(existing_ancestor(root)).free
     results.append(CheckResult("free space", free >= plan.vsn.min_free,
-                               f"{format_size(free)} free on {_existing_ancestor(root)}, "
+                               f"{format_size(free)} free on {existing_ancestor(root)}, "
                                f"need at least {format_size(plan.vsn.min_free)}"))
     for vol_name, mount, path in data_dirs(plan):
         if not path.exists():

@@ -31,6 +31,13 @@ def create_missing(plan: Plan) -> list[str]:
     return created
 
 
+def existing_ancestor(path: Path) -> Path:
+    """`path` itself if it exists, else its nearest existing parent (where free space is measured)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def tree_size(path: Path) -> int:
     """Bytes allocated under `path` (like du), symlinks not followed, other filesystems included."""
     total = 0

@@ -16,6 +16,7 @@ from migrator import __version__
 from migrator.archive import extract_archive
 from migrator.archive.fingerprint import fingerprint
 from migrator.errors import UsageError
+from migrator.ops.datadirs import existing_ancestor
 from migrator.state import deployed
 from migrator.state.files import write_json
 from migrator.state.paths import state_dir
@@ -26,11 +27,6 @@ STAGING_SUFFIX = ".move-incoming"
 def staging_dir(data_root: str, volume: str) -> Path:
     return Path(data_root) / f".{volume}{STAGING_SUFFIX}"
 
-
-def _existing_ancestor(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
 
 
 def _safe_volume(name: str) -> str:
@@ -44,7 +40,7 @@ def _safe_volume(name: str) -> str:
 
 def info(data_root: str) -> dict:
     root = Path(data_root)
-    free = shutil.disk_usage(_existing_ancestor(root)).free
+    free = shutil.disk_usage(existing_ancestor(root)).free
     here = deployed.current() or {}
     return {"version": __version__, "euid": os.geteuid(), "hostname": socket.gethostname(),
             "state_dir": str(state_dir()), "data_root": str(root), "free_bytes": free,
