@@ -3,13 +3,16 @@
 Owns the one rule every pipeline stage outside Python follows: whatever fails (a sink, the decompressor,
 a hostile member, the child itself), the child is killed and waited for and the thread draining its
 stderr is joined, so an error leaves no zombie and no thread blocked on a pipe. `Pump` runs one copy
-loop in a thread and hands its exception back to the caller instead of losing it.
+loop in a thread and hands its exception back to the caller instead of losing it; `Stage` runs a consumer
+in a thread behind a small bounded queue, so two CPU-heavy steps (compressing, hashing and writing) overlap
+while memory stays at a few chunks.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import queue
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
@@ -147,3 +150,46 @@ def close_all(children: list[Child], threads: list[threading.Thread]) -> None:
     for thread in threads:
         if thread.ident is not None:  # started
             thread.join()
+
+
+class Stage:
+    """`consume(item)` in its own thread, fed through a queue of at most `depth` items.
+
+    `put` blocks while the queue is full and re-raises the consumer's error (after one, the rest is
+    drained unconsumed, so a producer is never left blocked). `close` waits for every item to be consumed
+    and re-raises that error; `abort` stops without consuming the rest. Either must be called, once.
+    """
+
+    _END = object()
+
+    def __init__(self, name: str, consume: Callable[[object], None], depth: int):
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._consume = consume
+        self._skip = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not self._END:
+            if self.error is None and not self._skip:
+                try:
+                    self._consume(item)
+                except BaseException as exc:  # handed to the producer by put/close
+                    self.error = exc
+
+    def put(self, item: object) -> None:
+        if self.error is not None:
+            raise self.error
+        self._queue.put(item)
+
+    def close(self) -> None:
+        self._queue.put(self._END)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def abort(self) -> None:
+        self._skip = True
+        self._queue.put(self._END)
+        self._thread.join()

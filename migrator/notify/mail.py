@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import smtplib
 import socket
-import ssl
 import subprocess
 from dataclasses import dataclass
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from typing import TYPE_CHECKING
 
 from migrator.errors import PlanInvalid, Unreachable
 from migrator.plan.model import Secrets
+
+if TYPE_CHECKING:
+    from email.message import EmailMessage
 
 # SMTP servers answer within seconds; a hung one must not hold a cron'd health check for long.
 SMTP_TIMEOUT = 30
@@ -82,6 +82,9 @@ def send_mutt(mail: Mail) -> None:
 
 
 def message(mail: Mail) -> EmailMessage:
+    from email.message import EmailMessage  # imported when mail is sent: keeps every CLI start-up light
+    from email.utils import formatdate, make_msgid
+
     msg = EmailMessage()
     msg["From"] = mail.sender or default_sender()
     msg["To"] = mail.to
@@ -105,6 +108,9 @@ def send_smtp(mail: Mail, smtp: dict | None, secrets: Secrets | None) -> None:
         except KeyError:
             raise PlanInvalid(f"health.notify.smtp.password_secret: key {smtp['password_secret']!r} is not in "
                               "the secrets file") from None
+    import smtplib  # see message(): imported only when a mail goes out
+    import ssl
+
     try:
         if tls == "ssl":
             client = smtplib.SMTP_SSL(host, port, timeout=SMTP_TIMEOUT, context=ssl.create_default_context())

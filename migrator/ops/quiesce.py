@@ -33,7 +33,7 @@ class Quiesce:
         self.downtime: dict[str, float] = {}
 
     def running(self, services: list[Service]) -> list[Service]:
-        if not self.stack.rest_reachable():
+        if not services or not self.stack.rest_reachable():
             return []
         engine = self.stack.rest_engine()
         out = []
@@ -45,8 +45,10 @@ class Quiesce:
 
     def run_hooks(self, services: list[Service], phase: str) -> list[str]:
         """Exec each service's pre_backup/post_backup hooks (argv, no shell). A failing hook is an error."""
+        done: list[str] = []
+        if not any(getattr(svc, phase) for svc in services):
+            return done
         engine = self.stack.rest_engine()
-        done = []
         for svc in services:
             for hook in getattr(svc, phase):
                 target = hook.container or svc.name

@@ -49,13 +49,20 @@ def start_order(services: tuple[Service, ...]) -> list[Service]:
 @dataclass
 class Stack:
     plan: Plan
-    outer: ContainerEngine
     report: Report = quiet
+    _outer: ContainerEngine | None = None
     _inner: ContainerEngine | None = None
 
     @classmethod
     def for_plan(cls, plan: Plan, report: Report = quiet) -> Stack:
-        return cls(plan=plan, outer=outer_engine(plan), report=report)
+        return cls(plan=plan, report=report)
+
+    @property
+    def outer(self) -> ContainerEngine:
+        """The VSN's own engine, connected on first use: a backup with nothing to stop never loads an SDK."""
+        if self._outer is None:
+            self._outer = outer_engine(self.plan)
+        return self._outer
 
     # --- topology -------------------------------------------------------------------------------
     @property
