@@ -77,6 +77,7 @@ class Backup:
         self.tags = tags
         self.report = report
         self.progress = progress
+        self.downtime_steps: dict[str, dict[str, float]] = {}
         self.snapshot_id = new_snapshot_id()
         enc = plan.backup.get("encryption") or {}
         self.recipients = list(enc.get("age_recipients", []))
@@ -180,6 +181,7 @@ class Backup:
         shutil.rmtree(self.spool, ignore_errors=True)
         self.manifest.timings = {"capture": capture, "downtime": quiesce.downtime,
                                  "total": round(time.monotonic() - started, 3)}
+        self.downtime_steps = quiesce.steps
         plan_copy = canonical_json(self.plan.raw)
         for store in self.stores:
             store.put_bytes(self.key(PLAN_COPY), plan_copy)
@@ -194,7 +196,8 @@ class Backup:
             "targets": [s.url for s in self.stores],
             "objects": [dict(o.__dict__) for o in m.objects],
             "size": m.size, "uncompressed": sum(o.uncompressed for o in m.objects),
-            "downtime": m.timings["downtime"], "duration": m.timings["total"], "capture": m.timings["capture"],
+            "downtime": m.timings["downtime"], "downtime_steps": self.downtime_steps,
+            "duration": m.timings["total"], "capture": m.timings["capture"],
             "volumes": m.volumes, "encrypted": m.encrypted,
         }
 

@@ -14,6 +14,9 @@ from migrator.plan.model import PortMapping, Probe, Service
 
 # One attempt may not take longer than this: a hung accept must not eat the whole probe budget.
 ATTEMPT_TIMEOUT = 5.0
+# Pause after the first failed attempt; it doubles up to the probe's `interval`. A service restarted after
+# a backup's stopped window usually answers within tens of milliseconds, and every pause is downtime.
+FIRST_PAUSE = 0.02
 
 
 @dataclass(frozen=True)
@@ -55,11 +58,14 @@ def probe_once(engine: ContainerEngine, svc: Service, probe: Probe, port_map: di
 
 def wait_healthy(engine: ContainerEngine, svc: Service, port_map: dict[int, int] | None = None,
                  container: str | None = None) -> ProbeResult:
-    """Wait until the service's container runs and its probe (if any) passes."""
+    """Wait until the service's container runs and its probe (if any) passes: attempts 20 ms apart at first,
+    the pause doubling up to the probe's `interval` (0.5 s by default)."""
     name = container or svc.name
     probe = svc.health
     deadline = time.monotonic() + (probe.timeout if probe else 10)
     last = ProbeResult(False, "not probed yet")
+    longest = probe.interval if probe else 0.5
+    pause = min(FIRST_PAUSE, longest)
     while True:
         info = engine.get(name)
         if info is None or info.state not in ("running", "created", "configured", "initialized"):
@@ -76,4 +82,5 @@ def wait_healthy(engine: ContainerEngine, svc: Service, port_map: dict[int, int]
                 return last
         if time.monotonic() >= deadline:
             return ProbeResult(False, f"not healthy after {probe.timeout if probe else 10}s: {last.detail}")
-        time.sleep(probe.interval if probe else 0.5)
+        time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
+        pause = min(pause * 2, longest)

@@ -31,6 +31,9 @@ class Quiesce:
         self.stopped: list[Service] = []
         self.stopped_at: dict[str, float] = {}
         self.downtime: dict[str, float] = {}
+        # Where each service's downtime went (seconds): engine stop, the stopped window's own work, engine
+        # start, health probe. For `--json` and the bench; the manifest keeps the total only.
+        self.steps: dict[str, dict[str, float]] = {}
 
     def running(self, services: list[Service]) -> list[Service]:
         if not services or not self.stack.rest_reachable():
@@ -73,6 +76,7 @@ class Quiesce:
             self.stopped_at[svc.name] = time.monotonic()
             self.stopped.append(svc)
             engine.stop(svc.name, timeout=svc.stop_timeout)
+            self.steps[svc.name] = {"stop": round(time.monotonic() - self.stopped_at[svc.name], 3)}
 
     def start_all(self) -> None:
         """Start every stopped service in depends_on order and wait for health. Raises after trying all."""
@@ -82,9 +86,15 @@ class Quiesce:
         failures = []
         for svc in start_order(tuple(self.stopped)):
             self.report(f"starting {svc.name}")
+            steps = self.steps.setdefault(svc.name, {})
+            begin = time.monotonic()
+            steps["stopped"] = round(begin - self.stopped_at[svc.name] - steps.get("stop", 0.0), 3)
             try:
                 engine.start(svc.name)
+                started = time.monotonic()
+                steps["start"] = round(started - begin, 3)
                 probe = wait_healthy(engine, svc)
+                steps["healthy"] = round(time.monotonic() - started, 3)
                 if not probe.ok:
                     failures.append(f"{svc.name}: {probe.detail}")
             except MigratorError as exc:

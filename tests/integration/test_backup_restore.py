@@ -57,6 +57,9 @@ def test_backup_two_phase_then_restore_round_trip(vsn, stack):
     names = {o["name"] for o in snap["objects"]}
     assert {"dbdata.1.tar.zst", "dbdata.2.tar.zst", "webdata.1.tar.zst", "webdata.2.tar.zst"} <= names
     assert set(snap["downtime"]) == {"db", "web"}  # the manifest records each writer's downtime
+    for name, steps in snap["downtime_steps"].items():  # and --json says where it went
+        assert set(steps) == {"stop", "stopped", "start", "healthy"}
+        assert sum(steps.values()) == pytest.approx(snap["downtime"][name], abs=0.005)
     assert vsn.containers()["db"] == "running" and vsn.containers()["web"] == "running"
     assert "pa55-w0rd" not in json.dumps(snap)
 
