@@ -44,6 +44,8 @@ RSS_SCALE = 3  # the second data set for the RSS flatness check is this many tim
 LOAD_SHARE = 0.01  # the downtime load changes this fraction of the data set's bytes
 RACY_WAIT_S = 2.5  # > treestate.RACY_SLACK_NS (2 s): a fresh copy's files must not all look "changed"
 BUSY_LOAD = 3.0  # the bench alone keeps the 1-min load average around 1-2.5 on 2 CPUs
+# backup --json "downtime_steps" keys, in the order they happen (ops/quiesce.py).
+DOWNTIME_STEPS = ("stop", "stopped", "settle", "start", "healthy")
 TARGETS = {"backup": 0.9, "restore": 0.9, "rss_mb": 150.0, "rss_flat": 1.15, "downtime": 0.1}
 T0 = time.monotonic()
 
@@ -312,6 +314,7 @@ class Bench:
         out = json.loads(res.stdout)
         phase2 = [o for o in out["objects"] if o.get("phase") == 2]
         row = {"downtime_s": out["downtime"].get("w"), "wall_s": res.wall_s, "mode": out["volumes"]["vol"]["mode"],
+               "downtime_steps": out.get("downtime_steps", {}).get("w"),
                "load": changes, "phases": _phases(lines, out["downtime"].get("w")),
                "steps": [f"{t:.3f} {line}" for t, line in lines if line.startswith("migrator: ")],
                "phase2_uncompressed": sum(o["uncompressed"] for o in phase2) if phase2 else None,
@@ -494,6 +497,12 @@ def summarize(b: Bench, stages: list[str]) -> list[dict]:
             add(f"  {label}: writer-stopped window + start/probe (info)",
                 f"{_fmt_s(part(variant, 'stopped_window_s'))} + {_fmt_s(part(variant, 'start_probe_s'))}",
                 "", None, "info", None)
+        for variant in ("two-phase", "two-phase-idle", "stop"):
+            steps = [r[variant].get("downtime_steps") for r in runs]
+            if all(steps):
+                cells = " / ".join(f"{median([st[k] for st in steps]):.2f}" for k in DOWNTIME_STEPS)
+                add(f"  {variant}: {' / '.join(DOWNTIME_STEPS)} (s, from backup --json) (info)", cells, "", None,
+                    "info", None)
     return rows
 
 

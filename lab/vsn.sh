@@ -141,6 +141,20 @@ kill_exec_conmons() {
     done
 }
 
+kill_orphans() {
+    # Containers whose podman service died (a test SIGKILLs it) keep running under
+    # their conmon, with nobody left to stop them. Every conmon of this VSN (bundle
+    # under $dir/storage) and the container processes it supervises get SIGKILL;
+    # the kernel takes each container's whole PID namespace with its init.
+    local p c
+    for p in $(pgrep -x conmon || true); do
+        if tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q -- " -b $dir/storage/"; then
+            for c in $(pgrep -P "$p" || true); do kill -KILL "$c" 2>/dev/null || true; done
+            kill -KILL "$p" 2>/dev/null || true
+        fi
+    done
+}
+
 stop() {
     local pid n i
     kill_exec_conmons
@@ -158,6 +172,7 @@ stop() {
         fi
         rm -f "$dir/service.pid"
     fi
+    kill_orphans
     if [ -f "$dir/subnet" ]; then
         n=$(cat "$dir/subnet")
         ip link del "mlab$n" 2>/dev/null || true

@@ -16,11 +16,47 @@ from migrator.state.paths import state_dir
 LOCK_POLL_SECONDS = 0.2
 
 
-def _holder(path: Path) -> str:
+def _flock_holders(path: Path) -> list[int]:
+    """Pids holding an flock on `path`, from /proc/locks (major:minor:inode matched to the file)."""
     try:
-        return path.read_text().strip() or "unknown"
+        st = os.stat(path)
+        with open("/proc/locks") as fh:
+            lines = fh.read().splitlines()
     except OSError:
-        return "unknown"
+        return []
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = []
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF" (a blocked waiter has "->" after the number)
+        if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        if fields[5] == ident and fields[4].isdigit():
+            pids.append(int(fields[4]))
+    return pids
+
+
+def _command(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "?"
+    return " ".join(a.decode("utf-8", "replace") for a in raw.split(b"\0") if a)[:120] or "?"
+
+
+def _holder(path: Path) -> str:
+    """Who holds the lock: the verb a migrator holder wrote, checked against the kernel's list of holders,
+    so that another program holding the file (e.g. `flock` in a script) is named as itself."""
+    try:
+        written = path.read_text().strip()
+    except OSError:
+        written = ""
+    pids = _flock_holders(path)
+    if not pids:
+        return written or "unknown"
+    if written and any(f"(pid {pid})" in written for pid in pids):
+        return written
+    return ", ".join(f"pid {pid} ({_command(pid)})" for pid in pids)
 
 
 @contextmanager

@@ -58,7 +58,7 @@ def test_backup_two_phase_then_restore_round_trip(vsn, stack):
     assert {"dbdata.1.tar.zst", "dbdata.2.tar.zst", "webdata.1.tar.zst", "webdata.2.tar.zst"} <= names
     assert set(snap["downtime"]) == {"db", "web"}  # the manifest records each writer's downtime
     for name, steps in snap["downtime_steps"].items():  # and --json says where it went
-        assert set(steps) == {"stop", "stopped", "start", "healthy"}
+        assert set(steps) == {"stop", "stopped", "settle", "start", "healthy"}
         assert sum(steps.values()) == pytest.approx(snap["downtime"][name], abs=0.005)
     assert vsn.containers()["db"] == "running" and vsn.containers()["web"] == "running"
     assert "pa55-w0rd" not in json.dumps(snap)
@@ -235,7 +235,8 @@ def test_encrypted_snapshot_round_trip(vsn, secrets, tmp_path):
 def test_host_container_plan_backup_and_in_place_restore(vsn, secrets, tmp_path):
     raw = demo_plan(vsn, host=True)
     plan = write_json(tmp_path / "plan.json", raw)
-    assert vsn.migrator("deploy", str(plan), "--secrets", str(secrets)).returncode == 0
+    result = vsn.migrator("deploy", str(plan), "--secrets", str(secrets))
+    assert result.returncode == 0, result.stderr
     (vsn.data_root / "webdata" / "www" / "index.html").write_text("version 1")
     store = f"file://{tmp_path}/store"
     run_json(vsn, "backup", "--to", store)

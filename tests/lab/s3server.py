@@ -33,6 +33,8 @@ from urllib.parse import parse_qs, urlsplit
 import boto3
 import pytest
 
+from tests.lab.procs import stop_process
+
 HOST = "127.0.0.1"
 REGION = "us-east-1"
 # The child-process server imports flask and all of moto: a few seconds on a loaded 2-core machine.
@@ -109,13 +111,7 @@ def moto_server(*, in_process: bool = True) -> Iterator[S3Server]:
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop() -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(STOP_TIMEOUT)
+        stop_process(proc, STOP_TIMEOUT)
 
     try:
         _wait_http(port, proc)

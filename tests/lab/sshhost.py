@@ -40,6 +40,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab.procs import stop_process
+
 NETNS_PREFIX = "miglab"
 # 10.213.<k>.0/24: the private range this lab uses; only ever assigned to veth ends created here.
 SUBNET_PREFIX = "10.213"
@@ -216,28 +218,17 @@ class SSHHost:
     def stop(self, *, keep_files: bool = False) -> None:
         """Stop every process started inside (by pid), remove the namespace and veth, delete files."""
         for proc in reversed(self.procs):
-            _stop_proc(proc)
+            stop_process(proc, STOP_TIMEOUT)
         self.procs.clear()
         # sshd session children (connections a test left open) live on after their parent: kill by netns.
         _kill_netns(self.netns)
         if self.anchor is not None:
-            _stop_proc(self.anchor)
+            stop_process(self.anchor, STOP_TIMEOUT)
             self.anchor = None
         if self.veth_host:
             _sh(["ip", "link", "del", self.veth_host], check=False)  # normally gone with the netns
         if not keep_files:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def _stop_proc(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(STOP_TIMEOUT)
 
 
 def _make_link(netns: str, veth_host: str, veth_ns: str) -> int:
@@ -280,7 +271,7 @@ def _start_anchor(netns: str) -> subprocess.Popen:
         except OSError:
             pass
         time.sleep(POLL_INTERVAL)
-    _stop_proc(anchor)
+    stop_process(anchor, STOP_TIMEOUT)
     raise RuntimeError("namespace anchor did not start")
 
 
