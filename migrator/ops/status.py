@@ -50,18 +50,25 @@ def status(plan: Plan) -> dict:
         "stack_state_since": lifecycle["since"],
         "stack_state_error": lifecycle["error"],
         "vsn": plan.vsn.name,
-        "state": "containerless" if containerless else ("running" if ok else "degraded"),
+        "state": _state(containerless, ok),
         "deployed_at": info.get("deployed_at"),
         "containers": rows,
         **recent_history(),
     }
 
 
+def _state(containerless: bool, ok: bool) -> str:
+    """running | degraded | containerless | moved-away (containerless because the stack now lives elsewhere)."""
+    if not containerless:
+        return "running" if ok else "degraded"
+    return "moved-away" if deployed.moved_away() else "containerless"
+
+
 def recent_history() -> dict:
     """The last snapshot, the last drill and where a moved stack went, from the state dir."""
     backup = read_json(state_dir() / "last_backup.json") or {}
     drill = read_json(state_dir() / "last_drill.json") or {}
-    moved = read_json(state_dir() / "moved-out.json")
+    moved = deployed.moved_away()  # None again once the stack is deployed here since
     return {
         "last_snapshot": {k: backup.get(k) for k in ("snapshot_id", "time", "targets")} if backup else None,
         "last_drill": {k: drill.get(k) for k in ("snapshot_id", "time", "ok", "rto_healthy_s", "error")} if drill else None,

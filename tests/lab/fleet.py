@@ -55,6 +55,9 @@ OVERLAID = ("/etc", "/opt", "/root", "/usr/local", "/var/lib")
 LAB_STORE = "/var/lib/migrator-lab"
 # migrator's own state and config dirs: empty and private on every lab VSN, whatever the machine holds.
 OPAQUE = ("/var/lib/migrator", "/etc/migrator")
+# root's shell start-up files: a fresh VSN has Debian's defaults, not this machine's (here ~/.bashrc runs
+# `pyenv init`, whose rehash waits a minute on a lock every SSH command once a dropped session left it).
+SHELL_INIT = ("/root/.bashrc", "/root/.profile", "/root/.bash_profile", "/root/.bash_login")
 RUNTIME_ROOT = "/run/migrator"
 # Where built wheelhouses are cached between runs (like the lab images): keyed by source hash inside.
 WHEELHOUSE_CACHE = Path(os.environ.get("MIGRATOR_LAB_CACHE", "/var/cache/migrator-lab")) / "wheelhouse"
@@ -236,6 +239,9 @@ def _setup_private_root(host: SSHHost, private: Path) -> None:
                 hidden = base / "upper" / own[len(top) + 1:]
                 hidden.mkdir(parents=True, mode=0o700)
                 os.setxattr(hidden, "trusted.overlay.opaque", b"y")
+        for init in SHELL_INIT:
+            if init.startswith(top + "/"):
+                (base / "upper" / init[len(top) + 1:]).write_text("# lab VSN: no shell start-up of the machine\n")
         host.run(["mount", "-t", "overlay", "overlay", "-o",
                   f"lowerdir={top},upperdir={base / 'upper'},workdir={base / 'work'}", top])
     host.run(["mount", "--move", keep, LAB_STORE])
