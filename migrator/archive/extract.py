@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import shutil
 import stat
 import subprocess
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,11 @@ READ_CHUNK = 1024 * 1024
 # zstd window we accept (zstd's own default limit, 128 MiB): our captures use a few MiB; a bigger
 # window is not ours and would only cost memory.
 MAX_WINDOW = 1 << 27
+# Decompressed chunks the decompressing thread may run ahead of the parser: enough to ride out a slow
+# stretch on either side, while memory stays a few MiB.
+PREFETCH_CHUNKS = 4
+# How often a decompressing thread blocked on a full queue checks whether the extraction was abandoned.
+STOP_POLL_S = 0.1
 # A delete list is read into memory; ~5 million paths fit. Larger is not something phase 2 writes.
 DELETED_LIST_MAX = 256 * 1024 * 1024
 _REFUSED_TYPES = {tarparse.CHARDEV: "character device", tarparse.BLOCKDEV: "block device", tarparse.FIFO: "FIFO"}
@@ -96,14 +103,11 @@ class _Source:
 
 
 class _Chunks:
-    """The decompressed tar stream, chunk by chunk: counts what zstd produced (the bomb guard) and reports
-    progress (object bytes read so far)."""
+    """The decompressed tar stream, chunk by chunk: counts what zstd produced (the bomb guard)."""
 
-    def __init__(self, zreader, limit: int | None, source: _Source, progress: Callable[[int], None] | None):
+    def __init__(self, zreader, limit: int | None):
         self.zreader = zreader
         self.limit = limit
-        self.source = source
-        self.progress = progress
         self.count = 0  # bytes produced by zstd
 
     def read(self) -> bytes:
@@ -111,13 +115,62 @@ class _Chunks:
             data = self.zreader.read(READ_CHUNK)
         except zstandard.ZstdError as exc:
             raise _Corrupt(f"the compressed stream is corrupt: {exc}") from None
-        if self.progress is not None:
-            self.progress(self.source.count)
         self.count += len(data)
         if self.limit is not None and self.count > self.limit:
             raise IntegrityError(f"the archive expands beyond {self.limit} bytes; refusing it (decompression bomb?)",
                                  hint=_HOSTILE_HINT)
         return data
+
+
+class _Prefetch:
+    """Runs `_Chunks.read` (reading, hashing and decompressing the object) in its own thread, at most
+    PREFETCH_CHUNKS ahead of the parser. zstd and sha256 release the GIL on whole chunks, so they run on
+    the second CPU while this thread parses and emits. Whatever the thread raises is handed over in
+    order and raised by `read`; `progress` runs in the caller's thread."""
+
+    def __init__(self, chunks: _Chunks, source: _Source, progress: Callable[[int], None] | None):
+        self.chunks = chunks
+        self.source = source
+        self.progress = progress
+        self._queue: queue.Queue = queue.Queue(PREFETCH_CHUNKS)
+        self._stopped = threading.Event()
+        self._eof = False
+        self.thread = Pump("decompress", self._run)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                data = self.chunks.read()
+                if not self._put((data, self.source.count)) or not data:
+                    return
+        except BaseException as exc:  # raised again in the parsing thread, in stream order
+            self._put(exc)
+
+    def _put(self, item) -> bool:
+        while not self._stopped.is_set():
+            try:
+                self._queue.put(item, timeout=STOP_POLL_S)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def read(self) -> bytes:
+        if self._eof:
+            return b""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._eof = True
+            raise item
+        data, count = item
+        if self.progress is not None:
+            self.progress(count)
+        self._eof = not data
+        return data
+
+    def stop(self) -> None:
+        """Let the thread end even if nobody reads any more (after an error)."""
+        self._stopped.set()
 
 
 class _Extraction:
@@ -135,6 +188,7 @@ class _Extraction:
         self.threads: list[Pump] = []
         self.age: Child | None = None
         self.tar: Child | None = None
+        self.prefetch: _Prefetch | None = None
         with os.scandir(dest) as entries:
             fresh = next(entries, None) is None
         self.guard = MemberGuard(dest, fresh=fresh)
@@ -157,13 +211,17 @@ class _Extraction:
             stream = self.age.stdout
         dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
         zreader = dctx.stream_reader(stream, read_size=READ_CHUNK, closefd=False)
-        chunks = _Chunks(zreader, self.max_uncompressed, self.source, self.progress)
+        chunks = _Chunks(zreader, self.max_uncompressed)
         self.tar = Child(tar_extract_argv(self.dest), stdin=subprocess.PIPE)
         self.children.append(self.tar)
         grow_pipe(self.tar.stdin)
         emitter = PaxEmitter(self.tar.stdin)
-        self._members(TarParser(chunks.read), emitter)
+        self.prefetch = _Prefetch(chunks, self.source, self.progress)
+        self.threads.append(self.prefetch.thread)
+        self.prefetch.thread.start()
+        self._members(TarParser(self.prefetch.read), emitter)
         emitter.close()
+        self.prefetch.thread.join()  # it ended after the last chunk: the source is ours again
         self.uncompressed = chunks.count
         # The rest of the object (zstd epilogue, age's last chunk) must be read for the hash.
         if self.age is not None:
@@ -400,6 +458,8 @@ def extract_archive(reader: BinaryIO, dest: Path, *, expected_sha256: str | None
             raise
         raise cause from exc
     finally:
+        if run.prefetch is not None:
+            run.prefetch.stop()
         close_all(run.children, run.threads)
     return ExtractStats(sha256=source.hash.hexdigest(), size=source.count, uncompressed=run.uncompressed,
                         files=run.files, deleted=run.deleted)
