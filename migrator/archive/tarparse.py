@@ -59,6 +59,10 @@ class UnsupportedTar(Exception):
 
 def number(field: bytes) -> int:
     """A numeric ustar field: octal digits (NUL/space terminated), or GNU base-256 for large values."""
+    try:  # the common case, digits then NUL/space padding, in one call
+        return int(field.rstrip(b"\0 ") or b"0", 8)
+    except ValueError:
+        pass
     if field[:1] and field[0] & 0x80:  # GNU base-256 for values that do not fit the octal field
         value = int.from_bytes(field[1:], "big")
         return -((1 << (8 * len(field[1:]))) - value) if field[0] == 0xFF else value
@@ -185,7 +189,6 @@ class TarParser:
         """The next n data bytes of the current member, as memoryview pieces of the stream's chunks."""
         if n > self._left:
             raise CorruptTar("a member's data is read beyond its size")
-        self._left -= n
         while n:
             avail = len(self._buf) - self._pos
             if not avail:
@@ -195,6 +198,7 @@ class TarParser:
             k = avail if avail < n else n
             pos = self._pos
             self._pos = pos + k
+            self._left -= k
             n -= k
             yield self._view[pos:pos + k]
 
@@ -245,7 +249,7 @@ class TarParser:
                 if block is None:
                     raise CorruptTar("the tar stream has a pax header without its member")
                 typeflag = block[156:157]
-            return self._member(block, _REGULAR_ALIASES.get(typeflag, typeflag), pax)
+            return self._member(block, typeflag, pax)
         except ValueError as exc:  # a numeric field that is not a number
             raise CorruptTar(f"the tar stream has a damaged header: {exc}") from None
 
@@ -257,11 +261,12 @@ class TarParser:
             if prefix:
                 raw = prefix + b"/" + raw
         name = _text(raw)
+        if typeflag == b"\0" and name.endswith("/"):
+            typeflag = DIRECTORY  # pre-POSIX directory (as tarfile reads it)
+        typeflag = _REGULAR_ALIASES.get(typeflag, typeflag)
         if typeflag not in _MEMBER_TYPES:
             what = _META_NAMES.get(typeflag, f"member type {typeflag!r}")
             raise UnsupportedTar(f"{what} is not supported", name)
-        if typeflag == b"\0" and name.endswith("/"):
-            typeflag = DIRECTORY  # pre-POSIX directory (as tarfile reads it)
         size = int(pax[b"size"]) if b"size" in pax else number(block[124:136])
         uid = int(pax[b"uid"]) if b"uid" in pax else number(block[108:116])
         gid = int(pax[b"gid"]) if b"gid" in pax else number(block[116:124])

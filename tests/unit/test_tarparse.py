@@ -256,3 +256,13 @@ def test_extraction_decides_freshness_from_the_destination(tmp_path, monkeypatch
     run(tmp_path / "new")
     run(tmp_path / "new")
     assert seen == [True, False]
+
+
+def test_pre_posix_directory_and_contiguous_file_types():
+    tar = _pax_tar([_reg("d/", b""), _reg("c", b"data")], format=tarfile.USTAR_FORMAT)
+    first, second = bytearray(tar[:BLOCK]), bytearray(tar[BLOCK:2 * BLOCK])
+    first[156:157] = b"\0"
+    second[156:157] = b"7"
+    tar = _with_checksum(first) + _with_checksum(second) + tar[2 * BLOCK:]
+    members = parse_all(tar)
+    assert [(m[0], m[1], m[9]) for m in members] == [("d/", b"5", b""), ("c", b"0", b"data")]
