@@ -1,15 +1,20 @@
 """Extraction: verify one archive object and apply it to a staging directory, streaming.
 
 Owns `extract_archive`. Raw bytes are hashed and counted as they stream in, decrypted by `age -d` when
-the object is encrypted, decompressed by zstandard and parsed by Python's tarfile in one forward pass
-(`_Plain`: a reader that never seeks back, so nothing is buffered beyond a chunk). Every member is
+the object is encrypted, decompressed by zstandard and parsed by our own strict tar parser
+(`tarparse.TarParser`) in one forward pass, chunk by chunk, so memory stays flat. Every member is
 checked (`policy.MemberGuard`) and then re-emitted (`emit.PaxEmitter`), rebuilt from its checked fields
 only (xattrs and ACLs, exact times, sparse maps kept), into `tar --extract`, which restores owners,
 modes, times, hard links and xattrs faithfully. GNU tar never parses a byte we did not write ourselves,
 so no difference between two tar parsers can smuggle a member past the checks.
 
-A leading `.migrator-deleted` list (phase 2) is applied first: each path is removed inside dest only,
-never through a symlink. Any failure raises: IntegrityError (exit 6) for what the object holds (hash or
+Special members are instructions to restore rather than files, recognised by a `MIGRATOR.*` pax keyword
+(`_Extraction._special`, the one place to add another). Today one: a leading `.migrator-deleted` list
+(phase 2), applied first: each path is removed inside dest only, never through a symlink.
+
+When dest is empty at the start (phase 1 into a fresh staging dir), the guard's model of what the stream
+created is the whole truth and it never looks at the disk; objects that land on an earlier one (phase 2)
+are checked against the disk as well. Any failure raises: IntegrityError (exit 6) for what the object holds (hash or
 size mismatch, corruption, hostile member, decompression bomb, wrong identity), ArchiveError when GNU
 tar itself fails. dest is a staging directory the caller discards on error; partial writes are not
 undone, but nothing is ever written outside dest.
@@ -19,10 +24,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import shutil
 import stat
 import subprocess
-import tarfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +36,12 @@ from typing import BinaryIO
 
 import zstandard
 
-from migrator.archive import emit
+from migrator.archive import emit, tarparse
 from migrator.archive._proc import EXIT_GRACE_S, Child, Pump, close_all, grow_pipe
 from migrator.archive.emit import PaxEmitter
 from migrator.archive.policy import DIR, FILE, LINK, MemberGuard, Refused, member_parts
-from migrator.archive.tarstream import BLOCK, DELETED_MARK, DELETED_MARK_VALUE, DELETED_MEMBER
+from migrator.archive.tarparse import CorruptTar, Member, TarParser, UnsupportedTar
+from migrator.archive.tarstream import DELETED_MARK, DELETED_MARK_VALUE, DELETED_MEMBER
 from migrator.errors import ArchiveError, IntegrityError, UsageError
 
 # Bytes per read at every stage: amortises per-call Python overhead; memory stays a few MiB.
@@ -42,11 +49,20 @@ READ_CHUNK = 1024 * 1024
 # zstd window we accept (zstd's own default limit, 128 MiB): our captures use a few MiB; a bigger
 # window is not ours and would only cost memory.
 MAX_WINDOW = 1 << 27
+# What the decompressing thread produces per step: big enough that handing chunks (and the GIL) over
+# between the two threads costs little (1 MiB steps cost ~0.1 s more CPU on a busy box), small enough
+# for flat memory.
+DECOMPRESS_CHUNK = 4 * 1024 * 1024
+# Decompressed chunks that thread may run ahead of the parser: rides out a slow stretch on either side;
+# with the one being parsed and the one being produced, ~16 MiB in flight at most.
+PREFETCH_CHUNKS = 2
+# How often a decompressing thread blocked on a full queue checks whether the extraction was abandoned.
+STOP_POLL_S = 0.1
 # A delete list is read into memory; ~5 million paths fit. Larger is not something phase 2 writes.
 DELETED_LIST_MAX = 256 * 1024 * 1024
-_REFUSED_TYPES = {tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device", tarfile.FIFOTYPE: "FIFO"}
-# What tarfile raises on a damaged stream (ValueError and friends come from its header parsing).
-_PARSE_ERRORS = (tarfile.TarError, ValueError, EOFError, UnicodeError, OverflowError, KeyError, IndexError)
+_REFUSED_TYPES = {tarparse.CHARDEV: "character device", tarparse.BLOCKDEV: "block device", tarparse.FIFO: "FIFO"}
+_DELETED_MARK = DELETED_MARK.encode()
+_DELETED_MARK_VALUE = DELETED_MARK_VALUE.encode()
 _HOSTILE_HINT = "the archive was refused before anything reached the data directory; pick another snapshot"
 
 
@@ -90,77 +106,75 @@ class _Source:
         return data
 
 
-class _Plain:
-    """The decompressed tar stream, as a forward-only "seekable" file for tarfile's plain 'r:' mode.
+class _Chunks:
+    """The decompressed tar stream, chunk by chunk: counts what zstd produced (the bomb guard)."""
 
-    tarfile's own stream mode ('r|') re-copies its whole read-ahead buffer on every small read, which
-    made restore several times slower than `zstd -dc | tar -x`; here a header read costs one 512-byte
-    slice. Backward seeks (which tarfile never needs on a well-formed stream) are refused. Counts what
-    zstd produced (the bomb guard) and keeps the bytes of the last read for the end-of-archive check.
-    """
-
-    def __init__(self, zreader, limit: int | None, source: _Source, progress: Callable[[int], None] | None):
+    def __init__(self, zreader, limit: int | None):
         self.zreader = zreader
         self.limit = limit
-        self.source = source
-        self.progress = progress
         self.count = 0  # bytes produced by zstd
-        self.pos = 0  # bytes handed to (or skipped by) the consumer
-        self.last = b""  # what the last read() returned
-        self._buf = b""
-        self._off = 0
 
-    def _fill(self) -> bool:
+    def read(self) -> bytes:
         try:
-            data = self.zreader.read(READ_CHUNK)
+            data = self.zreader.read(DECOMPRESS_CHUNK)
         except zstandard.ZstdError as exc:
             raise _Corrupt(f"the compressed stream is corrupt: {exc}") from None
-        if self.progress is not None:
-            self.progress(self.source.count)
-        if not data:
-            return False
         self.count += len(data)
         if self.limit is not None and self.count > self.limit:
             raise IntegrityError(f"the archive expands beyond {self.limit} bytes; refusing it (decompression bomb?)",
                                  hint=_HOSTILE_HINT)
-        self._buf, self._off = data, 0
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            n = READ_CHUNK
-        avail = len(self._buf) - self._off
-        if avail >= n:
-            out = self._buf[self._off:self._off + n]
-            self._off += n
-        else:
-            parts = [self._buf[self._off:]] if avail else []
-            got = avail
-            self._buf, self._off = b"", 0
-            while got < n and self._fill():
-                take = min(n - got, len(self._buf))
-                parts.append(self._buf if take == len(self._buf) else self._buf[:take])
-                self._off = take
-                got += take
-            out = b"".join(parts)
-        self.pos += len(out)
-        self.last = out
-        return out
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        if whence != 0 or pos < self.pos:
-            raise _Corrupt("the tar stream asks to go backwards")
-        while self.pos < pos:
-            if not self.read(min(pos - self.pos, READ_CHUNK)):
-                break
-        return self.pos
+        return data
 
 
-def _is_delete_list(m: tarfile.TarInfo) -> bool:
-    return m.name == DELETED_MEMBER and m.pax_headers.get(DELETED_MARK) == DELETED_MARK_VALUE
+class _Prefetch:
+    """Runs `_Chunks.read` (reading, hashing and decompressing the object) in its own thread, at most
+    PREFETCH_CHUNKS ahead of the parser. zstd and sha256 release the GIL on whole chunks, so they run on
+    the second CPU while this thread parses and emits. Whatever the thread raises is handed over in
+    order and raised by `read`; `progress` runs in the caller's thread."""
+
+    def __init__(self, chunks: _Chunks, source: _Source, progress: Callable[[int], None] | None):
+        self.chunks = chunks
+        self.source = source
+        self.progress = progress
+        self._queue: queue.Queue = queue.Queue(PREFETCH_CHUNKS)
+        self._stopped = threading.Event()
+        self._eof = False
+        self.thread = Pump("decompress", self._run)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                data = self.chunks.read()
+                if not self._put((data, self.source.count)) or not data:
+                    return
+        except BaseException as exc:  # raised again in the parsing thread, in stream order
+            self._put(exc)
+
+    def _put(self, item) -> bool:
+        while not self._stopped.is_set():
+            try:
+                self._queue.put(item, timeout=STOP_POLL_S)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def read(self) -> bytes:
+        if self._eof:
+            return b""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._eof = True
+            raise item
+        data, count = item
+        if self.progress is not None:
+            self.progress(count)
+        self._eof = not data
+        return data
+
+    def stop(self) -> None:
+        """Let the thread end even if nobody reads any more (after an error)."""
+        self._stopped.set()
 
 
 class _Extraction:
@@ -178,7 +192,10 @@ class _Extraction:
         self.threads: list[Pump] = []
         self.age: Child | None = None
         self.tar: Child | None = None
-        self.guard = MemberGuard(dest)
+        self.prefetch: _Prefetch | None = None
+        with os.scandir(dest) as entries:
+            fresh = next(entries, None) is None
+        self.guard = MemberGuard(dest, fresh=fresh)
         self.files = 0
         self.deleted = 0
         self.uncompressed = 0
@@ -198,14 +215,18 @@ class _Extraction:
             stream = self.age.stdout
         dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
         zreader = dctx.stream_reader(stream, read_size=READ_CHUNK, closefd=False)
-        plain = _Plain(zreader, self.max_uncompressed, self.source, self.progress)
+        chunks = _Chunks(zreader, self.max_uncompressed)
         self.tar = Child(tar_extract_argv(self.dest), stdin=subprocess.PIPE)
         self.children.append(self.tar)
         grow_pipe(self.tar.stdin)
         emitter = PaxEmitter(self.tar.stdin)
-        self._members(plain, emitter)
+        self.prefetch = _Prefetch(chunks, self.source, self.progress)
+        self.threads.append(self.prefetch.thread)
+        self.prefetch.thread.start()
+        self._members(TarParser(self.prefetch.read), emitter)
         emitter.close()
-        self.uncompressed = plain.count
+        self.prefetch.thread.join()  # it ended after the last chunk: the source is ours again
+        self.uncompressed = chunks.count
         # The rest of the object (zstd epilogue, age's last chunk) must be read for the hash.
         if self.age is not None:
             while self.age.stdout.read(READ_CHUNK):
@@ -244,8 +265,11 @@ class _Extraction:
         """What to report when `exc` interrupted the pipeline: the store's own error, age's, tar's, or exc."""
         if self.source.error is not None:
             return self.source.error
-        if isinstance(exc, _PARSE_ERRORS):
-            exc = _Corrupt(f"the tar stream is corrupt: {exc}")
+        if isinstance(exc, CorruptTar):
+            exc = _Corrupt(str(exc))
+        elif isinstance(exc, UnsupportedTar):
+            what = f"archive member {exc.name!r}" if exc.name is not None else "the archive"
+            exc = IntegrityError(f"refusing {what}: {exc}", hint=_HOSTILE_HINT)
         if self.age is not None and isinstance(exc, (_Corrupt, BrokenPipeError)):
             try:  # a stream that broke behind age: age exits by itself and says why
                 if self.age.wait(EXIT_GRACE_S) != 0:
@@ -263,74 +287,72 @@ class _Extraction:
 
     # -- members -------------------------------------------------------------------------------------
 
-    def _members(self, plain: _Plain, emitter: PaxEmitter) -> None:
-        tf = tarfile.open(fileobj=plain, mode="r:", encoding="utf-8", errors="surrogateescape")
+    def _members(self, parser: TarParser, emitter: PaxEmitter) -> None:
         first = True
-        while (m := tf.next()) is not None:
-            tf.members.clear()  # tarfile keeps every TarInfo it parsed; we never look back, so memory stays flat
-            if _is_delete_list(m):
-                if not first:
-                    raise IntegrityError("a delete list that is not the archive's first member", hint=_HOSTILE_HINT)
-                self._apply_delete_list(tf, m)
-            else:
-                self._member(tf, m, emitter)
+        while (m := parser.next()) is not None:  # None only after a clean end-of-archive marker
+            if not self._special(parser, m, first):
+                self._member(parser, m, emitter)
                 self.files += 1
             first = False
-        # tarfile stops at the first block that is not a header: it must be the (zero) end-of-archive
-        # marker, not a damaged header, and only zeros may follow.
-        consumed = plain.pos - tf.offset
-        if not 0 <= consumed <= len(plain.last):
-            raise _Corrupt("the tar stream ends in the middle of a member")
-        tail = plain.last[len(plain.last) - consumed:]
-        zeros = len(tail)
-        clean = tail.count(0) == len(tail)
-        while clean and (chunk := plain.read(READ_CHUNK)):
-            zeros += len(chunk)
-            clean = chunk.count(0) == len(chunk)
-        if not clean:
-            raise _Corrupt("the tar stream has a damaged header or data after its end")
-        if zeros < 2 * BLOCK:
-            raise _Corrupt("the tar stream ends without its end-of-archive marker")
 
-    def _refuse(self, m: tarfile.TarInfo, reason: str) -> IntegrityError:
+    def _special(self, parser: TarParser, m: Member, first: bool) -> bool:
+        """Handle `m` if it is a special member (an instruction to restore, marked by a MIGRATOR.* pax
+        keyword; its records are `m.pax`, its data `parser.read`/`parser.pieces`). Returns False for an
+        ordinary member: a user file that merely has a special member's name is extracted as data."""
+        if m.name == DELETED_MEMBER and m.pax.get(_DELETED_MARK) == _DELETED_MARK_VALUE:
+            if not first:
+                raise IntegrityError("a delete list that is not the archive's first member", hint=_HOSTILE_HINT)
+            self._apply_delete_list(parser, m)
+            return True
+        return False
+
+    def _refuse(self, m: Member, reason: str) -> IntegrityError:
         return IntegrityError(f"refusing archive member {m.name!r}: {reason}", hint=_HOSTILE_HINT)
 
-    def _member(self, tf: tarfile.TarFile, m: tarfile.TarInfo, emitter: PaxEmitter) -> None:
-        if m.type in _REFUSED_TYPES:
-            raise self._refuse(m, f"{_REFUSED_TYPES[m.type]}s are never restored")
+    def _member(self, parser: TarParser, m: Member, emitter: PaxEmitter) -> None:
+        t = m.type
+        if t in _REFUSED_TYPES:
+            raise self._refuse(m, f"{_REFUSED_TYPES[t]}s are never restored")
         try:
             parts = member_parts(m.name)
             name = "/".join(parts) if parts else "./"
             if m.uid < 0 or m.gid < 0:
                 raise Refused("negative owner")
-            if m.isdir():
+            pax = emit.carried_pax(m.pax)
+            if t == tarparse.REGULAR:
+                self.guard.check(parts, FILE)
+                if m.sparse is not None:
+                    self._sparse(parser, m, parts, name, pax, emitter)
+                    return
+                emitter.header(name=name, typeflag=emit.REGULAR, mode=m.mode, uid=m.uid, gid=m.gid, mtime=m.mtime,
+                               size=m.size, pax=pax)
+                put = emitter.put
+                for piece in parser.pieces(m.size):
+                    put(piece)
+                emitter.pad(m.size)
+            elif t == tarparse.DIRECTORY:
                 self.guard.check(parts, DIR)
-                emitter.header(**_fields(m, name, emit.DIRECTORY))
-            elif m.issym():
+                emitter.header(name=name, typeflag=emit.DIRECTORY, mode=m.mode, uid=m.uid, gid=m.gid, mtime=m.mtime,
+                               pax=pax)
+            elif t == tarparse.SYMLINK:
                 self.guard.check(parts, LINK, symlink_target=m.linkname)
-                emitter.header(**_fields(m, name, emit.SYMLINK), linkname=m.linkname)
-            elif m.islnk():
+                emitter.header(name=name, typeflag=emit.SYMLINK, mode=m.mode, uid=m.uid, gid=m.gid, mtime=m.mtime,
+                               linkname=m.linkname, pax=pax)
+            elif t == tarparse.HARDLINK:
                 try:
                     link_parts = member_parts(m.linkname)
                 except Refused as exc:
                     raise Refused(f"hard link target {m.linkname!r}: {exc}") from None
                 self.guard.check(parts, FILE, link_parts=link_parts)
-                emitter.header(**_fields(m, name, emit.HARDLINK), linkname="/".join(link_parts))
-            elif m.isreg():
-                self.guard.check(parts, FILE)
-                raw = tf.extractfile(m).raw  # no read-ahead: sparse chunks are read strictly forward
-                if m.issparse():
-                    self._sparse(m, parts, name, raw, emitter)
-                else:
-                    emitter.header(**_fields(m, name, emit.REGULAR), size=m.size)
-                    emitter.data(raw, 0, m.size, READ_CHUNK, _short)
-                    emitter.pad(m.size)
+                emitter.header(name=name, typeflag=emit.HARDLINK, mode=m.mode, uid=m.uid, gid=m.gid, mtime=m.mtime,
+                               linkname="/".join(link_parts), pax=pax)
             else:
-                raise Refused(f"unsupported member type {m.type!r}")
+                raise Refused(f"unsupported member type {t!r}")
         except Refused as exc:
             raise self._refuse(m, str(exc)) from None
 
-    def _sparse(self, m: tarfile.TarInfo, parts: tuple[str, ...], name: str, raw, emitter: PaxEmitter) -> None:
+    def _sparse(self, parser: TarParser, m: Member, parts: tuple[str, ...], name: str, pax: dict[bytes, bytes],
+                emitter: PaxEmitter) -> None:
         """Re-emit as GNU sparse 1.0 (map, then data chunks), so holes stay holes on disk."""
         end = 0
         for offset, length in m.sparse:
@@ -338,23 +360,22 @@ class _Extraction:
                 raise Refused("its sparse map is out of order or out of bounds")
             end = offset + length
         mapping = emit.sparse_map(m.sparse)
-        stored = sum(n for _, n in m.sparse)
-        fields = _fields(m, "/".join([*parts[:-1], "GNUSparseFile.0", parts[-1]]), emit.REGULAR)
-        fields["pax"].update({"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": name,
-                              "GNU.sparse.realsize": str(m.size)})
-        emitter.header(**fields, size=len(mapping) + stored)
-        emitter.pipe.write(mapping)
-        for offset, length in m.sparse:
-            if length:
-                emitter.data(raw, offset, length, READ_CHUNK, _short)
-        emitter.pad(stored)
+        pax.update({b"GNU.sparse.major": b"1", b"GNU.sparse.minor": b"0",
+                    b"GNU.sparse.name": name.encode("utf-8", "surrogateescape"),
+                    b"GNU.sparse.realsize": b"%d" % m.size})
+        emitter.header(name="/".join([*parts[:-1], "GNUSparseFile.0", parts[-1]]), typeflag=emit.REGULAR,
+                       mode=m.mode, uid=m.uid, gid=m.gid, mtime=m.mtime, size=len(mapping) + m.stored, pax=pax)
+        emitter.put(mapping)
+        for piece in parser.pieces(m.stored):
+            emitter.put(piece)
+        emitter.pad(m.stored)
 
-    def _apply_delete_list(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+    def _apply_delete_list(self, parser: TarParser, m: Member) -> None:
+        if m.sparse is not None or m.type != tarparse.REGULAR:
+            raise self._refuse(m, "a delete list must be a plain regular member")
         if m.size > DELETED_LIST_MAX:
             raise self._refuse(m, f"a delete list of {m.size} bytes is larger than {DELETED_LIST_MAX}")
-        data = tf.extractfile(m).raw.read(m.size)
-        if len(data) != m.size:
-            raise _Corrupt("the tar stream ends inside the delete list")
+        data = parser.read(m.size)
         paths = [p.decode("utf-8", "surrogateescape") for p in data.split(b"\0") if p]
         checked = []
         for path in paths:  # all checked before the first removal
@@ -401,16 +422,6 @@ class _Extraction:
                 raise IntegrityError(f"symlink {key!r} resolves outside the restore directory", hint=_HOSTILE_HINT)
 
 
-def _fields(m: tarfile.TarInfo, name: str, typeflag: bytes) -> dict:
-    """The checked member's fields that the rebuilt header carries (owner numeric, names dropped)."""
-    return {"name": name, "typeflag": typeflag, "mode": m.mode, "uid": m.uid, "gid": m.gid, "mtime": m.mtime,
-            "pax": emit.carried_pax(m.pax_headers)}
-
-
-def _short() -> _Corrupt:
-    return _Corrupt("the tar stream ends inside a member")
-
-
 def _copy_into(source: _Source, pipe) -> None:
     try:
         while chunk := source.read(READ_CHUNK):
@@ -451,6 +462,8 @@ def extract_archive(reader: BinaryIO, dest: Path, *, expected_sha256: str | None
             raise
         raise cause from exc
     finally:
+        if run.prefetch is not None:
+            run.prefetch.stop()
         close_all(run.children, run.threads)
     return ExtractStats(sha256=source.hash.hexdigest(), size=source.count, uncompressed=run.uncompressed,
                         files=run.files, deleted=run.deleted)

@@ -61,17 +61,23 @@ class MemberGuard:
 
     The model (`kinds`) holds every path this stream created or implied (ancestors GNU tar will create);
     a path not in it is looked up on disk, where nothing but this stream changes it (deletions ran before).
-    Ancestors are checked from the root down, so `lstat` never runs through a symlink.
+    Ancestors are checked from the root down, so `lstat` never runs through a symlink. With `fresh=True`
+    (the caller verified that dest was empty before this stream started) the model is the whole truth
+    and the disk is never consulted.
+
+    A path is DIR in the model only once all its ancestors were checked to be directories, and a
+    directory is never replaced, so a member whose parent is a known DIR skips the ancestor walk.
     """
 
-    def __init__(self, dest: Path):
+    def __init__(self, dest: Path, *, fresh: bool = False):
         self.dest = os.fspath(dest)
+        self.fresh = fresh
         self.kinds: dict[str, str] = {"": DIR}
         self.symlinks: list[str] = []
 
     def _kind(self, key: str) -> str | None:
         kind = self.kinds.get(key)
-        if kind is not None:
+        if kind is not None or self.fresh:
             return kind
         try:
             st = os.lstat(os.path.join(self.dest, key))
@@ -98,7 +104,8 @@ class MemberGuard:
         """Accept the member (and record it) or raise Refused. `kind` is DIR, FILE or LINK; a hard link
         is kind FILE with `link_parts` set."""
         key = "/".join(parts)
-        self._check_ancestors(parts, "path")
+        if self.kinds.get(key.rpartition("/")[0]) != DIR:
+            self._check_ancestors(parts, "path")
         current = self._kind(key)
         if kind == DIR:
             if current not in (None, DIR):

@@ -18,9 +18,11 @@ import time
 from collections.abc import Callable, Iterable
 
 from migrator.archive.policy import Refused, member_parts, symlink_refusal
+from migrator.archive.tarparse import BLOCK
+from migrator.archive.tarparse import number as _number
+from migrator.archive.tarparse import pax_records as _pax_records
 from migrator.errors import ArchiveError
 
-BLOCK = tarfile.BLOCKSIZE
 DELETED_MEMBER = ".migrator-deleted"
 DELETED_MARK = "MIGRATOR.deleted-list"  # pax vendor keyword (POSIX allows VENDOR.keyword)
 DELETED_MARK_VALUE = "1"
@@ -54,28 +56,6 @@ def normalize_name(name: str) -> str:
     """Relative path as TreeState keys it: no leading './', '.' for the root."""
     parts = member_parts(name)
     return "/".join(parts) if parts else "."
-
-
-def _number(field: bytes) -> int:
-    if field[:1] and field[0] & 0x80:  # GNU base-256 for values that do not fit the octal field
-        value = int.from_bytes(field[1:], "big")
-        return -((1 << (8 * len(field[1:]))) - value) if field[0] == 0xFF else value
-    digits = field.split(b"\0", 1)[0].strip(b" ")
-    return int(digits, 8) if digits else 0
-
-
-def _pax_records(data: bytes) -> dict[bytes, bytes]:
-    records: dict[bytes, bytes] = {}
-    pos = 0
-    while pos < len(data) and data[pos] != 0:
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
-        if length <= 0:
-            raise ValueError("bad pax record length")
-        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
-        records[key] = value
-        pos += length
-    return records
 
 
 class CaptureWalker:
