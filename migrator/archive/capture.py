@@ -13,9 +13,10 @@ never finalised (no zstd frame end, no age final chunk), so a partial object can
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -51,9 +52,10 @@ class ArchiveStats:
     sha256: str  # of the final object (after compression/encryption), hex
     size: int  # bytes of the final object
     uncompressed: int  # bytes of the tar stream
-    files: int  # members archived (the delete list not counted)
+    files: int  # members archived (the delete list not counted, patch members counted)
     warnings: tuple[str, ...] = ()  # tar's non-fatal diagnostics, e.g. "file changed as we read it"
     skipped: tuple[str, ...] = ()  # device nodes and FIFOs left out: restore refuses them
+    patched: int = 0  # files sent as block patches (patch.py), included in `files`
 
 
 class _Output:
@@ -129,7 +131,7 @@ def _tar_lines(tar: Child) -> list[str]:
 class _Capture:
     """State of one write_archive call; `produce` is the tar -> walker -> zstd leg."""
 
-    def __init__(self, root: Path, walker: CaptureWalker, prefix: bytes, level: int, threads: int,
+    def __init__(self, root: Path, walker: CaptureWalker, prefix: Iterable[bytes], level: int, threads: int,
                  progress: Callable[[int], None] | None):
         self.root = root
         self.walker = walker
@@ -143,9 +145,9 @@ class _Capture:
     def produce(self, tar: Child, target, report_progress: bool) -> None:
         cctx = zstandard.ZstdCompressor(level=self.level, threads=self.threads, write_checksum=True)
         zw = cctx.stream_writer(target, write_size=OUTPUT_CHUNK, closefd=False)
-        if self.prefix:
-            zw.write(self.prefix)
-            self.uncompressed += len(self.prefix)
+        for piece in self.prefix:
+            zw.write(piece)
+            self.uncompressed += len(piece)
         read = tar.stdout.read
         feed = self.walker.feed
         while chunk := read(READ_CHUNK):
@@ -168,7 +170,8 @@ class _Capture:
 def write_archive(root: Path, sinks: list[Sink], *, members: list[str] | None = None, deleted: Sequence[str] = (),
                   level: int = 3, threads: int = 0, recipients: Sequence[str] = (),
                   progress: Callable[[int], None] | None = None,
-                  on_member: Callable[[str], None] | None = None) -> ArchiveStats:
+                  on_member: Callable[[str], None] | None = None, on_data=None,
+                  prefix: Iterable[bytes] = ()) -> ArchiveStats:
     """Archive `root` (whole tree, or only `members`, paths relative to root) into every sink.
 
     `deleted` (phase 2) goes first as the `.migrator-deleted` member. `threads=0` means one zstd worker
@@ -176,6 +179,8 @@ def write_archive(root: Path, sinks: list[Sink], *, members: list[str] | None = 
     with the tar-stream bytes processed so far; `on_member` with each archived member's relative path
     ("." for the root) — phase 1 uses it to learn what was archived that its scan did not see. Sinks
     and `progress` run in the caller's thread; with recipients, `on_member` runs in the compressing thread.
+    `on_data` and `prefix` are two-phase's (patch.py): a sink per plain regular member's data (phase 1's
+    block digests), and members streamed after the delete list, before tar's stream (phase 2's patches).
     On error the sinks may hold a partial object: discard it.
     """
     root = Path(root)
@@ -183,9 +188,9 @@ def write_archive(root: Path, sinks: list[Sink], *, members: list[str] | None = 
         raise ArchiveError(f"cannot archive {root}: not a directory", hint="check the volume's data directory")
     age_argv = age_encrypt_argv(recipients) if recipients else None
     batches = _member_list(members) if members is not None else None
-    prefix = deleted_member(deleted) if deleted else b""
-    walker = CaptureWalker(on_member)
-    cap = _Capture(root, walker, prefix, level, threads if threads else -1, progress)
+    head = [deleted_member(deleted)] if deleted else []
+    walker = CaptureWalker(on_member, on_data)
+    cap = _Capture(root, walker, itertools.chain(head, prefix), level, threads if threads else -1, progress)
     out = _Output(sinks)
     children: list[Child] = []
     threads_: list[Pump] = []

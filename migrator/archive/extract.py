@@ -9,10 +9,11 @@ modes, times, hard links and xattrs faithfully. GNU tar never parses a byte we d
 so no difference between two tar parsers can smuggle a member past the checks.
 
 A leading `.migrator-deleted` list (phase 2) is applied first: each path is removed inside dest only,
-never through a symlink. Any failure raises: IntegrityError (exit 6) for what the object holds (hash or
-size mismatch, corruption, hostile member, decompression bomb, wrong identity), ArchiveError when GNU
-tar itself fails. dest is a staging directory the caller discards on error; partial writes are not
-undone, but nothing is ever written outside dest.
+never through a symlink. Patch members (phase 2, patch.py) that follow it are applied by `patch.Patcher`
+to the files phase 1 left in dest, before anything of the stream reaches tar. Any failure raises:
+IntegrityError (exit 6) for what the object holds (hash or size mismatch, corruption, hostile member,
+decompression bomb, wrong identity), ArchiveError when GNU tar itself fails. dest is a staging directory
+the caller discards on error; partial writes are not undone, but nothing is ever written outside dest.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import BinaryIO
 
 import zstandard
 
-from migrator.archive import emit
+from migrator.archive import emit, patch
 from migrator.archive._proc import EXIT_GRACE_S, Child, Pump, close_all, grow_pipe
 from migrator.archive.emit import PaxEmitter
 from migrator.archive.policy import DIR, FILE, LINK, MemberGuard, Refused, member_parts
@@ -57,6 +58,7 @@ class ExtractStats:
     uncompressed: int  # bytes of the tar stream
     files: int  # members extracted (the delete list not counted)
     deleted: int  # paths removed by the delete list
+    patched: int = 0  # files patched in place (patch members, not counted in `files`)
 
 
 class _Corrupt(IntegrityError):
@@ -179,6 +181,7 @@ class _Extraction:
         self.age: Child | None = None
         self.tar: Child | None = None
         self.guard = MemberGuard(dest)
+        self.patcher = patch.Patcher(dest)
         self.files = 0
         self.deleted = 0
         self.uncompressed = 0
@@ -272,7 +275,10 @@ class _Extraction:
                 if not first:
                     raise IntegrityError("a delete list that is not the archive's first member", hint=_HOSTILE_HINT)
                 self._apply_delete_list(tf, m)
+            elif patch.is_patch(m.name, m.pax_headers):
+                self.patcher.apply(m.pax_headers, m.size, tf.extractfile(m).raw.read)
             else:
+                self.patcher.member_seen(m.name)
                 self._member(tf, m, emitter)
                 self.files += 1
             first = False
@@ -453,4 +459,4 @@ def extract_archive(reader: BinaryIO, dest: Path, *, expected_sha256: str | None
     finally:
         close_all(run.children, run.threads)
     return ExtractStats(sha256=source.hash.hexdigest(), size=source.count, uncompressed=run.uncompressed,
-                        files=run.files, deleted=run.deleted)
+                        files=run.files, deleted=run.deleted, patched=run.patcher.applied)
