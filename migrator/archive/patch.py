@@ -359,8 +359,9 @@ class Patcher:
                 raise _refuse(path, _why(exc, parts[-1])) from None
             if not stat.S_ISREG(st.st_mode):
                 raise _refuse(path, "its target is not a regular file")
-            if st.st_nlink != 1:
-                raise _refuse(path, "its target has other hard links")
+            # A hard link here is harmless: dest is a fresh staging dir whose links all point inside it
+            # (MemberGuard), and a name still sharing this inode that the source no longer links (capture
+            # patches only files with one link) is deleted before, or replaced by tar after, this patch.
             try:
                 fd = os.open(parts[-1], os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dirfd)
             except OSError as exc:
