@@ -25,7 +25,7 @@ import zstandard
 
 from migrator.archive._proc import Child, Pump, close_all, grow_pipe
 from migrator.archive.policy import Refused, member_parts
-from migrator.archive.tarstream import CaptureWalker, deleted_member
+from migrator.archive.tarstream import CaptureWalker, DataSink, deleted_member
 from migrator.errors import ArchiveError
 
 # Bytes read from tar per step: large enough that per-chunk Python work is noise next to compression,
@@ -170,7 +170,8 @@ class _Capture:
 def write_archive(root: Path, sinks: list[Sink], *, members: list[str] | None = None, deleted: Sequence[str] = (),
                   level: int = 3, threads: int = 0, recipients: Sequence[str] = (),
                   progress: Callable[[int], None] | None = None,
-                  on_member: Callable[[str], None] | None = None, on_data=None,
+                  on_member: Callable[[str], None] | None = None,
+                  on_data: Callable[[str, int], DataSink | None] | None = None,
                   prefix: Iterable[bytes] = ()) -> ArchiveStats:
     """Archive `root` (whole tree, or only `members`, paths relative to root) into every sink.
 
