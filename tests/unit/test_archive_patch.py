@@ -186,6 +186,26 @@ def test_patches_with_every_other_kind_of_change(tmp_path):
     assert fingerprint(out) == fingerprint(src)
 
 
+def test_encrypted_phase2_with_a_patch(tmp_path):
+    key = tmp_path / "age.key"
+    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
+    public = subprocess.run(["age-keygen", "-y", str(key)], check=True, capture_output=True, text=True).stdout.strip()
+    src = tmp_path / "src"
+    src.mkdir()
+    _db(src)
+    sink1 = ListSink()
+    stats1, state = capture_phase1(src, [sink1], recipients=[public])
+    with open(src / "db", "ab") as fh:
+        fh.write(b"tail")
+    sink2 = ListSink()
+    stats2, _ = capture_phase2(src, [sink2], _not_racy(state), recipients=[public])
+    assert stats2.patched == 1
+    out = tmp_path / "out"
+    restore(sink1.data(), out, stats1, identity_file=key, encrypted=True)
+    assert restore(sink2.data(), out, stats2, identity_file=key, encrypted=True).patched == 1
+    assert fingerprint(out) == fingerprint(src)
+
+
 def _whole(tmp_path, build, change):
     stats2, ext2, obj = _two_phases(tmp_path, build, change)
     assert stats2.patched == 0 and ext2.patched == 0
