@@ -13,9 +13,10 @@ never finalised (no zstd frame end, no age final chunk), so a partial object can
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -24,7 +25,7 @@ import zstandard
 
 from migrator.archive._proc import Child, Pump, Stage, close_all, grow_pipe
 from migrator.archive.policy import Refused, member_parts
-from migrator.archive.tarstream import CaptureWalker, deleted_member
+from migrator.archive.tarstream import CaptureWalker, DataSink, deleted_member
 from migrator.errors import ArchiveError
 
 # Bytes read from tar per step: large enough that per-chunk Python work is noise next to compression,
@@ -57,9 +58,10 @@ class ArchiveStats:
     sha256: str  # of the final object (after compression/encryption), hex
     size: int  # bytes of the final object
     uncompressed: int  # bytes of the tar stream
-    files: int  # members archived (the delete list not counted)
+    files: int  # members archived (the delete list not counted, patch members counted)
     warnings: tuple[str, ...] = ()  # tar's non-fatal diagnostics, e.g. "file changed as we read it"
     skipped: tuple[str, ...] = ()  # device nodes and FIFOs left out: restore refuses them
+    patched: int = 0  # files sent as block patches (patch.py), included in `files`
 
 
 class _Output:
@@ -150,7 +152,7 @@ def _tar_lines(tar: Child) -> list[str]:
 class _Capture:
     """State of one write_archive call; `produce` is the tar -> walker -> zstd leg."""
 
-    def __init__(self, root: Path, walker: CaptureWalker, prefix: bytes, level: int, threads: int,
+    def __init__(self, root: Path, walker: CaptureWalker, prefix: Iterable[bytes], level: int, threads: int,
                  progress: Callable[[int], None] | None):
         self.root = root
         self.walker = walker
@@ -166,9 +168,9 @@ class _Capture:
                                                                  job_size=ZSTD_JOB_SIZE, write_checksum=True)
         cctx = zstandard.ZstdCompressor(compression_params=params)
         zw = cctx.stream_writer(target, write_size=OUTPUT_CHUNK, closefd=False)
-        if self.prefix:
-            zw.write(self.prefix)
-            self.uncompressed += len(self.prefix)
+        for piece in self.prefix:
+            zw.write(piece)
+            self.uncompressed += len(piece)
         read = tar.stdout.read
         feed = self.walker.feed
         while chunk := read(READ_CHUNK):
@@ -191,7 +193,9 @@ class _Capture:
 def write_archive(root: Path, sinks: list[Sink], *, members: list[str] | None = None, deleted: Sequence[str] = (),
                   level: int = 3, threads: int = 0, recipients: Sequence[str] = (),
                   progress: Callable[[int], None] | None = None,
-                  on_member: Callable[[str], None] | None = None) -> ArchiveStats:
+                  on_member: Callable[[str], None] | None = None,
+                  on_data: Callable[[str, int], DataSink | None] | None = None,
+                  prefix: Iterable[bytes] = ()) -> ArchiveStats:
     """Archive `root` (whole tree, or only `members`, paths relative to root) into every sink.
 
     `deleted` (phase 2) goes first as the `.migrator-deleted` member. `threads=0` means one zstd worker
@@ -200,6 +204,8 @@ def write_archive(root: Path, sinks: list[Sink], *, members: list[str] | None = 
     ("." for the root) — phase 1 uses it to learn what was archived that its scan did not see. Sinks run
     in the output thread, one write at a time, all done when this returns; `progress` runs in the caller's
     thread; with recipients, `on_member` runs in the compressing thread.
+    `on_data` and `prefix` are two-phase's (patch.py): a sink per plain regular member's data (phase 1's
+    block digests), and members streamed after the delete list, before tar's stream (phase 2's patches).
     On error the sinks may hold a partial object: discard it.
     """
     root = Path(root)
@@ -207,9 +213,9 @@ def write_archive(root: Path, sinks: list[Sink], *, members: list[str] | None = 
         raise ArchiveError(f"cannot archive {root}: not a directory", hint="check the volume's data directory")
     age_argv = age_encrypt_argv(recipients) if recipients else None
     batches = _member_list(members) if members is not None else None
-    prefix = deleted_member(deleted) if deleted else b""
-    walker = CaptureWalker(on_member)
-    cap = _Capture(root, walker, prefix, level, threads if threads else -1, progress)
+    head = [deleted_member(deleted)] if deleted else []
+    walker = CaptureWalker(on_member, on_data)
+    cap = _Capture(root, walker, itertools.chain(head, prefix), level, threads if threads else -1, progress)
     out = _Output(sinks)
     children: list[Child] = []
     threads_: list[Pump] = []

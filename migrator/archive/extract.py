@@ -9,8 +9,10 @@ modes, times, hard links and xattrs faithfully. GNU tar never parses a byte we d
 so no difference between two tar parsers can smuggle a member past the checks.
 
 Special members are instructions to restore rather than files, recognised by a `MIGRATOR.*` pax keyword
-(`_Extraction._special`, the one place to add another). Today one: a leading `.migrator-deleted` list
-(phase 2), applied first: each path is removed inside dest only, never through a symlink.
+(`_Extraction._special`, the one place to add another). Two kinds, both phase 2's and both before any
+ordinary member: a leading `.migrator-deleted` list, applied first (each path removed inside dest only,
+never through a symlink), then `.migrator-patch` members, applied by `patch.Patcher` in place to files
+phase 1 left in dest, before anything of the stream reaches tar.
 
 When dest is empty at the start (phase 1 into a fresh staging dir), the guard's model of what the stream
 created is the whole truth and it never looks at the disk; objects that land on an earlier one (phase 2)
@@ -36,7 +38,7 @@ from typing import BinaryIO
 
 import zstandard
 
-from migrator.archive import emit, tarparse
+from migrator.archive import emit, patch, tarparse
 from migrator.archive._proc import EXIT_GRACE_S, Child, Pump, close_all, grow_pipe
 from migrator.archive.emit import PaxEmitter
 from migrator.archive.policy import DIR, FILE, LINK, MemberGuard, Refused, member_parts
@@ -63,6 +65,7 @@ DELETED_LIST_MAX = 256 * 1024 * 1024
 _REFUSED_TYPES = {tarparse.CHARDEV: "character device", tarparse.BLOCKDEV: "block device", tarparse.FIFO: "FIFO"}
 _DELETED_MARK = DELETED_MARK.encode()
 _DELETED_MARK_VALUE = DELETED_MARK_VALUE.encode()
+_PATCH_MARK = patch.PATCH_MARK.encode()
 _HOSTILE_HINT = "the archive was refused before anything reached the data directory; pick another snapshot"
 
 
@@ -73,6 +76,7 @@ class ExtractStats:
     uncompressed: int  # bytes of the tar stream
     files: int  # members extracted (the delete list not counted)
     deleted: int  # paths removed by the delete list
+    patched: int = 0  # files patched in place (patch members, not counted in `files`)
 
 
 class _Corrupt(IntegrityError):
@@ -196,6 +200,7 @@ class _Extraction:
         with os.scandir(dest) as entries:
             fresh = next(entries, None) is None
         self.guard = MemberGuard(dest, fresh=fresh)
+        self.patcher = patch.Patcher(dest)
         self.files = 0
         self.deleted = 0
         self.uncompressed = 0
@@ -291,6 +296,7 @@ class _Extraction:
         first = True
         while (m := parser.next()) is not None:  # None only after a clean end-of-archive marker
             if not self._special(parser, m, first):
+                self.patcher.member_seen(m.name)
                 self._member(parser, m, emitter)
                 self.files += 1
             first = False
@@ -303,6 +309,12 @@ class _Extraction:
             if not first:
                 raise IntegrityError("a delete list that is not the archive's first member", hint=_HOSTILE_HINT)
             self._apply_delete_list(parser, m)
+            return True
+        if m.name == patch.PATCH_MEMBER and _PATCH_MARK in m.pax:
+            if m.sparse is not None or m.type != tarparse.REGULAR:
+                raise self._refuse(m, "a patch must be a plain regular member")
+            pax = {k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape") for k, v in m.pax.items()}
+            self.patcher.apply(pax, m.size, parser.read)
             return True
         return False
 
@@ -466,4 +478,4 @@ def extract_archive(reader: BinaryIO, dest: Path, *, expected_sha256: str | None
             run.prefetch.stop()
         close_all(run.children, run.threads)
     return ExtractStats(sha256=source.hash.hexdigest(), size=source.count, uncompressed=run.uncompressed,
-                        files=run.files, deleted=run.deleted)
+                        files=run.files, deleted=run.deleted, patched=run.patcher.applied)

@@ -9,6 +9,8 @@ Owns two things about the uncompressed stream that `write_archive` produces:
   skipped by arithmetic), counts members, reports each name, refuses (ArchiveError) a symlink that
   restore would refuse, and drops device nodes and FIFOs (restore refuses them; sockets tar skips
   itself). Normally a chunk passes through as one untouched segment; only a dropped member splits it.
+  With `on_data` it also hands the data of every plain regular member (not sparse, no xattrs/ACLs) to
+  the sink that callback returns: phase 1 digests what it archived there (patch.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import tarfile
 import time
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from migrator.archive.policy import Refused, member_parts, symlink_refusal
 from migrator.archive.tarparse import BLOCK
@@ -31,9 +34,17 @@ DROPPED_TYPES = {b"3": "character device", b"4": "block device", b"6": "FIFO"}
 # Typeflags that describe the next member instead of being one: pax extended/global, GNU long names.
 META_TYPES = {b"x", b"g", b"L", b"K"}
 SYMLINK_TYPE = b"2"
+REGULAR_TYPES = {b"0", b"\0", b"7"}
+# pax records that make a member more than its bytes (sparse map, xattrs, ACLs): `on_data` skips those.
+NOT_PLAIN = (b"GNU.sparse.", b"SCHILY.")
 # A pax header block over this size is not something GNU tar writes for one file (xattrs are capped at
 # 64 KiB by the kernel); refusing it keeps a walker bug from buffering the whole stream.
 MAX_META = 16 * 1024 * 1024
+
+
+class DataSink(Protocol):
+    def update(self, data) -> None: ...
+    def close(self) -> None: ...
 
 
 def padded(size: int) -> int:
@@ -69,8 +80,12 @@ class CaptureWalker:
 
     _HEADER, _META, _DATA, _TAIL = range(4)
 
-    def __init__(self, on_member: Callable[[str], None] | None = None):
+    def __init__(self, on_member: Callable[[str], None] | None = None,
+                 on_data: Callable[[str, int], DataSink | None] | None = None):
         self.on_member = on_member
+        self.on_data = on_data  # (path, size) -> a sink for the member's data, or None
+        self._sink: DataSink | None = None
+        self._sink_left = 0
         self.files = 0
         self.skipped: list[str] = []
         self._state = self._HEADER
@@ -96,6 +111,8 @@ class CaptureWalker:
             state = self._state
             if state == self._DATA:
                 k = min(self._data_left, n - i)
+                if self._sink is not None:
+                    self._to_sink(chunk, i, k)
                 if self._dropping:
                     if run < i:
                         out.append(memoryview(chunk)[run:i])
@@ -149,6 +166,15 @@ class CaptureWalker:
             out.append(memoryview(chunk)[run:])
         return out
 
+    def _to_sink(self, chunk: bytes, i: int, k: int) -> None:
+        take = min(k, self._sink_left)  # the member's bytes, not its padding
+        if take:
+            self._sink.update(memoryview(chunk)[i:i + take])
+            self._sink_left -= take
+        if not self._sink_left:
+            sink, self._sink = self._sink, None
+            sink.close()
+
     def finish(self) -> None:
         if self._state != self._TAIL:
             raise ArchiveError("tar's output ended without an end-of-archive marker",
@@ -199,7 +225,7 @@ class CaptureWalker:
             self.skipped.append(f"{name} ({DROPPED_TYPES[typeflag]})")
             self._enter_data(data)
             return False
-        if typeflag == SYMLINK_TYPE or self.on_member is not None:
+        if typeflag == SYMLINK_TYPE or self.on_member is not None or self.on_data is not None:
             name = _name(block, records, longname)
             try:
                 parts = member_parts(name)
@@ -215,6 +241,10 @@ class CaptureWalker:
                                        hint="make the link relative and inside the data directory, then retry")
             if self.on_member is not None:
                 self.on_member("/".join(parts) if parts else ".")
+            if (self.on_data is not None and size > 0 and typeflag in REGULAR_TYPES
+                    and not any(mark in pax for mark in NOT_PLAIN)):
+                self._sink = self.on_data("/".join(parts), size)
+                self._sink_left = size
         self.files += 1
         self._enter_data(data)
         return True

@@ -14,7 +14,10 @@ mode, owner, link count, rename, xattr — moves its ctime, which userspace cann
 one, then extracts the new one. The directory holding any changed or deleted path is in `changed` too,
 so its mtime, moved by restore's own unlink/create, is set back. `deleted` is minimal (nothing under a
 deleted directory); both lists are sorted parents-first.
-TreeState.save/load use zstd-compressed JSON lines: one header line, then one array per path.
+TreeState also keeps phase 1's block digests of big archived files (`blocks`, see patch.py), which let
+phase 2 send only their changed blocks.
+TreeState.save/load use zstd-compressed JSON lines: one header line, one array per path, then one array
+per file with block digests ([path, archived size, hex digests]).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from migrator.errors import ArchiveError
 # the last 2 s before the scan; being too small would lose changes.
 RACY_SLACK_NS = 2_000_000_000
 FORMAT = "migrator-treestate"
-VERSION = 1
+VERSION = 2  # 2 added the block digests; 1 is still read
 # Placeholder type for a path phase 1 archived but its scan did not see: never equal to a real entry.
 UNKNOWN = "?"
 _TYPES = ((stat.S_ISDIR, "d"), (stat.S_ISREG, "f"), (stat.S_ISLNK, "l"))
@@ -68,10 +71,13 @@ def _entry(st: os.stat_result, target: str | None) -> Entry:
 class TreeState:
     """Per relative path ("." is the root; "/"-separated) the metadata that any change moves."""
 
-    def __init__(self, entries: dict[str, Entry], started_ns: int, root: str = ""):
+    def __init__(self, entries: dict[str, Entry], started_ns: int, root: str = "",
+                 blocks: dict[str, tuple[int, bytes]] | None = None):
         self.entries = entries
         self.started_ns = started_ns  # wall clock just before the first lstat
         self.root = root
+        # path -> (size as archived, concatenated block digests of the archived bytes); see patch.py
+        self.blocks: dict[str, tuple[int, bytes]] = blocks if blocks is not None else {}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -87,6 +93,10 @@ class TreeState:
         if path not in self.entries:
             self.entries[path] = _UNSEEN
 
+    def note_blocks(self, path: str, size: int, digests: bytes) -> None:
+        """Phase 1 archived `size` bytes of `path` whose blocks hash to `digests`."""
+        self.blocks[path] = (size, digests)
+
     def racy(self, entry: Entry) -> bool:
         return entry.ctime_ns >= self.started_ns - RACY_SLACK_NS
 
@@ -98,10 +108,12 @@ class TreeState:
             with zstandard.ZstdCompressor(level=3).stream_writer(fh, closefd=False) as zw:
                 text = io.TextIOWrapper(zw, encoding="utf-8", write_through=False)
                 header = {"format": FORMAT, "version": VERSION, "root": self.root, "started_ns": self.started_ns,
-                          "count": len(self.entries)}
+                          "count": len(self.entries), "blocks": len(self.blocks)}
                 text.write(json.dumps(header) + "\n")
                 for p, e in self.entries.items():
                     text.write(json.dumps([p, *e], separators=(",", ":")) + "\n")
+                for p, (size, digests) in self.blocks.items():
+                    text.write(json.dumps([p, size, digests.hex()], separators=(",", ":")) + "\n")
                 text.flush()
                 text.detach()
             fh.flush()
@@ -115,18 +127,23 @@ class TreeState:
                 reader = zstandard.ZstdDecompressor().stream_reader(fh)
                 lines = io.TextIOWrapper(reader, encoding="utf-8")
                 header = json.loads(lines.readline())
-                if header.get("format") != FORMAT or header.get("version") != VERSION:
+                if header.get("format") != FORMAT or header.get("version") not in (1, VERSION):
                     raise ValueError(f"not a {FORMAT} v{VERSION} file")
-                entries = {}
+                count = header.get("count")
+                entries, blocks = {}, {}
                 for line in lines:
-                    p, *fields = json.loads(line)
-                    entries[p] = Entry(*fields)
+                    if len(entries) == count:
+                        p, size, digests = json.loads(line)
+                        blocks[p] = (size, bytes.fromhex(digests))
+                    else:
+                        p, *fields = json.loads(line)
+                        entries[p] = Entry(*fields)
         except (OSError, ValueError, TypeError, zstandard.ZstdError) as exc:
             raise ArchiveError(f"cannot read the phase-1 scan {path}: {exc}",
                                hint="run the backup again; phase 1 writes a fresh scan") from None
-        if len(entries) != header.get("count"):
+        if len(entries) != count or len(blocks) != header.get("blocks", 0):
             raise ArchiveError(f"the phase-1 scan {path} is truncated", hint="run the backup again")
-        return cls(entries, header["started_ns"], header.get("root", ""))
+        return cls(entries, header["started_ns"], header.get("root", ""), blocks)
 
 
 def _walk(root: str) -> Iterator[tuple[str, os.stat_result, str | None]]:

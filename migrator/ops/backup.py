@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from migrator import __version__
-from migrator.archive import TreeState, capture_phase2, scan, write_archive
+from migrator.archive import TreeState, capture_phase2, phase1_hooks, scan, write_archive
 from migrator.catalog.manifest import MANIFEST, PLAN_COPY, Manifest, ObjectEntry, new_snapshot_id, object_name
 from migrator.errors import MigratorError, PreflightFailed, UsageError
 from migrator.faults import checkpoint
@@ -122,7 +122,8 @@ class Backup:
             stats, _after = capture_phase2(vol.root, [sink], before, level=self.level, recipients=self.recipients)
         finally:
             sink.close()
-        self.report(f"phase 2 of {vol.name}: {stats.files} member(s) changed")
+        patched = f" ({stats.patched} as block patches)" if stats.patched else ""
+        self.report(f"phase 2 of {vol.name}: {stats.files} member(s) changed{patched}")
         return path, stats, name
 
     def _upload_spooled(self, vol: VolumePlan, path: Path, stats, name: str) -> None:
@@ -160,7 +161,7 @@ class Backup:
                 # Scan before tar starts and note what tar archives beyond the scan: phase 2's diff against
                 # this state then cannot miss a change (capture_phase1 wires that order).
                 phase1[vol.name] = scan(vol.root)
-                self._archive_to_stores(vol, 1, True, on_member=phase1[vol.name].note_archived)
+                self._archive_to_stores(vol, 1, True, **phase1_hooks(phase1[vol.name]))
             elif vol.mode == "none":
                 self._archive_to_stores(vol, 1, False)
         checkpoint("backup.phase1-done")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from migrator import __version__
-from migrator.archive import capture_phase2, scan, write_archive
+from migrator.archive import capture_phase2, phase1_hooks, scan, write_archive
 from migrator.archive.fingerprint import compare, fingerprint
 from migrator.errors import IntegrityError, MigratorError, PreflightFailed
 from migrator.faults import checkpoint
@@ -134,7 +134,7 @@ def move(plan: Plan, secrets: Secrets, target: str, *, keep_source: bool = False
                 report(f"pre-copy of {vol.name} while services run")
                 states[vol.name] = scan(root)
                 size, _sha = send_volume(remote, plan, vol.name, lambda sinks, r=root, s=states[vol.name]: write_archive(
-                    r, sinks, on_member=s.note_archived), fresh=True)
+                    r, sinks, **phase1_hooks(s)), fresh=True)
                 result.bytes_precopy += size
             result.precopy_s = round(time.monotonic() - started, 3)
             checkpoint("move.precopied")
