@@ -45,6 +45,36 @@ claim_subnet() { # -> N, claimed for $dir
     die "no free lab subnet in $CLAIMS"
 }
 
+drop_rules() { # n: netavark's iptables rules for 10.89.n.0/24
+    # netavark removes a container's port forwarding and NAT rules on teardown; a
+    # podman service that died (a test SIGKILLs one) never tears down, and its
+    # DNAT rules outlive it: a later VSN publishing the same port, or reusing a
+    # container IP, would be forwarded into the void ("No route to host"). Rules
+    # are per subnet, so only ours go; a port's shared rules (the jump to the DNAT
+    # chain, the localhost mark) go when no DNAT for that port is left.
+    local net="10.89.$1." table rule p ports
+    ports=$(iptables -w -t nat -S | grep -F -- "--to-destination $net" | grep -o -- "--dport [0-9]*" \
+            | awk '{print $2}' | sort -u || true)
+    for table in nat filter; do
+        iptables -w -t "$table" -S | grep -F -- " $net" | grep -- "^-A " | while IFS= read -r rule; do
+            eval "iptables -w -t $table -D ${rule#-A }" 2>/dev/null || true
+        done
+    done
+    for p in $ports; do
+        iptables -w -t nat -S | grep -q -- "--dport $p -j DNAT" && continue
+        iptables -w -t nat -S | grep -- "^-A NETAVARK.* --dport $p " | while IFS= read -r rule; do
+            eval "iptables -w -t nat -D ${rule#-A }" 2>/dev/null || true
+        done
+    done
+}
+
+sweep_rules() { # rules of lab subnets nobody claims (a VSN whose service died, before drop_rules existed)
+    local n
+    for n in $(iptables -w -t nat -S 2>/dev/null | grep -o "10\.89\.[0-9]*\." | cut -d. -f3 | sort -un); do
+        [ -d "$CLAIMS/$n" ] || drop_rules "$n"
+    done
+}
+
 write_configs() { # n
     local n=$1
     mkdir -p "$dir"/{storage,run,tmp,networks,inner,data}
@@ -105,6 +135,7 @@ start() {
     if [ -f "$dir/service.pid" ] && alive "$(cat "$dir/service.pid")"; then
         die "already running (pid $(cat "$dir/service.pid"))"
     fi
+    sweep_rules
     if [ -f "$dir/subnet" ] && [ "$(cat "$CLAIMS/$(cat "$dir/subnet")/owner" 2>/dev/null)" = "$dir" ]; then
         n=$(cat "$dir/subnet")
     else
@@ -175,6 +206,7 @@ stop() {
     kill_orphans
     if [ -f "$dir/subnet" ]; then
         n=$(cat "$dir/subnet")
+        drop_rules "$n"
         ip link del "mlab$n" 2>/dev/null || true
         if [ "$(cat "$CLAIMS/$n/owner" 2>/dev/null)" = "$dir" ]; then rm -rf "${CLAIMS:?}/$n"; fi
     fi

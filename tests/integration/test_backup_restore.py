@@ -147,7 +147,7 @@ def test_killed_backup_leaves_no_snapshot_and_services_come_back(vsn, stack):
         killed = vsn.migrator("backup", "--to", store, env=env)
         assert killed.returncode == -9, (point, killed.stderr)
         if point == "backup.services-stopped":
-            assert vsn.containers()["db"] == "exited"  # the dead run left the writer stopped
+            assert vsn.containers()["db"] in ("stopped", "exited")  # the dead run left the writer stopped
         assert run_json(vsn, "snapshots", "--from", store)["snapshots"] == []  # nothing half-written listed
         recovered = run_json(vsn, "recover")
         assert recovered["recovered"] is True
@@ -161,7 +161,8 @@ def test_any_next_command_recovers_first(vsn, stack):
     raw, store = stack
     env = dict(vsn.env(), MIGRATOR_KILL_AT="backup.services-stopped")
     assert vsn.migrator("backup", "--to", store, env=env).returncode == -9
-    assert vsn.containers()["db"] == "exited"
+    # Its processes are gone; podman's clean-up may still be finishing ("stopped") when the run died.
+    assert vsn.containers()["db"] in ("stopped", "exited")
     run_json(vsn, "backup", "--to", store)  # recovers, then backs up
     assert vsn.containers()["db"] == "running"
 
