@@ -58,19 +58,19 @@ drop_rules() { # n: netavark's iptables rules for 10.89.n.0/24
     for table in nat filter; do
         iptables -w -t "$table" -S | grep -F -- " $net" | grep -- "^-A " | while IFS= read -r rule; do
             eval "iptables -w -t $table -D ${rule#-A }" 2>/dev/null || true
-        done
+        done || true  # grep finding nothing is fine
     done
     for p in $ports; do
         iptables -w -t nat -S | grep -q -- "--dport $p -j DNAT" && continue
         iptables -w -t nat -S | grep -- "^-A NETAVARK.* --dport $p " | while IFS= read -r rule; do
             eval "iptables -w -t nat -D ${rule#-A }" 2>/dev/null || true
-        done
+        done || true
     done
 }
 
 sweep_rules() { # rules of lab subnets nobody claims (a VSN whose service died, before drop_rules existed)
     local n
-    for n in $(iptables -w -t nat -S 2>/dev/null | grep -o "10\.89\.[0-9]*\." | cut -d. -f3 | sort -un); do
+    for n in $(iptables -w -t nat -S 2>/dev/null | grep -o "10\.89\.[0-9]*\." | cut -d. -f3 | sort -un || true); do
         [ -d "$CLAIMS/$n" ] || drop_rules "$n"
     done
 }
