@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,9 +54,20 @@ class MoveResult:
     duration_s: float = 0.0
     health: dict = field(default_factory=dict)
     source: str = "containerless"
+    # Seconds per step of the downtime window (stop, delta per volume, verify, commit, deploy, ...): what
+    # the downtime consists of, for the bench and for operators tuning hooks and probes.
+    downtime_steps: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.downtime_steps[name] = round(self.downtime_steps.get(name, 0.0) + time.monotonic() - t0, 3)
 
 
 def compatible(local: str, remote: str) -> bool:
@@ -159,32 +172,40 @@ def cut_over(remote: RemoteVSN, plan: Plan, stack: Stack, quiesce: Quiesce, jour
     the caller's Quiesce then restarts the source services."""
     report = stack.report
     services = quiesce.running(list(plan.enabled_services))
-    quiesce.run_hooks(services, "pre_backup")
-    quiesce.stop(services)
+    with result.step("stop"):
+        quiesce.run_hooks(services, "pre_backup")
+        quiesce.stop(services)
     down_since = min(quiesce.stopped_at.values(), default=time.monotonic())
     checkpoint("move.source-stopped")
     for vol in plan.volumes:
         root = Path(vol.root_dir(plan.vsn.data_root))
         report(f"sending what changed in {vol.name}")
-        size, _sha = send_volume(remote, plan, vol.name,
-                                 lambda sinks, r=root, s=states[vol.name]: capture_phase2(r, sinks, s)[0], fresh=False)
+        with result.step(f"delta.{vol.name}"):
+            size, _sha = send_volume(remote, plan, vol.name,
+                                     lambda sinks, r=root, s=states[vol.name]: capture_phase2(r, sinks, s)[0],
+                                     fresh=False)
         result.bytes_delta += size
-        there = remote.migrator("agent", "fingerprint", "--volume", vol.name,
-                                "--data-root", plan.vsn.data_root)["fingerprint"]
-        differences = compare(fingerprint(root, content=False), there)
+        with result.step(f"verify.{vol.name}"):
+            there = remote.migrator("agent", "fingerprint", "--volume", vol.name,
+                                    "--data-root", plan.vsn.data_root)["fingerprint"]
+            differences = compare(fingerprint(root, content=False), there)
         if differences:
             raise IntegrityError(f"{vol.name} differs on the target after the transfer", details=differences)
     journal.note(JOURNAL_KEY, {**journal.entry["undo"][JOURNAL_KEY], "stage": "deploying"})
-    remote.migrator("agent", "commit", *[a for v in plan.volumes for a in ("--volume", v.name)],
-                    "--data-root", plan.vsn.data_root)
+    with result.step("commit"):
+        remote.migrator("agent", "commit", *[a for v in plan.volumes for a in ("--volume", v.name)],
+                        "--data-root", plan.vsn.data_root)
     report(f"deploying on {remote.what}")
     args = ["deploy", files["plan"]] + (["--secrets", files["secrets"]] if files["secrets"] else [])
-    deployed_there = remote.migrator(*args)
+    with result.step("deploy"):
+        deployed_there = remote.migrator(*args)
     result.health = deployed_there.get("health", {})
+    result.downtime_steps["deploy.inside"] = deployed_there.get("duration", 0.0)  # the rest: start-up, SSH
     # The stack's backup heartbeat moves with it: health on the target judges the last backup taken.
     last_backup = state_dir() / "last_backup.json"
     if last_backup.exists():
-        remote.put_file(f"{files['state_dir']}/last_backup.json", last_backup.read_bytes(), 0o600)
+        with result.step("heartbeat"):
+            remote.put_file(f"{files['state_dir']}/last_backup.json", last_backup.read_bytes(), 0o600)
     result.downtime_s = round(time.monotonic() - down_since, 3)
     checkpoint("move.target-healthy")
     journal.note(JOURNAL_KEY, {**journal.entry["undo"][JOURNAL_KEY], "stage": "target-healthy"})
