@@ -55,8 +55,10 @@ class MoveResult:
     health: dict = field(default_factory=dict)
     source: str = "containerless"
     # Seconds per step of the downtime window (stop, delta per volume, verify, commit, deploy, ...): what
-    # the downtime consists of, for the bench and for operators tuning hooks and probes.
+    # the downtime consists of, for the bench and for operators tuning hooks and probes; target_steps is
+    # the target agent's own account (its start-up before the downtime, receive, deploy, ...).
     downtime_steps: dict = field(default_factory=dict)
+    target_steps: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -107,7 +109,7 @@ def preflight(remote: RemoteVSN, plan: Plan, secrets: Secrets, report: Report) -
     args = ["check", f"{incoming}/plan.json"] + (["--secrets", secrets_path] if secrets_path else [])
     remote.migrator(*args)
     return {"plan": f"{incoming}/plan.json", "secrets": secrets_path, "needed": needed, "free": free,
-            "state_dir": info["state_dir"]}
+            "state_dir": info["state_dir"], "incoming": incoming}
 
 
 def send_volume(remote: RemoteVSN, plan: Plan, volume: str, capture, fresh: bool) -> tuple[int, str]:
@@ -158,7 +160,7 @@ def move(plan: Plan, secrets: Secrets, target: str, *, keep_source: bool = False
             except MigratorError:
                 journal.forget(JOURNAL_KEY)  # handled: the source services were restarted on the way out
                 raise
-            result.source = finish_source(stack, keep_source, target, remote, report)
+            result.source = finish_source(stack, keep_source, target, report)
             journal.forget(JOURNAL_KEY)
     finally:
         remote.close()
@@ -168,51 +170,73 @@ def move(plan: Plan, secrets: Secrets, target: str, *, keep_source: bool = False
 
 def cut_over(remote: RemoteVSN, plan: Plan, stack: Stack, quiesce: Quiesce, journal, states: dict, files: dict,
              result: MoveResult) -> None:
-    """Source services down -> delta sent and checked -> target deployed and healthy. Raises on failure;
-    the caller's Quiesce then restarts the source services."""
+    """Source services down -> delta sent and checked -> target deployed and healthy, through ONE remote
+    agent process (`migrator agent cutover`) started while the services still run, so its start-up
+    (Python, imports, plan validation, engine check) is not downtime, and no step of the window pays for
+    another SSH exec. Raises on failure; the caller's Quiesce then restarts the source services, and the
+    agent, seeing no commit, commits nothing (or its deploy rolls itself back to containerless)."""
     report = stack.report
-    services = quiesce.running(list(plan.enabled_services))
-    with result.step("stop"):
-        quiesce.run_hooks(services, "pre_backup")
-        quiesce.stop(services)
-    down_since = min(quiesce.stopped_at.values(), default=time.monotonic())
-    checkpoint("move.source-stopped")
-    for vol in plan.volumes:
-        root = Path(vol.root_dir(plan.vsn.data_root))
-        report(f"sending what changed in {vol.name}")
-        with result.step(f"delta.{vol.name}"):
-            size, _sha = send_volume(remote, plan, vol.name,
-                                     lambda sinks, r=root, s=states[vol.name]: capture_phase2(r, sinks, s)[0],
-                                     fresh=False)
-        result.bytes_delta += size
-        with result.step(f"verify.{vol.name}"):
-            there = remote.migrator("agent", "fingerprint", "--volume", vol.name,
-                                    "--data-root", plan.vsn.data_root)["fingerprint"]
-            differences = compare(fingerprint(root, content=False), there)
-        if differences:
-            raise IntegrityError(f"{vol.name} differs on the target after the transfer", details=differences)
-    journal.note(JOURNAL_KEY, {**journal.entry["undo"][JOURNAL_KEY], "stage": "deploying"})
-    with result.step("commit"):
-        remote.migrator("agent", "commit", *[a for v in plan.volumes for a in ("--volume", v.name)],
-                        "--data-root", plan.vsn.data_root)
-    report(f"deploying on {remote.what}")
-    args = ["deploy", files["plan"]] + (["--secrets", files["secrets"]] if files["secrets"] else [])
-    with result.step("deploy"):
-        deployed_there = remote.migrator(*args)
-    result.health = deployed_there.get("health", {})
-    result.downtime_steps["deploy.inside"] = deployed_there.get("duration", 0.0)  # the rest: start-up, SSH
-    # The stack's backup heartbeat moves with it: health on the target judges the last backup taken.
+    # The stack's backup heartbeat moves with it (health on the target judges the last backup taken); no
+    # backup can run meanwhile (we hold the lock), so it goes now, and the agent installs it once healthy.
+    args = ["agent", "cutover", "--plan", files["plan"], "--from", socket.gethostname()]
     last_backup = state_dir() / "last_backup.json"
     if last_backup.exists():
-        with result.step("heartbeat"):
-            remote.put_file(f"{files['state_dir']}/last_backup.json", last_backup.read_bytes(), 0o600)
+        remote.put_file(f"{files['incoming']}/last_backup.json", last_backup.read_bytes(), 0o600)
+        args.append("--heartbeat")
+    report(f"starting the cut-over agent on {remote.what}")
+    agent = remote.agent(*(args + (["--secrets", files["secrets"]] if files["secrets"] else [])))
+    try:
+        ready = agent.event("ready")
+        result.target_steps = {f"before-downtime.{k}": v for k, v in (ready.get("steps") or {}).items()}
+        services = quiesce.running(list(plan.enabled_services))
+        with result.step("stop"):
+            quiesce.run_hooks(services, "pre_backup")
+            quiesce.stop(services)
+        down_since = min(quiesce.stopped_at.values(), default=time.monotonic())
+        checkpoint("move.source-stopped")
+        sent = {}
+        for vol in plan.volumes:
+            root = Path(vol.root_dir(plan.vsn.data_root))
+            report(f"sending what changed in {vol.name}")
+            with result.step(f"delta.{vol.name}"):
+                agent.send({"cmd": "receive", "volume": vol.name})
+                sink = agent.data()
+                sent[vol.name] = capture_phase2(root, [sink], states[vol.name])[0]
+                sink.close()
+            result.bytes_delta += sent[vol.name].size
+        for vol in plan.volumes:  # the agent extracts and fingerprints while we fingerprint our side
+            with result.step(f"verify.{vol.name}"):
+                ours = fingerprint(Path(vol.root_dir(plan.vsn.data_root)), content=False)
+                got = agent.event("received")
+                stats = sent[vol.name]
+                if got.get("volume") != vol.name or got.get("sha256") != stats.sha256 or got.get("size") != stats.size:
+                    raise IntegrityError(f"{vol.name}: the target received {got.get('size')} bytes with sha256 "
+                                         f"{got.get('sha256')}, we sent {stats.size} with {stats.sha256}")
+                differences = compare(ours, got.get("fingerprint") or {})
+            if differences:
+                agent.send({"cmd": "abort"})
+                raise IntegrityError(f"{vol.name} differs on the target after the transfer", details=differences)
+        journal.note(JOURNAL_KEY, {**journal.entry["undo"][JOURNAL_KEY], "stage": "deploying"})
+        with result.step("commit"):
+            agent.send({"cmd": "commit"})
+            agent.event("committed")
+        report(f"deploying on {remote.what}")
+        with result.step("deploy"):
+            deployed_there = agent.finish(on_progress=report)
+    except BaseException:
+        agent.abort()
+        raise
+    result.health = deployed_there.get("health", {})
+    result.target_steps.update(deployed_there.get("steps") or {})
     result.downtime_s = round(time.monotonic() - down_since, 3)
     checkpoint("move.target-healthy")
     journal.note(JOURNAL_KEY, {**journal.entry["undo"][JOURNAL_KEY], "stage": "target-healthy"})
     quiesce.keep_stopped()  # success: the source stays down
 
 
-def finish_source(stack: Stack, keep_source: bool, target: str, remote: RemoteVSN | None, report: Report) -> str:
+def finish_source(stack: Stack, keep_source: bool, target: str, report: Report) -> str:
+    """The stack runs on the target (which remembered where it came from): leave this VSN containerless,
+    or its containers stopped with --keep-source, and remember where the stack went."""
     with stackstate.pending("move"):
         if keep_source:
             state = "stopped (kept)"
@@ -222,8 +246,6 @@ def finish_source(stack: Stack, keep_source: bool, target: str, remote: RemoteVS
             state = "containerless"
         deployed.forget()
     write_json(state_dir() / "moved-out.json", {"to": target, "at": time.time(), "source": state})
-    if remote is not None:
-        remote.migrator("agent", "mark-moved", "--from", socket.gethostname())
     return state
 
 
@@ -244,7 +266,7 @@ def _finish_or_undo_move(fact: dict, report: Report) -> str:
         except MigratorError as exc:
             report(f"cannot ask the target ({exc.message}); keeping the stack on this VSN")
     if running_there:
-        finish_source(stack, fact.get("keep_source", False), fact["target"], None, report)
+        finish_source(stack, fact.get("keep_source", False), fact["target"], report)
         return f"finished an interrupted move: the stack runs on {fact['target']}"
     restart_stopped({"plan": fact["plan"], "services": [s.name for s in plan.enabled_services]}, report)
     return f"undid an interrupted move to {fact['target']}: the stack runs here again"

@@ -1,6 +1,7 @@
 """A session with a remote VSN over SSH: run migrator there (argv quoted with shlex for the remote shell),
-read its one JSON object, stream bytes into a remote command's stdin, and put small files over SFTP
-(atomically, with the mode they need). A dropped connection becomes Unreachable (exit 8); a remote
+read its one JSON object, stream bytes into a remote command's stdin, talk to a long-lived remote agent
+(framed messages and streams in, JSON event lines out), and put small files over SFTP (atomically, with
+the mode they need). A dropped connection becomes Unreachable (exit 8); a remote
 migrator failure becomes the same error class the remote exit code means."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import paramiko
 
 from migrator import errors
+from migrator.remote import frames
 from migrator.remote.ssh import Address, connect, parse_address
 
 # Bytes the remote side may send before we read them: only JSON results and error lines come back.
@@ -50,6 +52,128 @@ class RemoteStream:
             return self.session.collect(self.channel)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise self.session.dropped(f"waiting for {self.command[:60]}") from exc
+
+    def abort(self) -> None:
+        self.channel.close()
+
+
+class RemoteAgent:
+    """A remote `migrator … --json` that lives through several steps: send() messages and data() streams
+    to its stdin as frames (migrator.remote.frames), read its events, one JSON line each, with event();
+    finish() returns its final JSON object (or raises the error its exit code maps to). If the agent
+    stops early (it failed), the error it reported wins over the broken pipe the sender then sees."""
+
+    def __init__(self, session: RemoteVSN, channel: paramiko.Channel, command: str, verb: str):
+        self.session = session
+        self.channel = channel
+        self.command = command
+        self.verb = verb
+        self.stdout = channel.makefile("rb")
+        self.read_bytes = 0
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.channel.sendall(data)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            self._fail_from_reply()
+            raise self.session.dropped(f"sending to `migrator {self.verb}` ({exc or type(exc).__name__})") from exc
+
+    def write(self, data: bytes) -> None:
+        """Raw bytes (already framed) for the agent's stdin."""
+        view = memoryview(data)
+        for start in range(0, len(view), SEND_CHUNK):
+            self._send(bytes(view[start:start + SEND_CHUNK]))
+
+    def send(self, message: dict) -> None:
+        self._send(frames.encode_json(message))
+
+    def data(self) -> frames.DataWriter:
+        """A sink whose bytes reach the agent as one stream; close() it to end the stream."""
+        return frames.DataWriter(self)
+
+    def _line(self) -> bytes:
+        try:
+            line = self.stdout.readline(MAX_REPLY + 1)
+        except TimeoutError as exc:
+            raise self.session.dropped(f"waiting for `migrator {self.verb}` (timed out)") from exc
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self.session.dropped(f"waiting for `migrator {self.verb}`") from exc
+        self.read_bytes += len(line)
+        if self.read_bytes > MAX_REPLY:
+            raise errors.IntegrityError(f"{self.session.what} sent more than {MAX_REPLY} bytes of output")
+        return line
+
+    @staticmethod
+    def _as_event(line: bytes) -> dict | None:
+        """An event is a whole JSON object on one line with an "event" key; the final reply is printed
+        indented (its first line is a lone "{"), so it never parses as one."""
+        stripped = line.strip()
+        if not (stripped.startswith(b"{") and stripped.endswith(b"}")):
+            return None
+        try:
+            obj = json.loads(stripped)
+        except json.JSONDecodeError:
+            return None
+        return obj if isinstance(obj, dict) and "event" in obj else None
+
+    def event(self, expected: str, on_progress=None) -> dict:
+        """The agent's next event, which must be `expected` (progress events go to `on_progress`). If the
+        agent ended instead, its final reply is read and its error raised."""
+        while True:
+            line = self._line()
+            obj = self._as_event(line)
+            if obj is None:
+                self._fail_from_reply(line)
+                raise errors.IntegrityError(f"{self.session.what}: `migrator {self.verb}` ended without "
+                                            f"reporting {expected!r}")
+            if obj["event"] == "progress":
+                if on_progress is not None:
+                    on_progress(str(obj.get("message", ""))[:300])
+                continue
+            if obj["event"] != expected:
+                raise errors.IntegrityError(f"{self.session.what}: `migrator {self.verb}` reported "
+                                            f"{str(obj['event'])[:40]!r}, expected {expected!r}")
+            return obj
+
+    def _rest(self, first: bytes = b"") -> tuple[int, str, str]:
+        try:
+            out = first + self.stdout.read(MAX_REPLY + 1 - len(first))
+            with self.channel.makefile_stderr("rb") as stderr:
+                err = stderr.read(MAX_REPLY + 1)
+            code = self.channel.recv_exit_status()
+        except TimeoutError as exc:
+            raise self.session.dropped(f"waiting for `migrator {self.verb}` (timed out)") from exc
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self.session.dropped(f"waiting for `migrator {self.verb}`") from exc
+        finally:
+            self.channel.close()
+        return code, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def _fail_from_reply(self, first: bytes = b"") -> None:
+        """The agent stopped talking: raise the error its final reply (and exit code) names, if any."""
+        try:
+            code, out, err = self._rest(first)
+        except errors.MigratorError:
+            return
+        self.session.reply(code, out, err, self.verb)  # raises for a failure; a success here is unexpected
+
+    def finish(self, on_progress=None) -> dict:
+        """Close the agent's stdin, read its remaining progress events and its final JSON object."""
+        try:
+            self.channel.shutdown_write()
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self.session.dropped(f"talking to `migrator {self.verb}`") from exc
+        while True:
+            line = self._line()
+            obj = self._as_event(line)
+            if obj is not None and obj["event"] == "progress":
+                if on_progress is not None:
+                    on_progress(str(obj.get("message", ""))[:300])
+                continue
+            if obj is not None:
+                continue  # an event nobody waits for (e.g. a newer agent's): the final reply decides
+            code, out, err = self._rest(line)
+            return self.session.reply(code, out, err, self.verb)
 
     def abort(self) -> None:
         self.channel.close()
@@ -135,6 +259,11 @@ class RemoteVSN:
         """Start `migrator ARGS --json` on the target, to be fed through the returned stream."""
         channel, line = self._exec([*self.command, *args, "--json"])
         return RemoteStream(self, channel, line)
+
+    def agent(self, *args: str) -> RemoteAgent:
+        """Start `migrator ARGS --json` on the target as a long-lived agent (see RemoteAgent)."""
+        channel, line = self._exec([*self.command, *args, "--json"])
+        return RemoteAgent(self, channel, line, " ".join(args[:2]))
 
     @property
     def sftp(self) -> paramiko.SFTPClient:
