@@ -1,11 +1,14 @@
 """`migrator move --to [ssh://][user@]host[:port]` — the whole stack and its data to another VSN.
 
-1. preflight the target over SSH (host key verified): migrator there in a compatible version, root, the
-   target's own `check` of the plan (commands, engine, data root), free space >= data + margin;
+1. preflight the target over SSH (host key verified): migrator there in a compatible version (with
+   --install, this migrator is put there first if not: migrator.remote.install), root, the target's own
+   `check` of the plan (commands, engine, data root), free space >= data + margin; plan and secrets go
+   there over SFTP (0600);
 2. pre-copy while services run: every volume streamed (tar | zstd) into a staging dir on the target;
-3. cut over: stop every source service (hooks run), stream only what changed since the pre-copy (with
-   deletions), compare stream checksums and metadata fingerprints, copy plan and secrets (0600, SFTP),
-   swap staging into the target's data root, deploy there (its seed flow), probe health;
+3. cut over, through one remote agent process started (and ready) BEFORE the services stop: stop every
+   source service (hooks run), stream only what changed since the pre-copy (with deletions), compare
+   stream checksums and metadata fingerprints, the agent swaps staging into the target's data root,
+   deploys there (its seed flow) and probes health; `downtime_steps` says where the window went;
 4. finish: the source goes containerless (data kept), or with --keep-source its containers stay, stopped.
 Failure before the target is healthy: the target's deploy rolls itself back to containerless (copied data
 stays for a retry), the source services are restarted, the cause is raised. A killed move is finished or
@@ -14,6 +17,7 @@ undone from the journal by the next command or `migrator recover` (it asks the t
 from __future__ import annotations
 
 import json
+import shlex
 import socket
 import time
 from collections.abc import Iterator
@@ -24,14 +28,16 @@ from pathlib import Path
 from migrator import __version__
 from migrator.archive import capture_phase2, scan, write_archive
 from migrator.archive.fingerprint import compare, fingerprint
-from migrator.errors import IntegrityError, MigratorError, PreflightFailed
+from migrator.errors import IntegrityError, MigratorError, PreflightFailed, UsageError
 from migrator.faults import checkpoint
 from migrator.ops.datadirs import tree_size
 from migrator.ops.quiesce import Quiesce, restart_stopped
 from migrator.ops.recover import handler
 from migrator.ops.stack import Report, Stack, quiet
 from migrator.plan.model import Plan, Secrets, canonical_json
-from migrator.remote.session import RemoteVSN
+from migrator.remote.install import InstallOptions
+from migrator.remote.install import install as install_migrator
+from migrator.remote.session import MigratorMissing, RemoteVSN
 from migrator.state import deployed, stackstate
 from migrator.state.files import write_json
 from migrator.state.journal import open_journal
@@ -59,6 +65,7 @@ class MoveResult:
     # the target agent's own account (its start-up before the downtime, receive, deploy, ...).
     downtime_steps: dict = field(default_factory=dict)
     target_steps: dict = field(default_factory=dict)
+    installed: dict | None = None  # what --install put on the target (None: migrator was there)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -80,12 +87,35 @@ def compatible(local: str, remote: str) -> bool:
         return False
 
 
-def preflight(remote: RemoteVSN, plan: Plan, secrets: Secrets, report: Report) -> dict:
-    info = remote.migrator("agent", "info", "--data-root", plan.vsn.data_root)
-    version = str(info.get("version", "?"))
-    if not compatible(__version__, version):
-        raise PreflightFailed(f"{remote.what} runs migrator {version[:40]!r}; this one is {__version__}",
-                              hint="install the same migrator version on the target")
+def target_info(remote: RemoteVSN, plan: Plan, install: InstallOptions | None, report: Report) -> dict:
+    """`agent info` of the target, after putting this migrator there first if it is missing or of an
+    incompatible version and `install` says where (--install)."""
+    hint = f"pass --install to put this migrator ({__version__}) on the target, or install that version there"
+    args = ("agent", "info", "--data-root", plan.vsn.data_root)
+    try:
+        info = remote.migrator(*args)
+        problem = None if compatible(__version__, str(info.get("version", "?"))) else \
+            f"{remote.what} runs migrator {str(info.get('version', '?'))[:40]!r}; this one is {__version__}"
+    except (MigratorMissing, UsageError) as exc:  # none there, or one too old to know `agent info`
+        problem = exc.message
+    if problem is None:
+        return info
+    if install is None:
+        raise PreflightFailed(problem, hint=hint)
+    report(f"{problem}: installing this migrator there (--install)")
+    installed = install_migrator(remote, install, report)
+    info = {**remote.migrator(*args), "installed": installed}
+    if not compatible(__version__, str(info.get("version", "?"))):
+        raise PreflightFailed(f"{remote.what} still runs migrator {str(info.get('version', '?'))[:40]!r} after "
+                              f"--install put {__version__} into {install.directory}",
+                              hint=f"the remote command ({shlex.join(remote.command)[:80]}) runs another migrator: "
+                                   f"point --remote-migrator at {install.link or install.directory + '/venv/bin/migrator'}")
+    return info
+
+
+def preflight(remote: RemoteVSN, plan: Plan, secrets: Secrets, report: Report,
+              install: InstallOptions | None = None) -> dict:
+    info = target_info(remote, plan, install, report)
     if info.get("deployed_at"):
         raise PreflightFailed(f"{remote.what} already runs a deployed stack; a move would replace its deployment",
                               hint="move to a VSN without a stack, or tear that stack down there first")
@@ -109,7 +139,7 @@ def preflight(remote: RemoteVSN, plan: Plan, secrets: Secrets, report: Report) -
     args = ["check", f"{incoming}/plan.json"] + (["--secrets", secrets_path] if secrets_path else [])
     remote.migrator(*args)
     return {"plan": f"{incoming}/plan.json", "secrets": secrets_path, "needed": needed, "free": free,
-            "state_dir": info["state_dir"], "incoming": incoming}
+            "state_dir": info["state_dir"], "incoming": incoming, "installed": info.get("installed")}
 
 
 def send_volume(remote: RemoteVSN, plan: Plan, volume: str, capture, fresh: bool) -> tuple[int, str]:
@@ -130,14 +160,16 @@ def send_volume(remote: RemoteVSN, plan: Plan, volume: str, capture, fresh: bool
 
 
 def move(plan: Plan, secrets: Secrets, target: str, *, keep_source: bool = False,
-         remote_command: list[str] | None = None, ssh_options: dict | None = None, report: Report = quiet) -> dict:
+         remote_command: list[str] | None = None, ssh_options: dict | None = None,
+         install: InstallOptions | None = None, report: Report = quiet) -> dict:
     started = time.monotonic()
     remote = RemoteVSN.open(target, ssh_options, remote_command)
     result = MoveResult(target=target, volumes=[v.name for v in plan.volumes])
     stack = Stack.for_plan(plan, report)
     try:
         report(f"preflight of {remote.what}")
-        files = preflight(remote, plan, secrets, report)
+        files = preflight(remote, plan, secrets, report, install)
+        result.installed = files["installed"]
         with open_journal("move") as journal:
             journal.note(JOURNAL_KEY, {"plan": plan.raw, "target": target, "stage": "precopy",
                                        "ssh_options": ssh_options or {}, "remote_command": remote.command,

@@ -7,6 +7,7 @@ migrator failure becomes the same error class the remote exit code means."""
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import secrets
 import shlex
@@ -28,6 +29,10 @@ SEND_CHUNK = 1024 * 1024
 
 REMOTE_ERRORS = {2: errors.UsageError, 3: errors.PlanInvalid, 4: errors.PreflightFailed, 5: errors.LockHeld,
                  6: errors.IntegrityError, 7: errors.DeployFailed, 8: errors.Unreachable}
+
+
+class MigratorMissing(errors.PreflightFailed):
+    """The remote command that should run migrator is not there (exit 127, "not found")."""
 
 
 class RemoteStream:
@@ -199,11 +204,11 @@ class RemoteVSN:
         return errors.Unreachable(f"{self.what}: the SSH connection to {self.peer} dropped while {doing}",
                                   hint="check the network; `migrator move` can be run again (it resumes or undoes)")
 
-    def _exec(self, argv: list[str]) -> tuple[paramiko.Channel, str]:
+    def _exec(self, argv: list[str], timeout: float = COMMAND_TIMEOUT) -> tuple[paramiko.Channel, str]:
         line = shlex.join(argv)
         try:
             channel = self.client.get_transport().open_session(window_size=WINDOW_SIZE)
-            channel.settimeout(COMMAND_TIMEOUT)
+            channel.settimeout(timeout)
             channel.exec_command(line)
         except (OSError, EOFError, paramiko.SSHException, AttributeError) as exc:
             raise self.dropped(f"starting {line[:80]}") from exc
@@ -226,9 +231,9 @@ class RemoteVSN:
             channel.close()
         return code, out.decode(errors="replace"), err.decode(errors="replace")
 
-    def run(self, argv: list[str]) -> tuple[int, str, str]:
+    def run(self, argv: list[str], timeout: float = COMMAND_TIMEOUT) -> tuple[int, str, str]:
         """Run a plain command (argv) on the target."""
-        channel, _line = self._exec(argv)
+        channel, _line = self._exec(argv, timeout)
         return self.collect(channel)
 
     def migrator(self, *args: str) -> dict:
@@ -244,8 +249,8 @@ class RemoteVSN:
         except json.JSONDecodeError:
             data = None
         if not isinstance(data, dict):
-            if code == 127 or "not found" in err:
-                raise errors.PreflightFailed(f"{self.what}: migrator is not installed there ({err.strip()[-200:]})",
+            if code == 127 or "not found" in err or "No module named migrator" in err:
+                raise MigratorMissing(f"{self.what}: migrator is not installed there ({err.strip()[-200:]})",
                                              hint="install migrator on the target (same version), or pass --install")
             raise errors.IntegrityError(f"{self.what}: `migrator {verb}` answered nonsense (exit {code}): "
                                         f"{(out or err).strip()[-200:]}")
@@ -281,6 +286,21 @@ class RemoteVSN:
             with self.sftp.open(tmp, "wb") as fh:
                 fh.chmod(mode)
                 fh.write(data)
+            self.sftp.posix_rename(tmp, path)
+        except OSError as exc:
+            raise errors.Unreachable(f"{self.what}: cannot write {path}: {exc}") from exc
+        except (EOFError, paramiko.SSHException) as exc:
+            raise self.dropped(f"writing {path}") from exc
+
+    def put_stream(self, path: str, local: str | os.PathLike, mode: int = 0o644) -> None:
+        """Copy a (big) local file to `path` on the target atomically, streamed over SFTP."""
+        tmp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.{secrets.token_hex(4)}")
+        try:
+            with open(local, "rb") as src, self.sftp.open(tmp, "wb") as fh:
+                fh.chmod(mode)
+                fh.set_pipelined(True)
+                while chunk := src.read(SEND_CHUNK):
+                    fh.write(chunk)
             self.sftp.posix_rename(tmp, path)
         except OSError as exc:
             raise errors.Unreachable(f"{self.what}: cannot write {path}: {exc}") from exc

@@ -148,3 +148,37 @@ def test_killed_move_is_finished_or_undone(vsn, target_vsn, secrets, tmp_path, p
     else:
         assert vsn.containers()["web"] == "running"  # never both down: the source runs again
         assert target_vsn.containers() == {}
+
+
+def test_install_puts_this_migrator_on_a_target_without_one(vsn, target_vsn, secrets, tmp_path):
+    raw = deploy_source(vsn, secrets, tmp_path, host=False)
+    # The target has no migrator on the PATH the source uses there (only <VSN dir>/bin, empty so far).
+    remote_path = f"PATH={target_vsn.path}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert target_vsn.host.run(["env", remote_path, "sh", "-c", "command -v migrator"], check=False).returncode != 0
+    missing = vsn.migrator("move", *target_vsn.move_args(installed=True), "--json")
+    assert missing.returncode == 4, missing.stderr
+    refused = json.loads(missing.stdout)
+    assert "not installed" in refused["message"] and "--install" in refused["hint"]
+    assert vsn.containers()["web"] == "running" and target_vsn.containers() == {}
+
+    # --install: a wheelhouse built from this environment (cached here) goes over SFTP into a venv there;
+    # pip runs offline (the target's namespace has no route anywhere but to us anyway).
+    home, link = f"{target_vsn.path}/opt-migrator", f"{target_vsn.path}/bin/migrator"
+    env = dict(vsn.env(), MIGRATOR_WHEELHOUSE_CACHE=str(tmp_path / "wheelhouse-cache"))
+    result = vsn.migrator("move", *target_vsn.move_args(installed=True), "--install", "--install-dir", home,
+                          "--install-link", link, "--json", env=env)
+    assert result.returncode == 0, result.stderr + result.stdout
+    out = json.loads(result.stdout)
+    assert out["installed"]["venv"] == f"{home}/venv"
+    assert target_vsn.containers()["web"] == "running" and vsn.containers() == {}
+    assert target_vsn.http_get(web_port(raw)) == "moved page"
+    # What ran there is the installed copy, not this checkout: its own site-packages, its own pip.
+    site = target_vsn.local / "opt-migrator" / "venv" / "lib"
+    assert list(site.glob("python3.*/site-packages/migrator/ops/move_target.py"))
+    assert list(site.glob("python3.*/site-packages/paramiko"))
+    assert os.readlink(target_vsn.local / "bin" / "migrator") == f"{home}/venv/bin/migrator"
+    version = target_vsn.host.run(["sh", "-c", f"{target_vsn.remote_migrator(installed=True)} agent info "
+                                               f"--data-root /tmp --json"])
+    assert json.loads(version.stdout)["version"] == json.loads(
+        vsn.migrator("agent", "info", "--data-root", "/tmp", "--json").stdout)["version"]
+    assert list((tmp_path / "wheelhouse-cache").glob("*/wheelhouse.tar"))  # cached for the next target
