@@ -30,6 +30,7 @@ from migrator.archive import capture_phase2, scan, write_archive
 from migrator.archive.fingerprint import compare, fingerprint
 from migrator.errors import IntegrityError, MigratorError, PreflightFailed, UsageError
 from migrator.faults import checkpoint
+from migrator.ops import check
 from migrator.ops.datadirs import tree_size
 from migrator.ops.quiesce import Quiesce, restart_stopped
 from migrator.ops.recover import handler
@@ -121,6 +122,12 @@ def preflight(remote: RemoteVSN, plan: Plan, secrets: Secrets, report: Report,
                               hint="move to a VSN without a stack, or tear that stack down there first")
     if info.get("euid") != 0:
         raise PreflightFailed(f"{remote.what}: migrator does not run as root there (uid {info.get('euid')})")
+    # The data moves as it is: too big for its volume's max_size would fail the target's deploy (its
+    # agent skips the size part of the check) after the services stopped; refuse now instead.
+    too_big = [f"{r.name}: {r.detail}" for r in check.size_results(plan) if not r.ok]
+    if too_big:
+        raise PreflightFailed(f"a data dir exceeds its volume's max_size: {too_big[0]}", details=too_big,
+                              hint="raise max_size in the plan (or clean up the data), then move")
     needed = sum(tree_size(Path(v.root_dir(plan.vsn.data_root))) for v in plan.volumes
                  if Path(v.root_dir(plan.vsn.data_root)).exists())
     margin = int(needed * SPACE_MARGIN_RATIO) + SPACE_MARGIN_BYTES
@@ -260,6 +267,7 @@ def cut_over(remote: RemoteVSN, plan: Plan, stack: Stack, quiesce: Quiesce, jour
         raise
     result.health = deployed_there.get("health", {})
     result.target_steps.update(deployed_there.get("steps") or {})
+    result.target_steps.update({f"deploy.{k}": v for k, v in (deployed_there.get("timings") or {}).items()})
     result.downtime_s = round(time.monotonic() - down_since, 3)
     checkpoint("move.target-healthy")
     journal.note(JOURNAL_KEY, {**journal.entry["undo"][JOURNAL_KEY], "stage": "target-healthy"})

@@ -175,7 +175,9 @@ def cutover(plan_path: str, secrets_path: str | None, source: str, heartbeat: bo
     committed = commit(data_root, volumes)
     clock.lap("commit")
     emit({"event": "committed", **committed})
-    result = deploy(plan, secrets, report=lambda m: emit({"event": "progress", "message": m})).to_json()
+    # check.require ran before `ready`; the moved data's sizes were checked on the source (move.preflight).
+    result = deploy(plan, secrets, report=lambda m: emit({"event": "progress", "message": m}),
+                    checked=True).to_json()
     clock.lap("deploy")
     if heartbeat:  # the stack's backup heartbeat moves with it (health judges the last backup)
         os.replace(state_dir() / INCOMING / "last_backup.json", state_dir() / "last_backup.json")
