@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import shlex
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -67,6 +68,7 @@ class MoveResult:
     downtime_steps: dict = field(default_factory=dict)
     target_steps: dict = field(default_factory=dict)
     installed: dict | None = None  # what --install put on the target (None: migrator was there)
+    images_sent: list = field(default_factory=list)  # images the target lacked, sent before the stop
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -207,6 +209,29 @@ def move(plan: Plan, secrets: Secrets, target: str, *, keep_source: bool = False
     return result.to_json()
 
 
+def send_images(agent, stack: Stack, missing: list[str]) -> list[str]:
+    """Images the target lacks and this VSN has go to the agent before the services stop, so the target's
+    deploy finds them (no registry needed, and no image copy inside the downtime). Ones we lack too are
+    left to the target's deploy (pull)."""
+    sent = []
+    for ref in missing:
+        if not stack.outer.image_exists(str(ref)):
+            continue
+        stack.report(f"sending image {ref} to the target")
+        with tempfile.TemporaryDirectory(dir=state_dir(), prefix="image-") as tmp:
+            path = Path(tmp) / "image.tar"
+            stack.outer.save_image(str(ref), path)
+            agent.send({"cmd": "image", "ref": str(ref)})
+            sink = agent.data()
+            with open(path, "rb") as fh:
+                while chunk := fh.read(1024 * 1024):
+                    sink.write(chunk)
+            sink.close()
+        agent.event("image-loaded")
+        sent.append(str(ref))
+    return sent
+
+
 def cut_over(remote: RemoteVSN, plan: Plan, stack: Stack, quiesce: Quiesce, journal, states: dict, files: dict,
              result: MoveResult) -> None:
     """Source services down -> delta sent and checked -> target deployed and healthy, through ONE remote
@@ -227,6 +252,9 @@ def cut_over(remote: RemoteVSN, plan: Plan, stack: Stack, quiesce: Quiesce, jour
     try:
         ready = agent.event("ready")
         result.target_steps = {f"before-downtime.{k}": v for k, v in (ready.get("steps") or {}).items()}
+        t0 = time.monotonic()
+        result.images_sent = send_images(agent, stack, ready.get("missing_images") or [])
+        result.target_steps["before-downtime.images"] = round(time.monotonic() - t0, 3)
         services = quiesce.running(list(plan.enabled_services))
         with result.step("stop"):
             quiesce.run_hooks(services, "pre_backup")

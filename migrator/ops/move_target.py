@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from migrator.archive import extract_archive
 from migrator.archive.fingerprint import fingerprint
 from migrator.errors import IntegrityError, MigratorError, UsageError
 from migrator.ops.datadirs import existing_ancestor
+from migrator.ops.stack import Stack
 from migrator.state import deployed
 from migrator.state.files import write_json
 from migrator.state.paths import state_dir
@@ -97,6 +99,26 @@ def mark_moved(source: str) -> dict:
 Emit = Callable[[dict], None]
 
 
+def plan_images(plan) -> list[str]:
+    """Every image a deploy of `plan` needs on this VSN's engine (REST images are copied from there into a
+    Host container's engine at deploy)."""
+    refs = [plan.host.image] if plan.host else []
+    refs += [v.image for v in plan.volumes] + [s.image for s in plan.enabled_services]
+    return sorted(set(refs))
+
+
+def load_image(stack, ref: str, stream) -> None:
+    """An image archive from the source (a stream) -> a private temp file -> this VSN's engine."""
+    with tempfile.TemporaryDirectory(dir=state_dir(), prefix="image-") as tmp:
+        path = Path(tmp) / "image.tar"
+        with open(path, "wb") as fh:
+            while chunk := stream.read(1024 * 1024):
+                fh.write(chunk)
+        stack.outer.load_image(path)
+    if not stack.outer.image_exists(ref):
+        raise IntegrityError(f"the image the source sent did not provide {ref}")
+
+
 def emit_line(event: dict) -> None:
     """One event as one JSON line on stdout, flushed: the source reads them as they come. A source that
     went away (broken pipe) does not stop the cut-over: it finishes or rolls back on its own, and the
@@ -141,17 +163,27 @@ def cutover(plan_path: str, secrets_path: str | None, source: str, heartbeat: bo
     volumes = [v.name for v in plan.volumes]
     # Everything that costs time but changes nothing happens before `ready`, while the source still runs.
     check.require(plan)
+    stack = Stack.for_plan(plan)
+    missing = [ref for ref in plan_images(plan) if not stack.outer.image_exists(ref)]
     clock.lap("prepare")
-    emit({"event": "ready", "pid": os.getpid(), "steps": dict(clock.steps)})
+    emit({"event": "ready", "pid": os.getpid(), "steps": dict(clock.steps), "missing_images": missing})
     frames = FrameReader(stdin if stdin is not None else sys.stdin.buffer)
-    clock = Clock()  # from here on: the source's services are down
+    clock = Clock()
     while True:
         msg = frames.message()
+        clock.lap("waiting")  # for the source: its image uploads, its services' stop, its next command
         if msg is None:
             raise MigratorError("the source went away before the commit; nothing was committed here",
                                 hint="run `migrator move` again on the source (or `migrator recover` there)")
         cmd = msg.get("cmd")
-        if cmd == "receive":
+        if cmd == "image":  # before the source stops: an image this VSN lacks, as `podman save` wrote it
+            ref = str(msg.get("ref"))
+            if ref not in missing:
+                raise UsageError(f"image {ref[:80]!r} was not asked for")
+            load_image(stack, ref, frames.data())
+            clock.lap("load-images")
+            emit({"event": "image-loaded", "ref": ref})
+        elif cmd == "receive":
             volume = _safe_volume(str(msg.get("volume")))
             if volume not in volumes:
                 raise UsageError(f"volume {volume} is not in the plan")

@@ -15,8 +15,10 @@ from tests.lab.plans import demo_plan, web_port
 from tests.lab.vsn import write_json
 
 
-def deploy_source(vsn, secrets, tmp_path, host=True, big_bytes=0):
+def deploy_source(vsn, secrets, tmp_path, host=True, big_bytes=0, mutate=None):
     raw = demo_plan(vsn, host=host)
+    if mutate:
+        mutate(raw)
     plan = write_json(tmp_path / "plan.json", raw)
     www = vsn.data_root / "webdata" / "www"
     www.mkdir(parents=True)
@@ -80,6 +82,25 @@ def test_keep_source_leaves_source_stopped_not_removed(vsn, target_vsn, secrets,
     assert json.loads(result.stdout)["source"].startswith("stopped")
     states = vsn.containers()
     assert states["db"] == "exited" and states["web"] == "exited" and "dbdata" in states
+    assert target_vsn.containers()["web"] == "running"
+
+
+def test_image_only_the_source_has_is_sent_before_the_stop(vsn, target_vsn, secrets, tmp_path):
+    # No registry: an image tagged only on the source's engine reaches the target with the move.
+    only_here = "localhost/migrator-moved-only:1"
+    vsn.podman("tag", "localhost/migrator-busybox:latest", only_here)
+
+    def use_it(raw):
+        raw["volumes"][0]["image"] = only_here
+
+    deploy_source(vsn, secrets, tmp_path, host=False, mutate=use_it)
+    assert target_vsn.podman("image", "exists", only_here, check=False).returncode != 0
+    result = move(vsn, target_vsn)
+    assert result.returncode == 0, result.stderr + result.stdout
+    out = json.loads(result.stdout)
+    assert out["images_sent"] == [only_here]
+    assert "before-downtime.images" in out["target_steps"] and "deploy" in out["downtime_steps"]
+    assert target_vsn.podman("image", "exists", only_here, check=False).returncode == 0
     assert target_vsn.containers()["web"] == "running"
 
 
