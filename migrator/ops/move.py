@@ -289,6 +289,7 @@ def cut_over(remote: RemoteVSN, plan: Plan, stack: Stack, quiesce: Quiesce, jour
             agent.event("committed")
         report(f"deploying on {remote.what}")
         with result.step("deploy"):
+            agent.event("healthy", on_progress=report)  # told = the target keeps the stack (see move_target)
             deployed_there = agent.finish(on_progress=report)
     except BaseException:
         agent.abort()

@@ -119,14 +119,18 @@ def load_image(stack, ref: str, stream) -> None:
         raise IntegrityError(f"the image the source sent did not provide {ref}")
 
 
+def emit_strict(event: dict) -> None:
+    """One event as one JSON line on stdout, flushed: the source reads them as they come."""
+    sys.stdout.write(json.dumps(event, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
 def emit_line(event: dict) -> None:
-    """One event as one JSON line on stdout, flushed: the source reads them as they come. A source that
-    went away (broken pipe) does not stop the cut-over: it finishes or rolls back on its own, and the
-    source's journal asks this VSN which it was."""
+    """emit_strict, but a source that went away (broken pipe) does not stop the cut-over here: whether
+    the stack ends up running here is decided when `healthy` is (or cannot be) told."""
     try:
-        sys.stdout.write(json.dumps(event, sort_keys=True, default=str) + "\n")
-        sys.stdout.flush()
-    except (BrokenPipeError, OSError):
+        emit_strict(event)
+    except OSError:
         pass
 
 
@@ -144,7 +148,7 @@ class Clock:
 
 
 def cutover(plan_path: str, secrets_path: str | None, source: str, heartbeat: bool = False,
-            emit: Emit = emit_line, stdin=None) -> dict:
+            emit: Emit = emit_line, confirm: Emit = emit_strict, stdin=None) -> dict:
     """The target's half of the cut-over, driven by frames on stdin (migrator.remote.frames):
     `{"cmd": "receive", "volume": V}` + a data stream -> extract into V's staging dir, answer
     `{"event": "received", sha256, size, files, fingerprint}`; `{"cmd": "commit"}` -> swap staging in,
@@ -154,6 +158,7 @@ def cutover(plan_path: str, secrets_path: str | None, source: str, heartbeat: bo
     # Heavy imports (engine SDKs, jsonschema) here, before `ready`: `agent info|receive` stay light.
     from migrator.ops import check
     from migrator.ops.deploy import deploy
+    from migrator.ops.teardown import teardown
     from migrator.plan import validate_files
     from migrator.remote.frames import FrameReader
 
@@ -211,6 +216,14 @@ def cutover(plan_path: str, secrets_path: str | None, source: str, heartbeat: bo
     result = deploy(plan, secrets, report=lambda m: emit({"event": "progress", "message": m}),
                     checked=True).to_json()
     clock.lap("deploy")
+    try:
+        confirm({"event": "healthy", "health": result.get("health", {})})
+    except OSError as exc:
+        # The source is gone (its pipe closed) before it could learn the stack runs here: it restarts its
+        # own services (or its `recover` asks us and must find none). Never both: back to containerless.
+        teardown(plan, verb="teardown")
+        raise MigratorError("the source went away before it learned that the stack is healthy here; "
+                            "rolled back to containerless (moved data kept)") from exc
     if heartbeat:  # the stack's backup heartbeat moves with it (health judges the last backup)
         os.replace(state_dir() / INCOMING / "last_backup.json", state_dir() / "last_backup.json")
     mark_moved(source)
