@@ -63,9 +63,11 @@ class MoveResult:
     health: dict = field(default_factory=dict)
     source: str = "containerless"
     # Seconds per step of the downtime window (stop, delta per volume, verify, commit, deploy, ...): what
-    # the downtime consists of, for the bench and for operators tuning hooks and probes; target_steps is
-    # the target agent's own account (its start-up before the downtime, receive, deploy, ...).
+    # the downtime consists of, for the bench and for operators tuning hooks and probes; before it (agent
+    # start-up, images sent, pre_backup hooks) and the target agent's own account (receive, fingerprint,
+    # deploy phases, ...).
     downtime_steps: dict = field(default_factory=dict)
+    before_downtime_steps: dict = field(default_factory=dict)
     target_steps: dict = field(default_factory=dict)
     installed: dict | None = None  # what --install put on the target (None: migrator was there)
     images_sent: list = field(default_factory=list)  # images the target lacked, sent before the stop
@@ -248,18 +250,22 @@ def cut_over(remote: RemoteVSN, plan: Plan, stack: Stack, quiesce: Quiesce, jour
         remote.put_file(f"{files['incoming']}/last_backup.json", last_backup.read_bytes(), 0o600)
         args.append("--heartbeat")
     report(f"starting the cut-over agent on {remote.what}")
+    t0 = time.monotonic()
     agent = remote.agent(*(args + (["--secrets", files["secrets"]] if files["secrets"] else [])))
     try:
         ready = agent.event("ready")
         result.target_steps = {f"before-downtime.{k}": v for k, v in (ready.get("steps") or {}).items()}
+        result.before_downtime_steps["agent-ready"] = round(time.monotonic() - t0, 3)
         t0 = time.monotonic()
         result.images_sent = send_images(agent, stack, ready.get("missing_images") or [])
-        result.target_steps["before-downtime.images"] = round(time.monotonic() - t0, 3)
+        result.before_downtime_steps["images"] = round(time.monotonic() - t0, 3)
         services = quiesce.running(list(plan.enabled_services))
-        with result.step("stop"):
-            quiesce.run_hooks(services, "pre_backup")
-            quiesce.stop(services)
+        t0 = time.monotonic()
+        quiesce.run_hooks(services, "pre_backup")  # services still up: not downtime
+        result.before_downtime_steps["hooks"] = round(time.monotonic() - t0, 3)
+        quiesce.stop(services)
         down_since = min(quiesce.stopped_at.values(), default=time.monotonic())
+        result.downtime_steps["stop"] = round(time.monotonic() - down_since, 3)  # from the first stop
         checkpoint("move.source-stopped")
         sent = {}
         for vol in plan.volumes:

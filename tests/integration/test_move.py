@@ -99,7 +99,7 @@ def test_image_only_the_source_has_is_sent_before_the_stop(vsn, target_vsn, secr
     assert result.returncode == 0, result.stderr + result.stdout
     out = json.loads(result.stdout)
     assert out["images_sent"] == [only_here]
-    assert "before-downtime.images" in out["target_steps"] and "deploy" in out["downtime_steps"]
+    assert "images" in out["before_downtime_steps"] and "deploy" in out["downtime_steps"]
     assert target_vsn.podman("image", "exists", only_here, check=False).returncode == 0
     assert target_vsn.containers()["web"] == "running"
 
