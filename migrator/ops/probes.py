@@ -14,9 +14,6 @@ from migrator.plan.model import PortMapping, Probe, Service
 
 # One attempt may not take longer than this: a hung accept must not eat the whole probe budget.
 ATTEMPT_TIMEOUT = 5.0
-# The first retry comes this soon, then the wait doubles up to the probe's interval: a service that is
-# up within 100 ms is seen then, not one interval later (each deploy, restart and move waits on this).
-FIRST_RETRY = 0.05
 
 
 @dataclass(frozen=True)
@@ -63,8 +60,6 @@ def wait_healthy(engine: ContainerEngine, svc: Service, port_map: dict[int, int]
     probe = svc.health
     deadline = time.monotonic() + (probe.timeout if probe else 10)
     last = ProbeResult(False, "not probed yet")
-    interval = probe.interval if probe else 0.5
-    delay = min(FIRST_RETRY, interval)
     while True:
         info = engine.get(name)
         if info is None or info.state not in ("running", "created", "configured", "initialized"):
@@ -81,5 +76,4 @@ def wait_healthy(engine: ContainerEngine, svc: Service, port_map: dict[int, int]
                 return last
         if time.monotonic() >= deadline:
             return ProbeResult(False, f"not healthy after {probe.timeout if probe else 10}s: {last.detail}")
-        time.sleep(delay)
-        delay = min(delay * 2, interval)
+        time.sleep(probe.interval if probe else 0.5)
