@@ -106,7 +106,7 @@ def measure_migrator(ds_dir: Path, p: dataset.Params, ds_bytes: int) -> dict:
             out = {}
         if res.returncode != 0 or "downtime_s" not in out:
             raise RuntimeError(f"migrator move exited {res.returncode}: {res.stdout[-1500:]} {res.stderr[-1500:]}")
-        keys = ("downtime_s", "bytes_precopy", "bytes_delta", "durations", "phases", "health")
+        keys = ("downtime_s", "bytes_precopy", "bytes_delta", "precopy_s", "downtime_steps", "before_downtime_steps", "target_steps", "health")
         return {"downtime_s": float(out["downtime_s"]), "wall_s": round(wall, 2), "load": load_stats,
                 "move": {k: out[k] for k in keys if k in out}}
 

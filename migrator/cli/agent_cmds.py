@@ -8,6 +8,7 @@ import typer
 from migrator.cli.output import run
 from migrator.cli.plan_cmds import JsonOpt
 from migrator.ops import move_target
+from migrator.ops.session import operation
 
 agent = typer.Typer(help="Target side of `migrator move` (run over SSH by the source).", hidden=True,
                     no_args_is_help=True)
@@ -34,33 +35,24 @@ def receive(volume: str = typer.Option(..., "--volume"), data_root: str = RootOp
     run(json_out, lambda: move_target.receive(data_root, volume, fresh), print)
 
 
-@agent.command("fingerprint")
-def fingerprint_cmd(volume: str = typer.Option(..., "--volume"), data_root: str = RootOpt,
-                    json_out: bool = JsonOpt) -> None:
-    """Metadata fingerprint of a staged volume.
-
-    Example: migrator agent fingerprint --volume db --data-root /srv/data --json
-    """
-    run(json_out, lambda: move_target.staged_fingerprint(data_root, volume), print)
-
-
 @agent.command()
-def commit(volume: list[str] = typer.Option(..., "--volume"), data_root: str = RootOpt,
-           json_out: bool = JsonOpt) -> None:
-    """Swap the staged volumes into the data root.
+def cutover(plan: str = typer.Option(..., "--plan", help="The plan the source put here."),
+            secrets: str = typer.Option(None, "--secrets", help="The secrets the source put here (0600)."),
+            source: str = typer.Option(..., "--from", help="The source VSN's name (remembered in moved-in.json)."),
+            heartbeat: bool = typer.Option(False, "--heartbeat", help="Install incoming/last_backup.json once healthy."),
+            json_out: bool = JsonOpt) -> None:
+    """The whole cut-over in one process: say `ready`, receive the delta streams framed on stdin, report
+    fingerprints, commit staging, deploy, probe health; one JSON event line per step on stdout, then the
+    result. Holds this VSN's operation lock throughout.
 
-    Example: migrator agent commit --volume db --volume web --data-root /srv/data --json
+    Example: migrator agent cutover --plan /var/lib/migrator/incoming/plan.json --from vsn1 --json
     """
-    run(json_out, lambda: move_target.commit(data_root, list(volume)), print)
 
+    def action() -> dict:
+        with operation("move (target side)", 0.0):
+            return move_target.cutover(plan, secrets, source, heartbeat)
 
-@agent.command("mark-moved")
-def mark_moved(source: str = typer.Option(..., "--from"), json_out: bool = JsonOpt) -> None:
-    """Remember where the stack came from.
-
-    Example: migrator agent mark-moved --from vsn1 --json
-    """
-    run(json_out, lambda: move_target.mark_moved(source), print)
+    run(json_out, action, print)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,6 +12,7 @@ from migrator.cli.plan_cmds import JsonOpt, SecretsOpt, load_plan_args
 from migrator.cli.snapshot_cmds import PlanOpt
 from migrator.cli.stack_cmds import WaitOpt
 from migrator.ops.session import operation
+from migrator.remote.install import DEFAULT_DIR, DEFAULT_LINK, InstallOptions
 
 
 def register(app: typer.Typer) -> None:
@@ -21,6 +22,14 @@ def register(app: typer.Typer) -> None:
              keep_source: bool = typer.Option(False, "--keep-source", help="Leave the source containers stopped, not removed."),
              remote_migrator: str = typer.Option("migrator", "--remote-migrator",
                                                  help="How to run migrator on the target (a command line)."),
+             install: bool = typer.Option(False, "--install", help="If the target lacks migrator (or runs an "
+                                          "incompatible version), install this one there first: wheels of migrator "
+                                          "and its dependencies, built from this VSN's own environment (cached), go "
+                                          "over SFTP into a venv; no index or internet needed on the target."),
+             install_dir: str = typer.Option(DEFAULT_DIR, "--install-dir", help="With --install: where the venv "
+                                             "and wheelhouse go on the target."),
+             install_link: str = typer.Option(DEFAULT_LINK, "--install-link", help="With --install: symlink to the "
+                                              "installed migrator (on the target's PATH; '' for none)."),
              ssh_config: Path = typer.Option(None, "--ssh-config", help="SSH config file (default ~/.ssh/config)."),
              identity: Path = typer.Option(None, "--ssh-identity", help="SSH private key for the target."),
              known_hosts: Path = typer.Option(None, "--known-hosts", help="known_hosts file (default ~/.ssh/known_hosts)."),
@@ -28,8 +37,13 @@ def register(app: typer.Typer) -> None:
         """Move the deployed stack and all its data to another VSN with minimal downtime.
 
         Pre-copies every volume while services run, stops them only for the delta and the target's deploy.
+        The target needs migrator in the same major.minor version; --install puts this one there (needs
+        python3 of the same minor version on the target; the same Python version and machine type).
 
         Example: migrator move --to root@new-vsn
+
+        Example: migrator move --to root@new-vsn --install   (installs into /opt/migrator/venv,
+        links /usr/local/bin/migrator)
         """
         report = progress_printer(json_out)
         options = {k: str(v) for k, v in (("ssh_config_file", ssh_config), ("identity_file", identity),
@@ -42,9 +56,12 @@ def register(app: typer.Typer) -> None:
             options.setdefault("known_host_keys", (p.backup.get("ssh") or {}).get("known_host_keys", []))
             with operation("move", wait, report):
                 return move_op(p, s, to, keep_source=keep_source, remote_command=shlex.split(remote_migrator),
-                               ssh_options=options, report=report)
+                               ssh_options=options, report=report,
+                               install=InstallOptions(install_dir, install_link) if install else None)
 
         def human(r: dict) -> None:
+            if r.get("installed"):
+                print(f"installed migrator on the target: {r['installed']['venv']}")
             print(f"moved to {r['target']}: downtime {r['downtime_s']}s, pre-copy {r['bytes_precopy']} bytes "
                   f"in {r['precopy_s']}s, delta {r['bytes_delta']} bytes; source {r['source']}")
 

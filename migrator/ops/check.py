@@ -65,6 +65,12 @@ def run(plan: Plan | None) -> list[CheckResult]:
     results.append(CheckResult("free space", free >= plan.vsn.min_free,
                                f"{format_size(free)} free on {existing_ancestor(root)}, "
                                f"need at least {format_size(plan.vsn.min_free)}"))
+    return results + size_results(plan)
+
+
+def size_results(plan: Plan) -> list[CheckResult]:
+    """Each existing data dir within its volume's maximum size."""
+    results = []
     for vol_name, mount, path in data_dirs(plan):
         if not path.exists():
             continue

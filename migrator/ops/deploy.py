@@ -38,6 +38,14 @@ class DeployResult:
     duration: float = 0.0
     steps: list[str] = field(default_factory=list)
     dry_run: bool = False
+    # Seconds per phase (check, drop, host, volumes, each service's create+start+probe): where a deploy's
+    # time goes, e.g. inside a move's downtime window.
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def lap(self, name: str, since: float) -> float:
+        now = time.monotonic()
+        self.timings[name] = round(now - since, 3)
+        return now
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -85,6 +93,7 @@ def wait_for_inner_engine(stack: Stack, timeout: float) -> None:
 
 def start_services(stack: Stack, engine: ContainerEngine, secrets: Secrets, result: DeployResult) -> None:
     for svc in start_order(stack.plan.enabled_services):
+        t0 = time.monotonic()
         stack.ensure_image(engine, svc.image)
         stack.report(f"starting service {svc.name}")
         engine.create(stack.service_spec(svc, secrets))
@@ -94,17 +103,20 @@ def start_services(stack: Stack, engine: ContainerEngine, secrets: Secrets, resu
         if not probe.ok:
             raise DeployFailed(f"service {svc.name} did not become healthy: {probe.detail}")
         result.health[svc.name] = probe.detail
+        result.lap(f"service.{svc.name}", t0)
         checkpoint(f"deploy.service-healthy.{svc.name}")
 
 
 def _bring_up(stack: Stack, secrets: Secrets, result: DeployResult, journal) -> None:
     plan = stack.plan
+    t0 = time.monotonic()
     removed = stack.drop_all()
     if removed:
         stack.report(f"dropped {len(removed)} old container(s)")
     journal.note("deploy", {"plan": plan.raw, "rollback": "containerless"})
     checkpoint("deploy.dropped")
     result.created_dirs = create_missing(plan)
+    t0 = result.lap("drop", t0)
     if plan.host:
         host = plan.host
         source = stack.ensure_image(stack.outer, host.image)
@@ -114,6 +126,7 @@ def _bring_up(stack: Stack, secrets: Secrets, result: DeployResult, journal) -> 
         stack.outer.start(host.name)
         checkpoint("deploy.host-started")
         wait_for_inner_engine(stack, host.startup_timeout)
+        t0 = result.lap("host", t0)
     engine = stack.rest_engine()
     engine.ensure_network(plan.network, stack.labels("network"), plan.network_subnet)
     for vol in plan.volumes:
@@ -121,22 +134,26 @@ def _bring_up(stack: Stack, secrets: Secrets, result: DeployResult, journal) -> 
         stack.report(f"creating volume container {vol.name}")
         engine.create(stack.volume_spec(vol))
         result.containers.append(vol.name)
+    result.lap("volumes", t0)
     checkpoint("deploy.volumes-created")
     start_services(stack, engine, secrets, result)
 
 
 def deploy(plan: Plan, secrets: Secrets, *, dry_run: bool = False, report: Report = quiet,
-           record: bool = True, verb: str = "deploy") -> DeployResult:
+           record: bool = True, verb: str = "deploy", checked: bool = False) -> DeployResult:
     """Deploy `plan`. `record=False` (drills) leaves the VSN's remembered deployment and stack state alone;
-    otherwise the stack goes CreatePending -> Running, or Failure on error (`verb` names the command)."""
+    otherwise the stack goes CreatePending -> Running, or Failure on error (`verb` names the command).
+    `checked`: the caller has just run check.require(plan) itself (see move_target.cutover)."""
     started = time.monotonic()
     result = DeployResult(vsn=plan.vsn.name, host=plan.host.name if plan.host else None, dry_run=dry_run)
     if dry_run:
         result.steps = dry_run_steps(plan)
         return result
-    report("checking the VSN")
-    check.require(plan)
+    if not checked:  # a move's target agent ran it moments ago, before its source stopped (not downtime)
+        report("checking the VSN")
+        check.require(plan)
     stack = Stack.for_plan(plan, report)
+    result.lap("check", started)
     host = stack.host_info()
     if host is not None and host.running:
         raise HostRunning(f"Host container {host.name} is running; deploy replaces a stopped stack only")

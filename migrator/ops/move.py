@@ -1,11 +1,14 @@
 """`migrator move --to [ssh://][user@]host[:port]` — the whole stack and its data to another VSN.
 
-1. preflight the target over SSH (host key verified): migrator there in a compatible version, root, the
-   target's own `check` of the plan (commands, engine, data root), free space >= data + margin;
+1. preflight the target over SSH (host key verified): migrator there in a compatible version (with
+   --install, this migrator is put there first if not: migrator.remote.install), root, the target's own
+   `check` of the plan (commands, engine, data root), free space >= data + margin; plan and secrets go
+   there over SFTP (0600);
 2. pre-copy while services run: every volume streamed (tar | zstd) into a staging dir on the target;
-3. cut over: stop every source service (hooks run), stream only what changed since the pre-copy (with
-   deletions), compare stream checksums and metadata fingerprints, copy plan and secrets (0600, SFTP),
-   swap staging into the target's data root, deploy there (its seed flow), probe health;
+3. cut over, through one remote agent process started (and ready) BEFORE the services stop: stop every
+   source service (hooks run), stream only what changed since the pre-copy (with deletions), compare
+   stream checksums and metadata fingerprints, the agent swaps staging into the target's data root,
+   deploys there (its seed flow) and probes health; `downtime_steps` says where the window went;
 4. finish: the source goes containerless (data kept), or with --keep-source its containers stay, stopped.
 Failure before the target is healthy: the target's deploy rolls itself back to containerless (copied data
 stays for a retry), the source services are restarted, the cause is raised. A killed move is finished or
@@ -14,22 +17,29 @@ undone from the journal by the next command or `migrator recover` (it asks the t
 from __future__ import annotations
 
 import json
+import shlex
 import socket
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from migrator import __version__
 from migrator.archive import capture_phase2, phase1_hooks, scan, write_archive
 from migrator.archive.fingerprint import compare, fingerprint
-from migrator.errors import IntegrityError, MigratorError, PreflightFailed
+from migrator.errors import IntegrityError, MigratorError, PreflightFailed, UsageError
 from migrator.faults import checkpoint
+from migrator.ops import check
 from migrator.ops.datadirs import tree_size
 from migrator.ops.quiesce import Quiesce, restart_stopped
 from migrator.ops.recover import handler
 from migrator.ops.stack import Report, Stack, quiet
 from migrator.plan.model import Plan, Secrets, canonical_json
-from migrator.remote.session import RemoteVSN
+from migrator.remote.install import InstallOptions
+from migrator.remote.install import install as install_migrator
+from migrator.remote.session import MigratorMissing, RemoteVSN
 from migrator.state import deployed, stackstate
 from migrator.state.files import write_json
 from migrator.state.journal import open_journal
@@ -52,9 +62,26 @@ class MoveResult:
     duration_s: float = 0.0
     health: dict = field(default_factory=dict)
     source: str = "containerless"
+    # Seconds per step of the downtime window (stop, delta per volume, verify, commit, deploy, ...): what
+    # the downtime consists of, for the bench and for operators tuning hooks and probes; before it (agent
+    # start-up, images sent, pre_backup hooks) and the target agent's own account (receive, fingerprint,
+    # deploy phases, ...).
+    downtime_steps: dict = field(default_factory=dict)
+    before_downtime_steps: dict = field(default_factory=dict)
+    target_steps: dict = field(default_factory=dict)
+    installed: dict | None = None  # what --install put on the target (None: migrator was there)
+    images_sent: list = field(default_factory=list)  # images the target lacked, sent before the stop
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.downtime_steps[name] = round(self.downtime_steps.get(name, 0.0) + time.monotonic() - t0, 3)
 
 
 def compatible(local: str, remote: str) -> bool:
@@ -65,17 +92,46 @@ def compatible(local: str, remote: str) -> bool:
         return False
 
 
-def preflight(remote: RemoteVSN, plan: Plan, secrets: Secrets, report: Report) -> dict:
-    info = remote.migrator("agent", "info", "--data-root", plan.vsn.data_root)
-    version = str(info.get("version", "?"))
-    if not compatible(__version__, version):
-        raise PreflightFailed(f"{remote.what} runs migrator {version[:40]!r}; this one is {__version__}",
-                              hint="install the same migrator version on the target")
+def target_info(remote: RemoteVSN, plan: Plan, install: InstallOptions | None, report: Report) -> dict:
+    """`agent info` of the target, after putting this migrator there first if it is missing or of an
+    incompatible version and `install` says where (--install)."""
+    hint = f"pass --install to put this migrator ({__version__}) on the target, or install that version there"
+    args = ("agent", "info", "--data-root", plan.vsn.data_root)
+    try:
+        info = remote.migrator(*args)
+        problem = None if compatible(__version__, str(info.get("version", "?"))) else \
+            f"{remote.what} runs migrator {str(info.get('version', '?'))[:40]!r}; this one is {__version__}"
+    except (MigratorMissing, UsageError) as exc:  # none there, or one too old to know `agent info`
+        problem = exc.message
+    if problem is None:
+        return info
+    if install is None:
+        raise PreflightFailed(problem, hint=hint)
+    report(f"{problem}: installing this migrator there (--install)")
+    installed = install_migrator(remote, install, report)
+    info = {**remote.migrator(*args), "installed": installed}
+    if not compatible(__version__, str(info.get("version", "?"))):
+        raise PreflightFailed(f"{remote.what} still runs migrator {str(info.get('version', '?'))[:40]!r} after "
+                              f"--install put {__version__} into {install.directory}",
+                              hint=f"the remote command ({shlex.join(remote.command)[:80]}) runs another migrator: "
+                                   f"point --remote-migrator at {install.link or install.directory + '/venv/bin/migrator'}")
+    return info
+
+
+def preflight(remote: RemoteVSN, plan: Plan, secrets: Secrets, report: Report,
+              install: InstallOptions | None = None) -> dict:
+    info = target_info(remote, plan, install, report)
     if info.get("deployed_at"):
         raise PreflightFailed(f"{remote.what} already runs a deployed stack; a move would replace its deployment",
                               hint="move to a VSN without a stack, or tear that stack down there first")
     if info.get("euid") != 0:
         raise PreflightFailed(f"{remote.what}: migrator does not run as root there (uid {info.get('euid')})")
+    # The data moves as it is: too big for its volume's max_size would fail the target's deploy (its
+    # agent skips the size part of the check) after the services stopped; refuse now instead.
+    too_big = [f"{r.name}: {r.detail}" for r in check.size_results(plan) if not r.ok]
+    if too_big:
+        raise PreflightFailed(f"a data dir exceeds its volume's max_size: {too_big[0]}", details=too_big,
+                              hint="raise max_size in the plan (or clean up the data), then move")
     needed = sum(tree_size(Path(v.root_dir(plan.vsn.data_root))) for v in plan.volumes
                  if Path(v.root_dir(plan.vsn.data_root)).exists())
     margin = int(needed * SPACE_MARGIN_RATIO) + SPACE_MARGIN_BYTES
@@ -94,7 +150,7 @@ def preflight(remote: RemoteVSN, plan: Plan, secrets: Secrets, report: Report) -
     args = ["check", f"{incoming}/plan.json"] + (["--secrets", secrets_path] if secrets_path else [])
     remote.migrator(*args)
     return {"plan": f"{incoming}/plan.json", "secrets": secrets_path, "needed": needed, "free": free,
-            "state_dir": info["state_dir"]}
+            "state_dir": info["state_dir"], "incoming": incoming, "installed": info.get("installed")}
 
 
 def send_volume(remote: RemoteVSN, plan: Plan, volume: str, capture, fresh: bool) -> tuple[int, str]:
@@ -115,14 +171,16 @@ def send_volume(remote: RemoteVSN, plan: Plan, volume: str, capture, fresh: bool
 
 
 def move(plan: Plan, secrets: Secrets, target: str, *, keep_source: bool = False,
-         remote_command: list[str] | None = None, ssh_options: dict | None = None, report: Report = quiet) -> dict:
+         remote_command: list[str] | None = None, ssh_options: dict | None = None,
+         install: InstallOptions | None = None, report: Report = quiet) -> dict:
     started = time.monotonic()
     remote = RemoteVSN.open(target, ssh_options, remote_command)
     result = MoveResult(target=target, volumes=[v.name for v in plan.volumes])
     stack = Stack.for_plan(plan, report)
     try:
         report(f"preflight of {remote.what}")
-        files = preflight(remote, plan, secrets, report)
+        files = preflight(remote, plan, secrets, report, install)
+        result.installed = files["installed"]
         with open_journal("move") as journal:
             journal.note(JOURNAL_KEY, {"plan": plan.raw, "target": target, "stage": "precopy",
                                        "ssh_options": ssh_options or {}, "remote_command": remote.command,
@@ -145,7 +203,7 @@ def move(plan: Plan, secrets: Secrets, target: str, *, keep_source: bool = False
             except MigratorError:
                 journal.forget(JOURNAL_KEY)  # handled: the source services were restarted on the way out
                 raise
-            result.source = finish_source(stack, keep_source, target, remote, report)
+            result.source = finish_source(stack, keep_source, target, report)
             journal.forget(JOURNAL_KEY)
     finally:
         remote.close()
@@ -153,45 +211,107 @@ def move(plan: Plan, secrets: Secrets, target: str, *, keep_source: bool = False
     return result.to_json()
 
 
+def send_images(agent, stack: Stack, missing: list[str]) -> list[str]:
+    """Images the target lacks and this VSN has go to the agent before the services stop, so the target's
+    deploy finds them (no registry needed, and no image copy inside the downtime). Ones we lack too are
+    left to the target's deploy (pull)."""
+    sent = []
+    for ref in missing:
+        if not stack.outer.image_exists(str(ref)):
+            continue
+        stack.report(f"sending image {ref} to the target")
+        with tempfile.TemporaryDirectory(dir=state_dir(), prefix="image-") as tmp:
+            path = Path(tmp) / "image.tar"
+            stack.outer.save_image(str(ref), path)
+            agent.send({"cmd": "image", "ref": str(ref)})
+            sink = agent.data()
+            with open(path, "rb") as fh:
+                while chunk := fh.read(1024 * 1024):
+                    sink.write(chunk)
+            sink.close()
+        agent.event("image-loaded")
+        sent.append(str(ref))
+    return sent
+
+
 def cut_over(remote: RemoteVSN, plan: Plan, stack: Stack, quiesce: Quiesce, journal, states: dict, files: dict,
              result: MoveResult) -> None:
-    """Source services down -> delta sent and checked -> target deployed and healthy. Raises on failure;
-    the caller's Quiesce then restarts the source services."""
+    """Source services down -> delta sent and checked -> target deployed and healthy, through ONE remote
+    agent process (`migrator agent cutover`) started while the services still run, so its start-up
+    (Python, imports, plan validation, engine check) is not downtime, and no step of the window pays for
+    another SSH exec. Raises on failure; the caller's Quiesce then restarts the source services, and the
+    agent, seeing no commit, commits nothing (or its deploy rolls itself back to containerless)."""
     report = stack.report
-    services = quiesce.running(list(plan.enabled_services))
-    quiesce.run_hooks(services, "pre_backup")
-    quiesce.stop(services)
-    down_since = min(quiesce.stopped_at.values(), default=time.monotonic())
-    checkpoint("move.source-stopped")
-    for vol in plan.volumes:
-        root = Path(vol.root_dir(plan.vsn.data_root))
-        report(f"sending what changed in {vol.name}")
-        size, _sha = send_volume(remote, plan, vol.name,
-                                 lambda sinks, r=root, s=states[vol.name]: capture_phase2(r, sinks, s)[0], fresh=False)
-        result.bytes_delta += size
-        there = remote.migrator("agent", "fingerprint", "--volume", vol.name,
-                                "--data-root", plan.vsn.data_root)["fingerprint"]
-        differences = compare(fingerprint(root, content=False), there)
-        if differences:
-            raise IntegrityError(f"{vol.name} differs on the target after the transfer", details=differences)
-    journal.note(JOURNAL_KEY, {**journal.entry["undo"][JOURNAL_KEY], "stage": "deploying"})
-    remote.migrator("agent", "commit", *[a for v in plan.volumes for a in ("--volume", v.name)],
-                    "--data-root", plan.vsn.data_root)
-    report(f"deploying on {remote.what}")
-    args = ["deploy", files["plan"]] + (["--secrets", files["secrets"]] if files["secrets"] else [])
-    deployed_there = remote.migrator(*args)
-    result.health = deployed_there.get("health", {})
-    # The stack's backup heartbeat moves with it: health on the target judges the last backup taken.
+    # The stack's backup heartbeat moves with it (health on the target judges the last backup taken); no
+    # backup can run meanwhile (we hold the lock), so it goes now, and the agent installs it once healthy.
+    args = ["agent", "cutover", "--plan", files["plan"], "--from", socket.gethostname()]
     last_backup = state_dir() / "last_backup.json"
     if last_backup.exists():
-        remote.put_file(f"{files['state_dir']}/last_backup.json", last_backup.read_bytes(), 0o600)
+        remote.put_file(f"{files['incoming']}/last_backup.json", last_backup.read_bytes(), 0o600)
+        args.append("--heartbeat")
+    report(f"starting the cut-over agent on {remote.what}")
+    t0 = time.monotonic()
+    agent = remote.agent(*(args + (["--secrets", files["secrets"]] if files["secrets"] else [])))
+    try:
+        ready = agent.event("ready")
+        result.target_steps = {f"before-downtime.{k}": v for k, v in (ready.get("steps") or {}).items()}
+        result.before_downtime_steps["agent-ready"] = round(time.monotonic() - t0, 3)
+        t0 = time.monotonic()
+        result.images_sent = send_images(agent, stack, ready.get("missing_images") or [])
+        result.before_downtime_steps["images"] = round(time.monotonic() - t0, 3)
+        services = quiesce.running(list(plan.enabled_services))
+        t0 = time.monotonic()
+        quiesce.run_hooks(services, "pre_backup")  # services still up: not downtime
+        result.before_downtime_steps["hooks"] = round(time.monotonic() - t0, 3)
+        quiesce.stop(services)
+        down_since = min(quiesce.stopped_at.values(), default=time.monotonic())
+        result.downtime_steps["stop"] = round(time.monotonic() - down_since, 3)  # from the first stop
+        checkpoint("move.source-stopped")
+        sent = {}
+        for vol in plan.volumes:
+            root = Path(vol.root_dir(plan.vsn.data_root))
+            report(f"sending what changed in {vol.name}")
+            with result.step(f"delta.{vol.name}"):
+                agent.send({"cmd": "receive", "volume": vol.name})
+                sink = agent.data()
+                sent[vol.name] = capture_phase2(root, [sink], states[vol.name])[0]
+                sink.close()
+            result.bytes_delta += sent[vol.name].size
+        for vol in plan.volumes:  # the agent extracts and fingerprints while we fingerprint our side
+            with result.step(f"verify.{vol.name}"):
+                ours = fingerprint(Path(vol.root_dir(plan.vsn.data_root)), content=False)
+                got = agent.event("received")
+                stats = sent[vol.name]
+                if got.get("volume") != vol.name or got.get("sha256") != stats.sha256 or got.get("size") != stats.size:
+                    raise IntegrityError(f"{vol.name}: the target received {got.get('size')} bytes with sha256 "
+                                         f"{got.get('sha256')}, we sent {stats.size} with {stats.sha256}")
+                differences = compare(ours, got.get("fingerprint") or {})
+            if differences:
+                agent.send({"cmd": "abort"})
+                raise IntegrityError(f"{vol.name} differs on the target after the transfer", details=differences)
+        journal.note(JOURNAL_KEY, {**journal.entry["undo"][JOURNAL_KEY], "stage": "deploying"})
+        with result.step("commit"):
+            agent.send({"cmd": "commit"})
+            agent.event("committed")
+        report(f"deploying on {remote.what}")
+        with result.step("deploy"):
+            agent.event("healthy", on_progress=report)  # told = the target keeps the stack (see move_target)
+            deployed_there = agent.finish(on_progress=report)
+    except BaseException:
+        agent.abort()
+        raise
+    result.health = deployed_there.get("health", {})
+    result.target_steps.update(deployed_there.get("steps") or {})
+    result.target_steps.update({f"deploy.{k}": v for k, v in (deployed_there.get("timings") or {}).items()})
     result.downtime_s = round(time.monotonic() - down_since, 3)
     checkpoint("move.target-healthy")
     journal.note(JOURNAL_KEY, {**journal.entry["undo"][JOURNAL_KEY], "stage": "target-healthy"})
     quiesce.keep_stopped()  # success: the source stays down
 
 
-def finish_source(stack: Stack, keep_source: bool, target: str, remote: RemoteVSN | None, report: Report) -> str:
+def finish_source(stack: Stack, keep_source: bool, target: str, report: Report) -> str:
+    """The stack runs on the target (which remembered where it came from): leave this VSN containerless,
+    or its containers stopped with --keep-source, and remember where the stack went."""
     with stackstate.pending("move"):
         if keep_source:
             state = "stopped (kept)"
@@ -201,8 +321,6 @@ def finish_source(stack: Stack, keep_source: bool, target: str, remote: RemoteVS
             state = "containerless"
         deployed.forget()
     write_json(state_dir() / "moved-out.json", {"to": target, "at": time.time(), "source": state})
-    if remote is not None:
-        remote.migrator("agent", "mark-moved", "--from", socket.gethostname())
     return state
 
 
@@ -223,7 +341,7 @@ def _finish_or_undo_move(fact: dict, report: Report) -> str:
         except MigratorError as exc:
             report(f"cannot ask the target ({exc.message}); keeping the stack on this VSN")
     if running_there:
-        finish_source(stack, fact.get("keep_source", False), fact["target"], None, report)
+        finish_source(stack, fact.get("keep_source", False), fact["target"], report)
         return f"finished an interrupted move: the stack runs on {fact['target']}"
     restart_stopped({"plan": fact["plan"], "services": [s.name for s in plan.enabled_services]}, report)
     return f"undid an interrupted move to {fact['target']}: the stack runs here again"

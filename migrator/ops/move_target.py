@@ -1,27 +1,37 @@
 """The target side of `migrator move`, run there over SSH as `migrator agent …`: describe this VSN,
-receive archive streams into a staging dir per volume, fingerprint the staged trees, commit staging into
-the data root, and remember where the stack came from. Input arrives from another machine: archives go
-through the same verified, hostile-member-refusing extraction as a restore."""
+receive the pre-copy archive streams into a staging dir per volume, and run the whole cut-over in ONE
+process (`cutover`): it starts (Python, imports, plan validation, engine check) while the source's
+services still run, says `ready`, then — with the source down — receives the delta streams framed on
+stdin, fingerprints the staged trees for the source to compare, commits staging into the data root on
+the source's word, deploys, probes health and remembers where the stack came from; each step is
+reported as one JSON line on stdout. Input arrives from another machine: archives go through the same
+verified, hostile-member-refusing extraction as a restore; frames are length-capped."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from migrator import __version__
 from migrator.archive import extract_archive
 from migrator.archive.fingerprint import fingerprint
-from migrator.errors import UsageError
+from migrator.errors import IntegrityError, MigratorError, UsageError
 from migrator.ops.datadirs import existing_ancestor
+from migrator.ops.stack import Stack
 from migrator.state import deployed
 from migrator.state.files import write_json
 from migrator.state.paths import state_dir
 
 STAGING_SUFFIX = ".move-incoming"
+# Where the source puts plan, secrets and the backup heartbeat (SFTP, 0600) under the target's state dir.
+INCOMING = "incoming"
 
 
 def staging_dir(data_root: str, volume: str) -> Path:
@@ -58,10 +68,6 @@ def receive(data_root: str, volume: str, fresh: bool) -> dict:
     return {"volume": volume, "sha256": stats.sha256, "size": stats.size, "files": stats.files}
 
 
-def staged_fingerprint(data_root: str, volume: str) -> dict:
-    return {"volume": volume, "fingerprint": fingerprint(staging_dir(data_root, _safe_volume(volume)), content=False)}
-
-
 def commit(data_root: str, volumes: list[str]) -> dict:
     """Staging -> live by rename; a live dir already there is kept aside as <dir>.pre-move-<ts>."""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
@@ -88,3 +94,139 @@ def mark_moved(source: str) -> dict:
     record = {"from": source, "at": time.time()}
     write_json(state_dir() / "moved-in.json", record)
     return record
+
+
+Emit = Callable[[dict], None]
+
+
+def plan_images(plan) -> list[str]:
+    """Every image a deploy of `plan` needs on this VSN's engine (REST images are copied from there into a
+    Host container's engine at deploy)."""
+    refs = [plan.host.image] if plan.host else []
+    refs += [v.image for v in plan.volumes] + [s.image for s in plan.enabled_services]
+    return sorted(set(refs))
+
+
+def load_image(stack, ref: str, stream) -> None:
+    """An image archive from the source (a stream) -> a private temp file -> this VSN's engine."""
+    with tempfile.TemporaryDirectory(dir=state_dir(), prefix="image-") as tmp:
+        path = Path(tmp) / "image.tar"
+        with open(path, "wb") as fh:
+            while chunk := stream.read(1024 * 1024):
+                fh.write(chunk)
+        stack.outer.load_image(path)
+    if not stack.outer.image_exists(ref):
+        raise IntegrityError(f"the image the source sent did not provide {ref}")
+
+
+def emit_strict(event: dict) -> None:
+    """One event as one JSON line on stdout, flushed: the source reads them as they come."""
+    sys.stdout.write(json.dumps(event, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def emit_line(event: dict) -> None:
+    """emit_strict, but a source that went away (broken pipe) does not stop the cut-over here: whether
+    the stack ends up running here is decided when `healthy` is (or cannot be) told."""
+    try:
+        emit_strict(event)
+    except OSError:
+        pass
+
+
+class Clock:
+    """Seconds per step, reported back so the source can show what its downtime consisted of."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, float] = {}
+        self.t0 = time.monotonic()
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.steps[name] = round(self.steps.get(name, 0.0) + now - self.t0, 3)
+        self.t0 = now
+
+
+def cutover(plan_path: str, secrets_path: str | None, source: str, heartbeat: bool = False,
+            emit: Emit = emit_line, confirm: Emit = emit_strict, stdin=None) -> dict:
+    """The target's half of the cut-over, driven by frames on stdin (migrator.remote.frames):
+    `{"cmd": "receive", "volume": V}` + a data stream -> extract into V's staging dir, answer
+    `{"event": "received", sha256, size, files, fingerprint}`; `{"cmd": "commit"}` -> swap staging in,
+    deploy, probe health, install the heartbeat, mark moved-in; `{"cmd": "abort"}` or the end of input
+    before a commit -> nothing committed (staged data stays for a retry). Deploy failures roll back to
+    containerless (deploy's own rollback) and raise DeployFailed."""
+    # Heavy imports (engine SDKs, jsonschema) here, before `ready`: `agent info|receive` stay light.
+    from migrator.ops import check
+    from migrator.ops.deploy import deploy
+    from migrator.ops.teardown import teardown
+    from migrator.plan import validate_files
+    from migrator.remote.frames import FrameReader
+
+    clock = Clock()
+    plan, secrets = validate_files(plan_path, secrets_path)
+    data_root = plan.vsn.data_root
+    volumes = [v.name for v in plan.volumes]
+    # Everything that costs time but changes nothing happens before `ready`, while the source still runs.
+    check.require(plan)
+    stack = Stack.for_plan(plan)
+    missing = [ref for ref in plan_images(plan) if not stack.outer.image_exists(ref)]
+    clock.lap("prepare")
+    emit({"event": "ready", "pid": os.getpid(), "steps": dict(clock.steps), "missing_images": missing})
+    frames = FrameReader(stdin if stdin is not None else sys.stdin.buffer)
+    clock = Clock()
+    while True:
+        msg = frames.message()
+        clock.lap("waiting")  # for the source: its image uploads, its services' stop, its next command
+        if msg is None:
+            raise MigratorError("the source went away before the commit; nothing was committed here",
+                                hint="run `migrator move` again on the source (or `migrator recover` there)")
+        cmd = msg.get("cmd")
+        if cmd == "image":  # before the source stops: an image this VSN lacks, as `podman save` wrote it
+            ref = str(msg.get("ref"))
+            if ref not in missing:
+                raise UsageError(f"image {ref[:80]!r} was not asked for")
+            load_image(stack, ref, frames.data())
+            clock.lap("load-images")
+            emit({"event": "image-loaded", "ref": ref})
+        elif cmd == "receive":
+            volume = _safe_volume(str(msg.get("volume")))
+            if volume not in volumes:
+                raise UsageError(f"volume {volume} is not in the plan")
+            stream = frames.data()
+            staging = staging_dir(data_root, volume)
+            stats = extract_archive(stream, staging, expected_sha256=None)
+            if not stream.done:
+                stream.drain()
+                raise IntegrityError(f"{volume}: the stream went on after the archive's end")
+            clock.lap(f"receive.{volume}")
+            there = fingerprint(staging, content=False)
+            clock.lap(f"fingerprint.{volume}")
+            emit({"event": "received", "volume": volume, "sha256": stats.sha256, "size": stats.size,
+                  "files": stats.files, "fingerprint": there})
+        elif cmd == "abort":
+            return {"committed": [], "aborted": True, "steps": clock.steps}
+        elif cmd == "commit":
+            break
+        else:
+            raise UsageError(f"unknown cut-over command {cmd!r}")
+    committed = commit(data_root, volumes)
+    clock.lap("commit")
+    emit({"event": "committed", **committed})
+    # check.require ran before `ready`; the moved data's sizes were checked on the source (move.preflight).
+    result = deploy(plan, secrets, report=lambda m: emit({"event": "progress", "message": m}),
+                    checked=True).to_json()
+    clock.lap("deploy")
+    try:
+        confirm({"event": "healthy", "health": result.get("health", {})})
+    except OSError as exc:
+        # The source is gone (its pipe closed) before it could learn the stack runs here: it restarts its
+        # own services (or its `recover` asks us and must find none). Never both: back to containerless.
+        teardown(plan, verb="teardown")
+        raise MigratorError("the source went away before it learned that the stack is healthy here; "
+                            "rolled back to containerless (moved data kept)") from exc
+    if heartbeat:  # the stack's backup heartbeat moves with it (health judges the last backup)
+        os.replace(state_dir() / INCOMING / "last_backup.json", state_dir() / "last_backup.json")
+    mark_moved(source)
+    clock.lap("finish")
+    return {**result, "committed": committed["committed"], "kept_aside": committed["kept_aside"],
+            "steps": clock.steps}

@@ -1,11 +1,13 @@
 """A session with a remote VSN over SSH: run migrator there (argv quoted with shlex for the remote shell),
-read its one JSON object, stream bytes into a remote command's stdin, and put small files over SFTP
-(atomically, with the mode they need). A dropped connection becomes Unreachable (exit 8); a remote
+read its one JSON object, stream bytes into a remote command's stdin, talk to a long-lived remote agent
+(framed messages and streams in, JSON event lines out), and put small files over SFTP (atomically, with
+the mode they need). A dropped connection becomes Unreachable (exit 8); a remote
 migrator failure becomes the same error class the remote exit code means."""
 
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import secrets
 import shlex
@@ -14,6 +16,7 @@ from typing import Any
 import paramiko
 
 from migrator import errors
+from migrator.remote import frames
 from migrator.remote.ssh import Address, connect, parse_address
 
 # Bytes the remote side may send before we read them: only JSON results and error lines come back.
@@ -26,6 +29,10 @@ SEND_CHUNK = 1024 * 1024
 
 REMOTE_ERRORS = {2: errors.UsageError, 3: errors.PlanInvalid, 4: errors.PreflightFailed, 5: errors.LockHeld,
                  6: errors.IntegrityError, 7: errors.DeployFailed, 8: errors.Unreachable}
+
+
+class MigratorMissing(errors.PreflightFailed):
+    """The remote command that should run migrator is not there (exit 127, "not found")."""
 
 
 class RemoteStream:
@@ -55,6 +62,128 @@ class RemoteStream:
         self.channel.close()
 
 
+class RemoteAgent:
+    """A remote `migrator … --json` that lives through several steps: send() messages and data() streams
+    to its stdin as frames (migrator.remote.frames), read its events, one JSON line each, with event();
+    finish() returns its final JSON object (or raises the error its exit code maps to). If the agent
+    stops early (it failed), the error it reported wins over the broken pipe the sender then sees."""
+
+    def __init__(self, session: RemoteVSN, channel: paramiko.Channel, command: str, verb: str):
+        self.session = session
+        self.channel = channel
+        self.command = command
+        self.verb = verb
+        self.stdout = channel.makefile("rb")
+        self.read_bytes = 0
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.channel.sendall(data)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            self._fail_from_reply()
+            raise self.session.dropped(f"sending to `migrator {self.verb}` ({exc or type(exc).__name__})") from exc
+
+    def write(self, data: bytes) -> None:
+        """Raw bytes (already framed) for the agent's stdin."""
+        view = memoryview(data)
+        for start in range(0, len(view), SEND_CHUNK):
+            self._send(bytes(view[start:start + SEND_CHUNK]))
+
+    def send(self, message: dict) -> None:
+        self._send(frames.encode_json(message))
+
+    def data(self) -> frames.DataWriter:
+        """A sink whose bytes reach the agent as one stream; close() it to end the stream."""
+        return frames.DataWriter(self)
+
+    def _line(self) -> bytes:
+        try:
+            line = self.stdout.readline(MAX_REPLY + 1)
+        except TimeoutError as exc:
+            raise self.session.dropped(f"waiting for `migrator {self.verb}` (timed out)") from exc
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self.session.dropped(f"waiting for `migrator {self.verb}`") from exc
+        self.read_bytes += len(line)
+        if self.read_bytes > MAX_REPLY:
+            raise errors.IntegrityError(f"{self.session.what} sent more than {MAX_REPLY} bytes of output")
+        return line
+
+    @staticmethod
+    def _as_event(line: bytes) -> dict | None:
+        """An event is a whole JSON object on one line with an "event" key; the final reply is printed
+        indented (its first line is a lone "{"), so it never parses as one."""
+        stripped = line.strip()
+        if not (stripped.startswith(b"{") and stripped.endswith(b"}")):
+            return None
+        try:
+            obj = json.loads(stripped)
+        except json.JSONDecodeError:
+            return None
+        return obj if isinstance(obj, dict) and "event" in obj else None
+
+    def event(self, expected: str, on_progress=None) -> dict:
+        """The agent's next event, which must be `expected` (progress events go to `on_progress`). If the
+        agent ended instead, its final reply is read and its error raised."""
+        while True:
+            line = self._line()
+            obj = self._as_event(line)
+            if obj is None:
+                self._fail_from_reply(line)
+                raise errors.IntegrityError(f"{self.session.what}: `migrator {self.verb}` ended without "
+                                            f"reporting {expected!r}")
+            if obj["event"] == "progress":
+                if on_progress is not None:
+                    on_progress(str(obj.get("message", ""))[:300])
+                continue
+            if obj["event"] != expected:
+                raise errors.IntegrityError(f"{self.session.what}: `migrator {self.verb}` reported "
+                                            f"{str(obj['event'])[:40]!r}, expected {expected!r}")
+            return obj
+
+    def _rest(self, first: bytes = b"") -> tuple[int, str, str]:
+        try:
+            out = first + self.stdout.read(MAX_REPLY + 1 - len(first))
+            with self.channel.makefile_stderr("rb") as stderr:
+                err = stderr.read(MAX_REPLY + 1)
+            code = self.channel.recv_exit_status()
+        except TimeoutError as exc:
+            raise self.session.dropped(f"waiting for `migrator {self.verb}` (timed out)") from exc
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self.session.dropped(f"waiting for `migrator {self.verb}`") from exc
+        finally:
+            self.channel.close()
+        return code, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def _fail_from_reply(self, first: bytes = b"") -> None:
+        """The agent stopped talking: raise the error its final reply (and exit code) names, if any."""
+        try:
+            code, out, err = self._rest(first)
+        except errors.MigratorError:
+            return
+        self.session.reply(code, out, err, self.verb)  # raises for a failure; a success here is unexpected
+
+    def finish(self, on_progress=None) -> dict:
+        """Close the agent's stdin, read its remaining progress events and its final JSON object."""
+        try:
+            self.channel.shutdown_write()
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self.session.dropped(f"talking to `migrator {self.verb}`") from exc
+        while True:
+            line = self._line()
+            obj = self._as_event(line)
+            if obj is not None and obj["event"] == "progress":
+                if on_progress is not None:
+                    on_progress(str(obj.get("message", ""))[:300])
+                continue
+            if obj is not None:
+                continue  # an event nobody waits for (e.g. a newer agent's): the final reply decides
+            code, out, err = self._rest(line)
+            return self.session.reply(code, out, err, self.verb)
+
+    def abort(self) -> None:
+        self.channel.close()
+
+
 class RemoteVSN:
     def __init__(self, address: Address, options: dict[str, Any], command: list[str]):
         self.address = address
@@ -75,11 +204,11 @@ class RemoteVSN:
         return errors.Unreachable(f"{self.what}: the SSH connection to {self.peer} dropped while {doing}",
                                   hint="check the network; `migrator move` can be run again (it resumes or undoes)")
 
-    def _exec(self, argv: list[str]) -> tuple[paramiko.Channel, str]:
+    def _exec(self, argv: list[str], timeout: float = COMMAND_TIMEOUT) -> tuple[paramiko.Channel, str]:
         line = shlex.join(argv)
         try:
             channel = self.client.get_transport().open_session(window_size=WINDOW_SIZE)
-            channel.settimeout(COMMAND_TIMEOUT)
+            channel.settimeout(timeout)
             channel.exec_command(line)
         except (OSError, EOFError, paramiko.SSHException, AttributeError) as exc:
             raise self.dropped(f"starting {line[:80]}") from exc
@@ -102,9 +231,9 @@ class RemoteVSN:
             channel.close()
         return code, out.decode(errors="replace"), err.decode(errors="replace")
 
-    def run(self, argv: list[str]) -> tuple[int, str, str]:
+    def run(self, argv: list[str], timeout: float = COMMAND_TIMEOUT) -> tuple[int, str, str]:
         """Run a plain command (argv) on the target."""
-        channel, _line = self._exec(argv)
+        channel, _line = self._exec(argv, timeout)
         return self.collect(channel)
 
     def migrator(self, *args: str) -> dict:
@@ -120,8 +249,8 @@ class RemoteVSN:
         except json.JSONDecodeError:
             data = None
         if not isinstance(data, dict):
-            if code == 127 or "not found" in err:
-                raise errors.PreflightFailed(f"{self.what}: migrator is not installed there ({err.strip()[-200:]})",
+            if code == 127 or "not found" in err or "No module named migrator" in err:
+                raise MigratorMissing(f"{self.what}: migrator is not installed there ({err.strip()[-200:]})",
                                              hint="install migrator on the target (same version), or pass --install")
             raise errors.IntegrityError(f"{self.what}: `migrator {verb}` answered nonsense (exit {code}): "
                                         f"{(out or err).strip()[-200:]}")
@@ -135,6 +264,11 @@ class RemoteVSN:
         """Start `migrator ARGS --json` on the target, to be fed through the returned stream."""
         channel, line = self._exec([*self.command, *args, "--json"])
         return RemoteStream(self, channel, line)
+
+    def agent(self, *args: str) -> RemoteAgent:
+        """Start `migrator ARGS --json` on the target as a long-lived agent (see RemoteAgent)."""
+        channel, line = self._exec([*self.command, *args, "--json"])
+        return RemoteAgent(self, channel, line, " ".join(args[:2]))
 
     @property
     def sftp(self) -> paramiko.SFTPClient:
@@ -152,6 +286,21 @@ class RemoteVSN:
             with self.sftp.open(tmp, "wb") as fh:
                 fh.chmod(mode)
                 fh.write(data)
+            self.sftp.posix_rename(tmp, path)
+        except OSError as exc:
+            raise errors.Unreachable(f"{self.what}: cannot write {path}: {exc}") from exc
+        except (EOFError, paramiko.SSHException) as exc:
+            raise self.dropped(f"writing {path}") from exc
+
+    def put_stream(self, path: str, local: str | os.PathLike, mode: int = 0o644) -> None:
+        """Copy a (big) local file to `path` on the target atomically, streamed over SFTP."""
+        tmp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.{secrets.token_hex(4)}")
+        try:
+            with open(local, "rb") as src, self.sftp.open(tmp, "wb") as fh:
+                fh.chmod(mode)
+                fh.set_pipelined(True)
+                while chunk := src.read(SEND_CHUNK):
+                    fh.write(chunk)
             self.sftp.posix_rename(tmp, path)
         except OSError as exc:
             raise errors.Unreachable(f"{self.what}: cannot write {path}: {exc}") from exc

@@ -15,8 +15,10 @@ from tests.lab.plans import demo_plan, web_port
 from tests.lab.vsn import write_json
 
 
-def deploy_source(vsn, secrets, tmp_path, host=True, big_bytes=0):
+def deploy_source(vsn, secrets, tmp_path, host=True, big_bytes=0, mutate=None):
     raw = demo_plan(vsn, host=host)
+    if mutate:
+        mutate(raw)
     plan = write_json(tmp_path / "plan.json", raw)
     www = vsn.data_root / "webdata" / "www"
     www.mkdir(parents=True)
@@ -80,6 +82,25 @@ def test_keep_source_leaves_source_stopped_not_removed(vsn, target_vsn, secrets,
     assert json.loads(result.stdout)["source"].startswith("stopped")
     states = vsn.containers()
     assert states["db"] == "exited" and states["web"] == "exited" and "dbdata" in states
+    assert target_vsn.containers()["web"] == "running"
+
+
+def test_image_only_the_source_has_is_sent_before_the_stop(vsn, target_vsn, secrets, tmp_path):
+    # No registry: an image tagged only on the source's engine reaches the target with the move.
+    only_here = "localhost/migrator-moved-only:1"
+    vsn.podman("tag", "localhost/migrator-busybox:latest", only_here)
+
+    def use_it(raw):
+        raw["volumes"][0]["image"] = only_here
+
+    deploy_source(vsn, secrets, tmp_path, host=False, mutate=use_it)
+    assert target_vsn.podman("image", "exists", only_here, check=False).returncode != 0
+    result = move(vsn, target_vsn)
+    assert result.returncode == 0, result.stderr + result.stdout
+    out = json.loads(result.stdout)
+    assert out["images_sent"] == [only_here]
+    assert "images" in out["before_downtime_steps"] and "deploy" in out["downtime_steps"]
+    assert target_vsn.podman("image", "exists", only_here, check=False).returncode == 0
     assert target_vsn.containers()["web"] == "running"
 
 
@@ -148,3 +169,37 @@ def test_killed_move_is_finished_or_undone(vsn, target_vsn, secrets, tmp_path, p
     else:
         assert vsn.containers()["web"] == "running"  # never both down: the source runs again
         assert target_vsn.containers() == {}
+
+
+def test_install_puts_this_migrator_on_a_target_without_one(vsn, target_vsn, secrets, tmp_path):
+    raw = deploy_source(vsn, secrets, tmp_path, host=False)
+    # The target has no migrator on the PATH the source uses there (only <VSN dir>/bin, empty so far).
+    remote_path = f"PATH={target_vsn.path}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert target_vsn.host.run(["env", remote_path, "sh", "-c", "command -v migrator"], check=False).returncode != 0
+    missing = vsn.migrator("move", *target_vsn.move_args(installed=True), "--json")
+    assert missing.returncode == 4, missing.stderr
+    refused = json.loads(missing.stdout)
+    assert "not installed" in refused["message"] and "--install" in refused["hint"]
+    assert vsn.containers()["web"] == "running" and target_vsn.containers() == {}
+
+    # --install: a wheelhouse built from this environment (cached here) goes over SFTP into a venv there;
+    # pip runs offline (the target's namespace has no route anywhere but to us anyway).
+    home, link = f"{target_vsn.path}/opt-migrator", f"{target_vsn.path}/bin/migrator"
+    env = dict(vsn.env(), MIGRATOR_WHEELHOUSE_CACHE=str(tmp_path / "wheelhouse-cache"))
+    result = vsn.migrator("move", *target_vsn.move_args(installed=True), "--install", "--install-dir", home,
+                          "--install-link", link, "--json", env=env)
+    assert result.returncode == 0, result.stderr + result.stdout
+    out = json.loads(result.stdout)
+    assert out["installed"]["venv"] == f"{home}/venv"
+    assert target_vsn.containers()["web"] == "running" and vsn.containers() == {}
+    assert target_vsn.http_get(web_port(raw)) == "moved page"
+    # What ran there is the installed copy, not this checkout: its own site-packages, its own pip.
+    site = target_vsn.local / "opt-migrator" / "venv" / "lib"
+    assert list(site.glob("python3.*/site-packages/migrator/ops/move_target.py"))
+    assert list(site.glob("python3.*/site-packages/paramiko"))
+    assert os.readlink(target_vsn.local / "bin" / "migrator") == f"{home}/venv/bin/migrator"
+    version = target_vsn.host.run(["sh", "-c", f"{target_vsn.remote_migrator(installed=True)} agent info "
+                                               f"--data-root /tmp --json"])
+    assert json.loads(version.stdout)["version"] == json.loads(
+        vsn.migrator("agent", "info", "--data-root", "/tmp", "--json").stdout)["version"]
+    assert list((tmp_path / "wheelhouse-cache").glob("*/wheelhouse.tar"))  # cached for the next target

@@ -32,12 +32,16 @@ class TargetVSN:
     def state_dir(self) -> Path:
         return self.local / "state"
 
-    def remote_migrator(self) -> str:
-        """How the source runs migrator on the target (through sshd's minimal environment)."""
+    def remote_migrator(self, installed: bool = False) -> str:
+        """How the source runs migrator on the target (through sshd's minimal environment). By default this
+        checkout through the test venv's Python (the filesystem is shared); `installed=True`: a plain
+        `migrator` found only in `<VSN dir>/bin` (where `move --install --install-link` puts it), so the
+        target has none until it is installed."""
+        path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         env = [f"MIGRATOR_STATE_DIR={self.path}/state", f"MIGRATOR_RUNTIME_DIR={self.path}/rt",
                f"CONTAINERS_CONF={self.path}/containers.conf", f"CONTAINERS_STORAGE_CONF={self.path}/storage.conf",
-               "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
-        return shlex.join(["env", *env, sys.executable, "-m", "migrator"])
+               f"PATH={self.path}/bin:{path}" if installed else f"PATH={path}"]
+        return shlex.join(["env", *env, *(["migrator"] if installed else [sys.executable, "-m", "migrator"])])
 
     def podman(self, *args: str, check: bool = True):
         return self.host.run(["env", f"CONTAINERS_CONF={self.path}/containers.conf",
@@ -52,9 +56,9 @@ class TargetVSN:
         code = f"import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:{port}/',timeout=10).read().decode())"
         return self.host.run([sys.executable, "-c", code]).stdout.strip()
 
-    def move_args(self) -> list[str]:
+    def move_args(self, installed: bool = False) -> list[str]:
         return ["--to", self.host.alias, "--ssh-config", str(self.host.ssh_config_file),
-                "--remote-migrator", self.remote_migrator()]
+                "--remote-migrator", self.remote_migrator(installed)]
 
 
 @contextmanager

@@ -1,0 +1,102 @@
+"""The target's cut-over agent (move_target.cutover) driven through its framed stdin, with the plan,
+engine and deploy replaced by fakes (the real ones run in tests/integration/test_move.py): it reports
+`ready` before reading anything, extracts a stream into staging and answers its sha256 and fingerprint,
+commits only on the source's word, and rolls back when it cannot tell the source the stack is healthy."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from migrator.archive import write_archive
+from migrator.archive.fingerprint import fingerprint
+from migrator.errors import MigratorError
+from migrator.ops import check, deploy, move_target, teardown
+from migrator.ops import stack as stack_mod
+from migrator.remote import frames
+
+
+class Buf:
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, b: bytes) -> None:
+        self.data += b
+
+
+@pytest.fixture
+def agent_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIGRATOR_STATE_DIR", str(tmp_path / "state"))
+    (tmp_path / "state").mkdir()
+    data_root = tmp_path / "data"
+    plan = SimpleNamespace(vsn=SimpleNamespace(data_root=str(data_root)), host=None,
+                           volumes=[SimpleNamespace(name="vol", image="img")], enabled_services=[])
+    calls = []
+    monkeypatch.setattr("migrator.plan.validate_files", lambda p, s: (plan, SimpleNamespace(path=s)))
+    monkeypatch.setattr(check, "require", lambda p: calls.append("check"))
+    monkeypatch.setattr(stack_mod.Stack, "for_plan", classmethod(
+        lambda cls, p, report=None: SimpleNamespace(outer=SimpleNamespace(image_exists=lambda ref: True))))
+    monkeypatch.setattr(deploy, "deploy", lambda p, s, report, checked: (
+        calls.append(f"deploy checked={checked}"), SimpleNamespace(to_json=lambda: {"health": {"web": "ok"}}))[1])
+    monkeypatch.setattr(teardown, "teardown", lambda p, verb: calls.append("teardown"))
+    source = tmp_path / "source"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / "file").write_text("moved")
+    return SimpleNamespace(plan=plan, data_root=data_root, source=source, calls=calls)
+
+
+def _stdin(env, *, commit: bool) -> tuple[bytes, str]:
+    out = Buf()
+    out.write(frames.encode_json({"cmd": "receive", "volume": "vol"}))
+    sink = frames.DataWriter(out)
+    stats = write_archive(env.source, [sink])
+    sink.close()
+    out.write(frames.encode_json({"cmd": "commit" if commit else "abort"}))
+    return bytes(out.data), stats.sha256
+
+
+def test_receive_commit_deploy_and_report(agent_env):
+    raw, sha = _stdin(agent_env, commit=True)
+    events = []
+    result = move_target.cutover("plan.json", None, "vsn1", emit=events.append, confirm=events.append,
+                                 stdin=io.BytesIO(raw))
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "ready" and kinds[1] == "received" and "committed" in kinds and kinds[-1] == "healthy"
+    received = events[1]
+    assert received["sha256"] == sha
+    assert received["fingerprint"] == fingerprint(agent_env.source, content=False)
+    assert (agent_env.data_root / "vol" / "sub" / "file").read_text() == "moved"  # committed
+    assert agent_env.calls == ["check", "deploy checked=True"]
+    assert result["committed"] == ["vol"] and "deploy" in result["steps"]
+    assert (Path(move_target.state_dir()) / "moved-in.json").exists()
+
+
+def test_abort_commits_nothing(agent_env):
+    raw, _sha = _stdin(agent_env, commit=False)
+    result = move_target.cutover("plan.json", None, "vsn1", emit=lambda e: None, stdin=io.BytesIO(raw))
+    assert result["aborted"] and not (agent_env.data_root / "vol").exists()
+    assert move_target.staging_dir(str(agent_env.data_root), "vol").is_dir()  # kept for a retry
+
+
+def test_source_gone_before_commit_commits_nothing(agent_env):
+    raw, _sha = _stdin(agent_env, commit=True)
+    cut = raw[: raw.rindex(frames.encode_json({"cmd": "commit"}))]
+    with pytest.raises(MigratorError, match="went away before the commit"):
+        move_target.cutover("plan.json", None, "vsn1", emit=lambda e: None, stdin=io.BytesIO(cut))
+    assert not (agent_env.data_root / "vol").exists()
+
+
+def test_healthy_that_cannot_be_told_rolls_back(agent_env):
+    raw, _sha = _stdin(agent_env, commit=True)
+
+    def broken_pipe(event):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(MigratorError, match="rolled back"):
+        move_target.cutover("plan.json", None, "vsn1", emit=lambda e: None, confirm=broken_pipe,
+                            stdin=io.BytesIO(raw))
+    assert agent_env.calls[-1] == "teardown"
+    assert not (Path(move_target.state_dir()) / "moved-in.json").exists()
