@@ -82,24 +82,24 @@ class LoopFS:
                     with open(self.image, "wb") as fh:
                         fh.truncate(self.size)
                     _run("mkfs.ext4", "-q", "-F", "-L", "migbench", str(self.image))
+                elif os.path.getsize(self.image) < self.size:
+                    # Offline, on the image file: this kernel refuses ext4's on-line resize (EPERM).
+                    self.log(f"growing {self.image} to {self.size / GIB:.0f} GiB")
+                    with open(self.image, "r+b") as fh:
+                        fh.truncate(self.size)
+                    _run("e2fsck", "-f", "-y", str(self.image))
+                    _run("resize2fs", str(self.image))
                 self.device = _run("losetup", "--find", "--show", "--direct-io=on", str(self.image))
             _run("mount", self.device, str(self.mountpoint))
             self.log(f"bench filesystem: {self.image} on {self.device} mounted at {self.mountpoint}")
-        self._grow()
+        if os.path.getsize(self.image) < self.size:
+            self.log(f"{self.image} is smaller than this run's {self.size / GIB:.0f} GiB and in use, so it cannot "
+                     f"grow now (unmount it, or let a run that mounts it grow it); going on with its current size")
 
     def _attached(self) -> list[str]:
         """Loop devices currently backed by the image (`losetup -j`: "/dev/loopN: [dev]:ino (path)")."""
         out = subprocess.run(["losetup", "-j", str(self.image)], capture_output=True, text=True).stdout
         return [line.split(":", 1)[0] for line in out.splitlines() if line.strip()]
-
-    def _grow(self) -> None:
-        if os.path.getsize(self.image) >= self.size:
-            return
-        self.log(f"growing {self.image} to {self.size / GIB:.0f} GiB")
-        with open(self.image, "r+b") as fh:
-            fh.truncate(self.size)
-        _run("losetup", "--set-capacity", self.device)
-        _run("resize2fs", self.device)
 
     def unmount(self) -> None:
         if self.device is None:

@@ -29,6 +29,7 @@ import os
 import stat
 import struct
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ DIGEST_SIZE = DIGEST().digest_size
 # Beyond half the file changed, the whole file costs about the same to send and is simpler to apply.
 MAX_CHANGED = 0.5
 READ_CHUNK = 1024 * 1024
+# A file is hashed in parallel slices of at least this many blocks each (fewer: one thread does it).
+PARALLEL_MIN_BLOCKS = 8
 
 PATCH_MEMBER = ".migrator-patch"
 PATCH_MARK = "MIGRATOR.patch"  # pax vendor keyword; value = format version
@@ -185,37 +188,59 @@ def _has_xattrs(fd: int) -> bool:
         return True  # unknown: be safe, tar archives it whole
 
 
-def _changed_extents(fd: int, size: int, digests: bytes) -> list[tuple[int, int]] | None:
-    """Blocks whose digest differs (or that are new), merged into extents; None when too much changed or
-    the file did not read back as `size` bytes."""
+def _changed_blocks(fd: int, size: int, digests: bytes, first: int, stop: int) -> list[int] | None:
+    """Indices in [first, stop) of the blocks whose digest differs or that are new; None on a short read.
+    pread and sha256 release the GIL, so two of these run on two cores."""
     known = len(digests) // DIGEST_SIZE
-    limit = size * MAX_CHANGED
-    extents: list[tuple[int, int]] = []
-    changed = 0
     buf = bytearray(BLOCK_SIZE)
     view = memoryview(buf)
-    offset = 0
-    index = 0
-    with open(fd, "rb", buffering=0, closefd=False) as fh:
-        while offset < size:
-            want = min(BLOCK_SIZE, size - offset)
-            got = 0
-            while got < want and (n := fh.readinto(view[got:want])):
-                got += n
-            if got != want:
-                return None
-            if index >= known or DIGEST(view[:want]).digest() != digests[index * DIGEST_SIZE:(index + 1) * DIGEST_SIZE]:
-                changed += want
-                if changed > limit:
-                    return None
-                if extents and extents[-1][0] + extents[-1][1] == offset:
-                    extents[-1] = (extents[-1][0], extents[-1][1] + want)
-                else:
-                    extents.append((offset, want))
-            offset += want
-            index += 1
-        if fh.read(1):
-            return None  # grew since the scan: the stat we record would not match
+    changed = []
+    for index in range(first, stop):
+        offset = index * BLOCK_SIZE
+        want = min(BLOCK_SIZE, size - offset)
+        got = 0
+        while got < want and (n := os.preadv(fd, [view[got:want]], offset + got)):
+            got += n
+        if got != want:
+            return None
+        if index >= known or DIGEST(view[:want]).digest() != digests[index * DIGEST_SIZE:(index + 1) * DIGEST_SIZE]:
+            changed.append(index)
+    return changed
+
+
+def _changed_extents(fd: int, size: int, digests: bytes) -> list[tuple[int, int]] | None:
+    """Blocks whose digest differs (or that are new), merged into extents; None when too much changed or
+    the file did not read back as `size` bytes. The file is read and hashed in as many slices as there are
+    CPUs, side by side: this runs while the writers are stopped."""
+    count = -(-size // BLOCK_SIZE)
+    slices = max(1, min(os.cpu_count() or 1, count // PARALLEL_MIN_BLOCKS))
+    bounds = [count * k // slices for k in range(slices + 1)]
+    results: list[list[int] | None] = [None] * slices
+
+    def work(k: int) -> None:
+        results[k] = _changed_blocks(fd, size, digests, bounds[k], bounds[k + 1])
+
+    helpers = [threading.Thread(target=work, args=(k,), name=f"patch-hash-{k}", daemon=True)
+               for k in range(1, slices)]
+    for t in helpers:
+        t.start()
+    work(0)
+    for t in helpers:
+        t.join()
+    if any(r is None for r in results) or os.pread(fd, 1, size):
+        return None  # short read, or grew since the scan: the stat we record would not match
+    extents: list[tuple[int, int]] = []
+    changed = 0
+    for index in (i for r in results for i in r):
+        offset = index * BLOCK_SIZE
+        length = min(BLOCK_SIZE, size - offset)
+        changed += length
+        if extents and extents[-1][0] + extents[-1][1] == offset:
+            extents[-1] = (extents[-1][0], extents[-1][1] + length)
+        else:
+            extents.append((offset, length))
+    if changed > size * MAX_CHANGED:
+        return None
     return extents
 
 

@@ -415,3 +415,24 @@ def test_phase2_with_patches_is_still_an_ordinary_tar(tmp_path):
     listing = subprocess.run(["tar", "-t", "--warning=no-unknown-keyword"], input=plain, capture_output=True,
                              check=True).stdout.decode().split("\n")
     assert listing[0] == PATCH_MEMBER
+
+
+def test_a_big_file_is_hashed_in_parallel_slices_and_every_changed_block_is_found(tmp_path):
+    """_changed_extents splits a file over the CPUs: changes at both ends of every slice are found, merged."""
+    blocks = 40
+    data = bytearray(os.urandom(blocks * patch.BLOCK_SIZE))
+    digests = b"".join(patch.DIGEST(data[i * patch.BLOCK_SIZE:(i + 1) * patch.BLOCK_SIZE]).digest()
+                       for i in range(blocks))
+    changed = {0, 7, 8, 19, 20, 21, 39}
+    for i in changed:
+        data[i * patch.BLOCK_SIZE + 5] ^= 0xFF
+    data += b"appended"
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        extents = patch._changed_extents(fd, len(data), digests)
+    finally:
+        os.close(fd)
+    B = patch.BLOCK_SIZE
+    assert extents == [(0, B), (7 * B, 2 * B), (19 * B, 3 * B), (39 * B, B + len(b"appended"))]
