@@ -11,6 +11,7 @@ import os
 import posixpath
 import secrets
 import shlex
+from collections.abc import Callable
 from typing import Any
 
 import paramiko
@@ -281,26 +282,26 @@ class RemoteVSN:
 
     def put_file(self, path: str, data: bytes, mode: int = 0o600) -> None:
         """Write `data` to `path` on the target atomically with `mode` (set before any byte is written)."""
+        self._put_atomically(path, mode, lambda fh: fh.write(data))
+
+    def put_stream(self, path: str, local: str | os.PathLike, mode: int = 0o644) -> None:
+        """Copy a (big) local file to `path` on the target atomically, streamed over SFTP."""
+
+        def copy(fh) -> None:
+            fh.set_pipelined(True)
+            with open(local, "rb") as src:
+                while chunk := src.read(SEND_CHUNK):
+                    fh.write(chunk)
+
+        self._put_atomically(path, mode, copy)
+
+    def _put_atomically(self, path: str, mode: int, write: Callable[[Any], None]) -> None:
+        """A temp name beside `path`, created with `mode` before `write(fh)` fills it, then renamed over `path`."""
         tmp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.{secrets.token_hex(4)}")
         try:
             with self.sftp.open(tmp, "wb") as fh:
                 fh.chmod(mode)
-                fh.write(data)
-            self.sftp.posix_rename(tmp, path)
-        except OSError as exc:
-            raise errors.Unreachable(f"{self.what}: cannot write {path}: {exc}") from exc
-        except (EOFError, paramiko.SSHException) as exc:
-            raise self.dropped(f"writing {path}") from exc
-
-    def put_stream(self, path: str, local: str | os.PathLike, mode: int = 0o644) -> None:
-        """Copy a (big) local file to `path` on the target atomically, streamed over SFTP."""
-        tmp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.{secrets.token_hex(4)}")
-        try:
-            with open(local, "rb") as src, self.sftp.open(tmp, "wb") as fh:
-                fh.chmod(mode)
-                fh.set_pipelined(True)
-                while chunk := src.read(SEND_CHUNK):
-                    fh.write(chunk)
+                write(fh)
             self.sftp.posix_rename(tmp, path)
         except OSError as exc:
             raise errors.Unreachable(f"{self.what}: cannot write {path}: {exc}") from exc

@@ -62,6 +62,8 @@ def test_move_host_plan_with_a_writer(vsn, target_vsn, secrets, tmp_path):
     assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o600, 1234, 5678)
     # Both sides say where the stack lives; the secrets went over SSH with mode 0600.
     assert json.loads((vsn.state_dir / "moved-out.json").read_text())["to"] == target_vsn.host.alias
+    status = json.loads(vsn.migrator("status", "--json").stdout)
+    assert status["state"] == "moved-away" and status["moved_to"]["to"] == target_vsn.host.alias
     assert "from" in json.loads((target_vsn.state_dir / "moved-in.json").read_text())
     secrets_there = target_vsn.state_dir / "incoming" / "secrets.json"
     assert secrets_there.stat().st_mode & 0o777 == 0o600

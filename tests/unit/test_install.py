@@ -10,6 +10,7 @@ import hashlib
 import io
 import zipfile
 
+from migrator import __version__
 from migrator.remote import install
 
 
@@ -28,7 +29,7 @@ def test_wheelhouse_is_complete_valid_and_cached(tmp_path, monkeypatch):
     with tarfile.open(tar) as archive:
         member = next(n for n in names if n.startswith("migrator-"))
         wheel = zipfile.ZipFile(io.BytesIO(archive.extractfile(member).read()))
-    record = wheel.read("migrator-0.1.0.dist-info/RECORD").decode()
+    record = wheel.read(f"migrator-{__version__}.dist-info/RECORD").decode()
     rows = list(csv.reader(io.StringIO(record)))
     assert any(r[0] == "migrator/schemas/plan.schema.json" for r in rows)
     assert not any("__pycache__" in r[0] for r in rows)
@@ -37,9 +38,9 @@ def test_wheelhouse_is_complete_valid_and_cached(tmp_path, monkeypatch):
             data = wheel.read(path)
             want = "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
             assert (digest, int(size)) == (want, len(data)), path
-    meta = wheel.read("migrator-0.1.0.dist-info/METADATA").decode()
+    meta = wheel.read(f"migrator-{__version__}.dist-info/METADATA").decode()
     assert "Requires-Dist: paramiko" in meta and "pytest" not in meta
-    assert "migrator = migrator.cli.app:main" in wheel.read("migrator-0.1.0.dist-info/entry_points.txt").decode()
+    assert "migrator = migrator.cli.app:main" in wheel.read(f"migrator-{__version__}.dist-info/entry_points.txt").decode()
 
 
 def test_wheel_tags_keep_binary_compatibility():
