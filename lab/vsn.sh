@@ -177,11 +177,19 @@ kill_orphans() {
     # their conmon, with nobody left to stop them. Every conmon of this VSN (bundle
     # under $dir/storage) and the container processes it supervises get SIGKILL;
     # the kernel takes each container's whole PID namespace with its init.
+    # A container whose conmon died too is found by its root filesystem: an overlay whose upper dir lies
+    # in our storage (/proc/PID/mountinfo; /proc/PID/root only shows "/" across mount namespaces).
     local p c
     for p in $(pgrep -x conmon || true); do
         if tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q -- " -b $dir/storage/"; then
             for c in $(pgrep -P "$p" || true); do kill -KILL "$c" 2>/dev/null || true; done
             kill -KILL "$p" 2>/dev/null || true
+        fi
+    done
+    for p in /proc/[0-9]*; do
+        if awk -v up="upperdir=$dir/storage/" '$5 == "/" && index($0, up) { found = 1 } END { exit !found }' \
+                "$p/mountinfo" 2>/dev/null; then
+            kill -KILL "${p#/proc/}" 2>/dev/null || true
         fi
     done
 }
