@@ -14,13 +14,17 @@
 #
 # DIR must be short: DIR/inner/podman.sock (the Host container's socket,
 # bind-mounted out) must stay under the 108-byte unix socket path limit.
-# Each VSN gets its own bridge mlabN and subnet 10.89.N.0/24 (N claimed
+# Each VSN gets its own bridge mlabN and subnet 172.29.N.0/24 (N claimed
 # atomically under /run/migrator-lab/subnets), so VSNs can run side by side.
+# 172.29/16 lies outside podman's default pools for new networks (10.89.0.0/16
+# and up): a plan's own network, which podman numbers 10.89.x.0/24 after what
+# the host routes already use, can never land on a lab bridge's subnet.
 set -euo pipefail
 
 LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 IMAGE_STORE=${MIGRATOR_LAB_STORE:-/var/lib/migrator-lab/images}
 CLAIMS=/run/migrator-lab/subnets
+LAB_NET=172.29
 START_TIMEOUT_S=20   # the service answers _ping in ~0.1 s; allow a loaded machine
 
 die() { echo "vsn: $*" >&2; exit 1; }
@@ -45,14 +49,14 @@ claim_subnet() { # -> N, claimed for $dir
     die "no free lab subnet in $CLAIMS"
 }
 
-drop_rules() { # n: netavark's iptables rules for 10.89.n.0/24
+drop_rules() { # prefix ("172.29.5."): netavark's iptables rules for that /24
     # netavark removes a container's port forwarding and NAT rules on teardown; a
     # podman service that died (a test SIGKILLs one) never tears down, and its
     # DNAT rules outlive it: a later VSN publishing the same port, or reusing a
     # container IP, would be forwarded into the void ("No route to host"). Rules
     # are per subnet, so only ours go; a port's shared rules (the jump to the DNAT
     # chain, the localhost mark) go when no DNAT for that port is left.
-    local net="10.89.$1." table rule p ports
+    local net="$1" table rule p ports
     ports=$(iptables -w -t nat -S | grep -F -- "--to-destination $net" | grep -o -- "--dport [0-9]*" \
             | awk '{print $2}' | sort -u || true)
     for table in nat filter; do
@@ -68,10 +72,23 @@ drop_rules() { # n: netavark's iptables rules for 10.89.n.0/24
     done
 }
 
-sweep_rules() { # rules of lab subnets nobody claims (a VSN whose service died, before drop_rules existed)
-    local n
-    for n in $(iptables -w -t nat -S 2>/dev/null | grep -o "10\.89\.[0-9]*\." | cut -d. -f3 | sort -un || true); do
-        [ -d "$CLAIMS/$n" ] || drop_rules "$n"
+drop_networks() {
+    # The plans' own networks of this VSN (DIR/networks/*.json besides podman.json)
+    # whose bridge a dead service left up: bridge and rules go, so a later network
+    # on the same subnet routes. Only a bridge that still carries this network's
+    # gateway: once netavark tore it down, its name and subnet may be another's.
+    local f line iface subnet gw
+    for f in "$dir"/networks/*.json; do
+        [ -f "$f" ] && [ "$(basename "$f")" != podman.json ] || continue
+        line=$(python3 -c 'import json, sys
+n = json.load(open(sys.argv[1]))
+s = (n.get("subnets") or [{}])[0]
+print(n.get("network_interface", ""), s.get("subnet", ""), s.get("gateway", ""))' "$f" 2>/dev/null) || continue
+        read -r iface subnet gw <<< "$line"
+        [ -n "$iface" ] && [ -n "$gw" ] || continue
+        ip -o -4 addr show dev "$iface" 2>/dev/null | grep -qF " $gw/" || continue
+        case "$subnet" in *.0/24) drop_rules "${subnet%0/24}" ;; esac
+        ip link del "$iface" 2>/dev/null || true
     done
 }
 
@@ -108,7 +125,7 @@ EOF
   "driver": "bridge",
   "network_interface": "mlab$n",
   "created": "2024-01-01T00:00:00Z",
-  "subnets": [{"subnet": "10.89.$n.0/24", "gateway": "10.89.$n.1"}],
+  "subnets": [{"subnet": "$LAB_NET.$n.0/24", "gateway": "$LAB_NET.$n.1"}],
   "ipv6_enabled": false,
   "internal": false,
   "dns_enabled": false,
@@ -135,7 +152,6 @@ start() {
     if [ -f "$dir/service.pid" ] && alive "$(cat "$dir/service.pid")"; then
         die "already running (pid $(cat "$dir/service.pid"))"
     fi
-    sweep_rules
     if [ -f "$dir/subnet" ] && [ "$(cat "$CLAIMS/$(cat "$dir/subnet")/owner" 2>/dev/null)" = "$dir" ]; then
         n=$(cat "$dir/subnet")
     else
@@ -150,7 +166,7 @@ start() {
     echo "$pid" > "$dir/service.pid"
     for i in $(seq $((START_TIMEOUT_S * 20))); do
         if curl -sf --max-time 2 --unix-socket "$dir/podman.sock" http://d/v4.0.0/libpod/_ping >/dev/null 2>&1; then
-            echo "vsn: $dir up: pid $pid, unix://$dir/podman.sock, bridge mlab$n 10.89.$n.0/24"
+            echo "vsn: $dir up: pid $pid, unix://$dir/podman.sock, bridge mlab$n $LAB_NET.$n.0/24"
             return
         fi
         alive "$pid" || { tail -n 5 "$dir/service.log" >&2; die "service exited"; }
@@ -212,9 +228,10 @@ stop() {
         rm -f "$dir/service.pid"
     fi
     kill_orphans
+    drop_networks
     if [ -f "$dir/subnet" ]; then
         n=$(cat "$dir/subnet")
-        drop_rules "$n"
+        drop_rules "$LAB_NET.$n."
         ip link del "mlab$n" 2>/dev/null || true
         if [ "$(cat "$CLAIMS/$n/owner" 2>/dev/null)" = "$dir" ]; then rm -rf "${CLAIMS:?}/$n"; fi
     fi
