@@ -253,15 +253,21 @@ def test_os_update_stops_at_the_first_failed_vsn(fleet):
 # -- move -------------------------------------------------------------------------------------------------
 
 
-def no_move_leftovers(fleet: Fleet, source: str, target: str, authorized_before: str) -> None:
+def move_traces(fleet: Fleet, source: str, target: str) -> tuple[str, str]:
+    """What a move's one-off key touches: the target's authorized_keys and the source's key dirs in /tmp
+    (shared with the machine, so compared with what was there before, not with nothing)."""
+    dirs = fleet[source].run(["bash", "-c", "ls -d /tmp/migrator-move.* 2>/dev/null || true"]).stdout
+    return (fleet[target].ssh.workdir / "authorized_keys").read_text(), dirs
+
+
+def no_move_leftovers(fleet: Fleet, source: str, target: str, before: tuple[str, str]) -> None:
     """The one-off key is revoked on the target and deleted on the source, whatever happened."""
-    assert (fleet[target].ssh.workdir / "authorized_keys").read_text() == authorized_before
-    assert fleet[source].run(["bash", "-c", "ls -d /tmp/migrator-move.* 2>/dev/null || true"]).stdout.strip() == ""
+    assert move_traces(fleet, source, target) == before
 
 
 def test_failed_move_revokes_the_one_off_key_and_keeps_the_source_running(fleet):
     a, c = fleet["vsn-a"], fleet["vsn-c"]
-    authorized_before = (c.ssh.workdir / "authorized_keys").read_text()
+    before = move_traces(fleet, "vsn-a", "vsn-c")
     # Another operation holds vsn-a's lock (migrator's lock is an flock): the move gives up, exit 5.
     # One process takes and keeps it (flock(1) would hand the locked descriptor on to its command).
     hold = ("import fcntl,time;f=open('/var/lib/migrator/lock','a');fcntl.flock(f,fcntl.LOCK_EX);"
@@ -281,14 +287,14 @@ def test_failed_move_revokes_the_one_off_key_and_keeps_the_source_running(fleet)
     assert run.returncode == 2, run.output[-4000:]
     assert run.host("vsn-a")["failed"] == 1 and run.host("vsn-c")["failed"] == 0, run.recap
     assert "Revoke the one-off key on the target" in run.output
-    no_move_leftovers(fleet, "vsn-a", "vsn-c", authorized_before)
+    no_move_leftovers(fleet, "vsn-a", "vsn-c", before)
     assert a.http_get(web_port(fleet.plans["vsn-a"])) == PAGE["vsn-a"]
     assert c.containers() == {}
 
 
 def test_move_a_stack_to_the_spare(fleet):
     a, c = fleet["vsn-a"], fleet["vsn-c"]
-    authorized_before = (c.ssh.workdir / "authorized_keys").read_text()
+    before = move_traces(fleet, "vsn-a", "vsn-c")
     args = {"migrator_move_from": "vsn-a", "migrator_move_to": "vsn-c"}
     run = fleet.playbook("move.yml", fleet.inventory, args)
     ok(run, "vsn-a", "vsn-c")
@@ -302,7 +308,7 @@ def test_move_a_stack_to_the_spare(fleet):
     # The schedules followed the stack; the one-off key is revoked and deleted.
     assert not a.upper("/etc/cron.d/migrator").exists()
     assert "migrator backup" in c.upper("/etc/cron.d/migrator").read_text()
-    no_move_leftovers(fleet, "vsn-a", "vsn-c", authorized_before)
+    no_move_leftovers(fleet, "vsn-a", "vsn-c", before)
     assert c.migrator("health").returncode == 0
 
     again = fleet.playbook("move.yml", fleet.inventory, args)
@@ -325,11 +331,11 @@ def test_move_a_stack_to_the_spare(fleet):
 
 def test_move_refuses_a_target_that_runs_another_stack(fleet):
     b, c = fleet["vsn-b"], fleet["vsn-c"]
-    authorized_before = (c.ssh.workdir / "authorized_keys").read_text()
+    before = move_traces(fleet, "vsn-b", "vsn-c")
     run = fleet.playbook("move.yml", fleet.inventory, {"migrator_move_from": "vsn-b", "migrator_move_to": "vsn-c"})
     assert run.returncode == 2, run.output[-4000:]
     assert "vsn-c already runs the stack fleet-a (running)" in run.output
     assert run.host("vsn-c")["failed"] == 1 and run.host("vsn-b")["failed"] == 1, run.recap
-    no_move_leftovers(fleet, "vsn-b", "vsn-c", authorized_before)
+    no_move_leftovers(fleet, "vsn-b", "vsn-c", before)
     assert b.http_get(web_port(fleet.plans["vsn-b"])) == PAGE["vsn-b"]
     assert c.containers() == {"fleet-a-host": "running"}
