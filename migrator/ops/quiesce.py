@@ -10,9 +10,9 @@ window's work runs; the start waits for it."""
 
 from __future__ import annotations
 
-import threading
 import time
 
+from migrator.archive._proc import Pump
 from migrator.errors import MigratorError
 from migrator.ops.probes import wait_healthy
 from migrator.ops.recover import handler
@@ -24,21 +24,6 @@ JOURNAL_KEY = "stopped_services"
 EXITED_STATES = frozenset({"stopped", "exited", "dead"})
 # How often a stop in progress is checked for the container's exit.
 EXIT_POLL_S = 0.01
-
-
-class _Stopper(threading.Thread):
-    """engine.stop in a thread (it returns only after the engine's clean-up); keeps its error."""
-
-    def __init__(self, engine, svc: Service):
-        super().__init__(name=f"stop-{svc.name}", daemon=True)
-        self.engine, self.svc = engine, svc
-        self.error: MigratorError | None = None
-
-    def run(self) -> None:
-        try:
-            self.engine.stop(self.svc.name, timeout=self.svc.stop_timeout)
-        except MigratorError as exc:
-            self.error = exc
 
 
 def writers_of(plan: Plan, volume: str) -> list[Service]:
@@ -60,7 +45,8 @@ class Quiesce:
         # window's own work, settle (waiting for the engine's clean-up beyond that work), start, health
         # probe. For `--json` and the bench; the manifest keeps the total only.
         self.steps: dict[str, dict[str, float]] = {}
-        self._stoppers: list[_Stopper] = []
+        # engine.stop of each service, in a thread (it returns only after the engine's clean-up)
+        self._stoppers: list[tuple[Service, Pump]] = []
 
     def running(self, services: list[Service]) -> list[Service]:
         if not services or not self.stack.rest_reachable():
@@ -107,9 +93,9 @@ class Quiesce:
 
     def _stop_until_exited(self, engine, svc: Service) -> None:
         """Return once the container's processes are gone (see the module docstring); raise if the stop failed."""
-        stopper = _Stopper(engine, svc)
+        stopper = Pump(f"stop-{svc.name}", lambda: engine.stop(svc.name, timeout=svc.stop_timeout))
         stopper.start()
-        self._stoppers.append(stopper)
+        self._stoppers.append((svc, stopper))
         while stopper.is_alive():
             info = engine.get(svc.name)
             if info is None or info.state in EXITED_STATES:
@@ -120,10 +106,10 @@ class Quiesce:
 
     def _settle(self) -> None:
         """Wait for the engine's clean-up of every stop; a clean-up error is reported, the start then decides."""
-        for stopper in self._stoppers:
+        for svc, stopper in self._stoppers:
             stopper.join()
             if stopper.error is not None:
-                self.report(f"stopping {stopper.svc.name}: {stopper.error.message}")
+                self.report(f"stopping {svc.name}: {getattr(stopper.error, 'message', stopper.error)}")
         self._stoppers = []
 
     def start_all(self) -> None:
