@@ -122,38 +122,36 @@ class RemoteAgent:
             return None
         return obj if isinstance(obj, dict) and "event" in obj else None
 
-    def event(self, expected: str, on_progress=None) -> dict:
-        """The agent's next event, which must be `expected` (progress events go to `on_progress`). If the
-        agent ended instead, its final reply is read and its error raised."""
+    def _next(self, on_progress) -> tuple[bytes, dict | None]:
+        """The agent's next line that is not a progress event (those go to `on_progress`), and its event
+        (None when the line is not one: the final reply has begun)."""
         while True:
             line = self._line()
             obj = self._as_event(line)
-            if obj is None:
-                self._fail_from_reply(line)
-                raise errors.IntegrityError(f"{self.session.what}: `migrator {self.verb}` ended without "
-                                            f"reporting {expected!r}")
-            if obj["event"] == "progress":
-                if on_progress is not None:
-                    on_progress(str(obj.get("message", ""))[:300])
-                continue
-            if obj["event"] != expected:
-                raise errors.IntegrityError(f"{self.session.what}: `migrator {self.verb}` reported "
-                                            f"{str(obj['event'])[:40]!r}, expected {expected!r}")
-            return obj
+            if obj is None or obj["event"] != "progress":
+                return line, obj
+            if on_progress is not None:
+                on_progress(str(obj.get("message", ""))[:300])
+
+    def event(self, expected: str, on_progress=None) -> dict:
+        """The agent's next event, which must be `expected` (progress events go to `on_progress`). If the
+        agent ended instead, its final reply is read and its error raised."""
+        line, obj = self._next(on_progress)
+        if obj is None:
+            self._fail_from_reply(line)
+            raise errors.IntegrityError(f"{self.session.what}: `migrator {self.verb}` ended without "
+                                        f"reporting {expected!r}")
+        if obj["event"] != expected:
+            raise errors.IntegrityError(f"{self.session.what}: `migrator {self.verb}` reported "
+                                        f"{str(obj['event'])[:40]!r}, expected {expected!r}")
+        return obj
 
     def _rest(self, first: bytes = b"") -> tuple[int, str, str]:
+        doing = f"`migrator {self.verb}`"
         try:
-            out = first + self.stdout.read(MAX_REPLY + 1 - len(first))
-            with self.channel.makefile_stderr("rb") as stderr:
-                err = stderr.read(MAX_REPLY + 1)
-            code = self.channel.recv_exit_status()
-        except TimeoutError as exc:
-            raise self.session.dropped(f"waiting for `migrator {self.verb}` (timed out)") from exc
+            return self.session.collect(self.channel, doing=doing, stdout=self.stdout, first=first)
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise self.session.dropped(f"waiting for `migrator {self.verb}`") from exc
-        finally:
-            self.channel.close()
-        return code, out.decode(errors="replace"), err.decode(errors="replace")
+            raise self.session.dropped(f"waiting for {doing}") from exc
 
     def _fail_from_reply(self, first: bytes = b"") -> None:
         """The agent stopped talking: raise the error its final reply (and exit code) names, if any."""
@@ -170,16 +168,11 @@ class RemoteAgent:
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise self.session.dropped(f"talking to `migrator {self.verb}`") from exc
         while True:
-            line = self._line()
-            obj = self._as_event(line)
-            if obj is not None and obj["event"] == "progress":
-                if on_progress is not None:
-                    on_progress(str(obj.get("message", ""))[:300])
-                continue
-            if obj is not None:
-                continue  # an event nobody waits for (e.g. a newer agent's): the final reply decides
-            code, out, err = self._rest(line)
-            return self.session.reply(code, out, err, self.verb)
+            line, obj = self._next(on_progress)
+            if obj is None:
+                code, out, err = self._rest(line)
+                return self.session.reply(code, out, err, self.verb)
+            # else an event nobody waits for (e.g. a newer agent's): the final reply decides
 
     def abort(self) -> None:
         self.channel.close()
@@ -215,19 +208,21 @@ class RemoteVSN:
             raise self.dropped(f"starting {line[:80]}") from exc
         return channel, line
 
-    def collect(self, channel: paramiko.Channel) -> tuple[int, str, str]:
+    def collect(self, channel: paramiko.Channel, *, doing: str = "a reply", stdout=None,
+                first: bytes = b"") -> tuple[int, str, str]:
         """Read a finished command's stdout, then stderr, then its exit status. Remote migrator writes one
         JSON object to stdout and a few lines to stderr (no TTY: no progress), so reading them one after
-        the other cannot fill the channel window and deadlock."""
+        the other cannot fill the channel window and deadlock. `stdout`: the channel's stdout file if
+        the caller already reads it (a RemoteAgent), with `first`, the bytes it read of the reply."""
         try:
-            with channel.makefile("rb") as stdout, channel.makefile_stderr("rb") as stderr:
-                out = stdout.read(MAX_REPLY + 1)
+            with stdout or channel.makefile("rb") as out_file, channel.makefile_stderr("rb") as stderr:
+                out = first + out_file.read(MAX_REPLY + 1 - len(first))
                 err = stderr.read(MAX_REPLY + 1)
             if len(out) > MAX_REPLY or len(err) > MAX_REPLY:
                 raise errors.IntegrityError(f"{self.what} sent more than {MAX_REPLY} bytes of output")
             code = channel.recv_exit_status()
         except TimeoutError as exc:
-            raise self.dropped("waiting for a reply (timed out)") from exc
+            raise self.dropped(f"waiting for {doing} (timed out)") from exc
         finally:
             channel.close()
         return code, out.decode(errors="replace"), err.decode(errors="replace")
