@@ -18,9 +18,8 @@ import os
 import re
 import zlib
 
-from migrator.archive.tarparse import BLOCK
+from migrator.archive.tarparse import BLOCK, DIRECTORY, HARDLINK, REGULAR, SYMLINK  # noqa: F401 (emitted types)
 
-REGULAR, HARDLINK, SYMLINK, DIRECTORY = b"0", b"1", b"2", b"5"
 PAX_KEEP_PREFIXES = (b"SCHILY.xattr.", b"SCHILY.acl.")
 PAX_TIME_KEYS = (b"mtime", b"atime")
 _PAX_TIME = re.compile(rb"-?[0-9]{1,19}(\.[0-9]{1,9})?\Z")

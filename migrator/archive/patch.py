@@ -28,15 +28,13 @@ import hashlib
 import os
 import stat
 import struct
-import tarfile
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from migrator.archive.policy import Refused, member_parts
-from migrator.archive.tarstream import DataSink
+from migrator.archive.tarstream import DataSink, padded, special_header
 from migrator.archive.treestate import TreeState
 from migrator.errors import ArchiveError, IntegrityError
 
@@ -268,20 +266,15 @@ def members(root: Path, patches: list[Patch]) -> Iterator[bytes]:
                         raise ArchiveError(f"{p.path} shrank while its writers were stopped", hint="retry")
                     yield chunk
                     offset += len(chunk)
-            yield b"\0" * (-p.data_size % tarfile.BLOCKSIZE)
+            yield b"\0" * (padded(p.data_size) - p.data_size)
         finally:
             os.close(fd)
 
 
 def header(p: Patch) -> bytes:
-    info = tarfile.TarInfo(PATCH_MEMBER)
-    info.size = p.data_size
-    info.mode = 0o600
-    info.mtime = int(time.time())
-    info.pax_headers = {PATCH_MARK: PATCH_VERSION, PATH_KEY: p.path, SIZE_KEY: str(p.size),
-                        BASE_KEY: str(p.base_size), MODE_KEY: str(p.mode), UID_KEY: str(p.uid),
-                        GID_KEY: str(p.gid), MTIME_KEY: str(p.mtime_ns)}
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    return special_header(PATCH_MEMBER, p.data_size, {
+        PATCH_MARK: PATCH_VERSION, PATH_KEY: p.path, SIZE_KEY: str(p.size), BASE_KEY: str(p.base_size),
+        MODE_KEY: str(p.mode), UID_KEY: str(p.uid), GID_KEY: str(p.gid), MTIME_KEY: str(p.mtime_ns)})
 
 
 # -- restore ------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ USTAR = b"ustar\x0000"  # POSIX magic + version: what GNU tar --format=posix and
 REGULAR, HARDLINK, SYMLINK, CHARDEV, BLOCKDEV, DIRECTORY, FIFO = b"0", b"1", b"2", b"3", b"4", b"5", b"6"
 PAX = b"x"
 # Old-style regular file ('\0') and contiguous file ('7') are regular files to every extractor.
-_REGULAR_ALIASES = {b"\0": REGULAR, b"7": REGULAR}
+REGULAR_ALIASES = {b"\0": REGULAR, b"7": REGULAR}
 _MEMBER_TYPES = {REGULAR, HARDLINK, SYMLINK, CHARDEV, BLOCKDEV, DIRECTORY, FIFO}
 _META_NAMES = {b"g": "a global pax header", b"L": "a GNU long name", b"K": "a GNU long link name",
                b"S": "an old GNU sparse member", b"D": "a GNU dump directory", b"M": "a multi-volume member",
@@ -263,7 +263,7 @@ class TarParser:
         name = _text(raw)
         if typeflag == b"\0" and name.endswith("/"):
             typeflag = DIRECTORY  # pre-POSIX directory (as tarfile reads it)
-        typeflag = _REGULAR_ALIASES.get(typeflag, typeflag)
+        typeflag = REGULAR_ALIASES.get(typeflag, typeflag)
         if typeflag not in _MEMBER_TYPES:
             what = _META_NAMES.get(typeflag, f"member type {typeflag!r}")
             raise UnsupportedTar(f"{what} is not supported", name)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from migrator.archive.policy import Refused, member_parts, symlink_refusal
-from migrator.archive.tarparse import BLOCK
+from migrator.archive.tarparse import BLOCK, BLOCKDEV, CHARDEV, FIFO, REGULAR, REGULAR_ALIASES, SYMLINK
 from migrator.archive.tarparse import number as _number
 from migrator.archive.tarparse import pax_records as _pax_records
 from migrator.errors import ArchiveError
@@ -30,11 +30,10 @@ DELETED_MEMBER = ".migrator-deleted"
 DELETED_MARK = "MIGRATOR.deleted-list"  # pax vendor keyword (POSIX allows VENDOR.keyword)
 DELETED_MARK_VALUE = "1"
 # Typeflags of members restore refuses, which capture therefore leaves out: char dev, block dev, FIFO.
-DROPPED_TYPES = {b"3": "character device", b"4": "block device", b"6": "FIFO"}
+DROPPED_TYPES = {CHARDEV: "character device", BLOCKDEV: "block device", FIFO: "FIFO"}
 # Typeflags that describe the next member instead of being one: pax extended/global, GNU long names.
 META_TYPES = {b"x", b"g", b"L", b"K"}
-SYMLINK_TYPE = b"2"
-REGULAR_TYPES = {b"0", b"\0", b"7"}
+REGULAR_TYPES = {REGULAR, *REGULAR_ALIASES}
 # pax records that make a member more than its bytes (sparse map, xattrs, ACLs): `on_data` skips those.
 NOT_PLAIN = (b"GNU.sparse.", b"SCHILY.")
 # A pax header block over this size is not something GNU tar writes for one file (xattrs are capped at
@@ -51,15 +50,21 @@ def padded(size: int) -> int:
     return -(-size // BLOCK) * BLOCK
 
 
+def special_header(name: str, size: int, pax: dict[str, str]) -> bytes:
+    """The pax + ustar header of a special member (an instruction to restore, marked by its MIGRATOR.*
+    pax keywords) of `size` data bytes; capture writes these before GNU tar's stream."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o600
+    info.mtime = int(time.time())
+    info.pax_headers = pax
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
 def deleted_member(paths: Iterable[str]) -> bytes:
     """Header and data blocks of the delete list, to be written before GNU tar's stream."""
     data = b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in paths)
-    info = tarfile.TarInfo(DELETED_MEMBER)
-    info.size = len(data)
-    info.mode = 0o600
-    info.mtime = int(time.time())
-    info.pax_headers = {DELETED_MARK: DELETED_MARK_VALUE}
-    header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    header = special_header(DELETED_MEMBER, len(data), {DELETED_MARK: DELETED_MARK_VALUE})
     return header + data + b"\0" * (padded(len(data)) - len(data))
 
 
@@ -225,14 +230,14 @@ class CaptureWalker:
             self.skipped.append(f"{name} ({DROPPED_TYPES[typeflag]})")
             self._enter_data(data)
             return False
-        if typeflag == SYMLINK_TYPE or self.on_member is not None or self.on_data is not None:
+        if typeflag == SYMLINK or self.on_member is not None or self.on_data is not None:
             name = _name(block, records, longname)
             try:
                 parts = member_parts(name)
             except Refused as exc:
                 _verify_checksum(block)
                 raise ArchiveError(f"tar produced a member restore would refuse: {name!r}: {exc}") from None
-            if typeflag == SYMLINK_TYPE:
+            if typeflag == SYMLINK:
                 raw = records.get(b"linkpath") or longlink or block[157:257].split(b"\0", 1)[0]
                 reason = symlink_refusal(parts, raw.decode("utf-8", "surrogateescape"))
                 if reason:
