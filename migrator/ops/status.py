@@ -45,23 +45,24 @@ def status(plan: Plan) -> dict:
     containerless = not stack.stack_containers()
     info = deployed.current() or {}
     lifecycle = stackstate.load()
+    history = recent_history()
     return {
         "stack_state": lifecycle["state"],
         "stack_state_since": lifecycle["since"],
         "stack_state_error": lifecycle["error"],
         "vsn": plan.vsn.name,
-        "state": _state(containerless, ok),
+        "state": _state(containerless, ok, history["moved_to"]),
         "deployed_at": info.get("deployed_at"),
         "containers": rows,
-        **recent_history(),
+        **history,
     }
 
 
-def _state(containerless: bool, ok: bool) -> str:
+def _state(containerless: bool, ok: bool, moved_to: dict | None) -> str:
     """running | degraded | containerless | moved-away (containerless because the stack now lives elsewhere)."""
     if not containerless:
         return "running" if ok else "degraded"
-    return "moved-away" if deployed.moved_away() else "containerless"
+    return "moved-away" if moved_to else "containerless"
 
 
 def recent_history() -> dict:
