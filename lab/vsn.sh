@@ -175,32 +175,37 @@ start() {
     die "service did not answer within ${START_TIMEOUT_S}s"
 }
 
-kill_exec_conmons() {
-    # `podman exec` leaves its conmon around for 300 s (--exit-delay) after the
-    # exec'd process ended. Those of this VSN (found by bundle path) get SIGKILL:
-    # on SIGTERM they would run `podman container cleanup`, which re-mounts the
-    # storage we are about to remove.
+conmons() { # [pattern]: pids of this VSN's conmons (bundle under $dir/storage) whose argv matches
     local p
     for p in $(pgrep -x conmon || true); do
-        if tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q -- " -b $dir/storage/.* --exec-attach "; then
-            kill -KILL "$p" 2>/dev/null || true
+        if tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q -- " -b $dir/storage/${1:-}"; then
+            echo "$p"
         fi
+    done
+}
+
+kill_exec_conmons() {
+    # `podman exec` leaves its conmon around for 300 s (--exit-delay) after the
+    # exec'd process ended. Those of this VSN get SIGKILL: on SIGTERM they would
+    # run `podman container cleanup`, which re-mounts the storage we are about to
+    # remove.
+    local p
+    for p in $(conmons ".* --exec-attach "); do
+        kill -KILL "$p" 2>/dev/null || true
     done
 }
 
 kill_orphans() {
     # Containers whose podman service died (a test SIGKILLs it) keep running under
-    # their conmon, with nobody left to stop them. Every conmon of this VSN (bundle
-    # under $dir/storage) and the container processes it supervises get SIGKILL;
-    # the kernel takes each container's whole PID namespace with its init.
+    # their conmon, with nobody left to stop them. Every conmon of this VSN and the
+    # container processes it supervises get SIGKILL; the kernel takes each
+    # container's whole PID namespace with its init.
     # A container whose conmon died too is found by its root filesystem: an overlay whose upper dir lies
     # in our storage (/proc/PID/mountinfo; /proc/PID/root only shows "/" across mount namespaces).
     local p c
-    for p in $(pgrep -x conmon || true); do
-        if tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q -- " -b $dir/storage/"; then
-            for c in $(pgrep -P "$p" || true); do kill -KILL "$c" 2>/dev/null || true; done
-            kill -KILL "$p" 2>/dev/null || true
-        fi
+    for p in $(conmons); do
+        for c in $(pgrep -P "$p" || true); do kill -KILL "$c" 2>/dev/null || true; done
+        kill -KILL "$p" 2>/dev/null || true
     done
     for p in /proc/[0-9]*; do
         if awk -v up="upperdir=$dir/storage/" '$5 == "/" && index($0, up) { found = 1 } END { exit !found }' \
