@@ -70,7 +70,9 @@ def test_receive_commit_deploy_and_report(agent_env):
     assert received["fingerprint"] == fingerprint(agent_env.source, content=False)
     assert (agent_env.data_root / "vol" / "sub" / "file").read_text() == "moved"  # committed
     assert agent_env.calls == ["check", "deploy checked=True"]
-    assert result["committed"] == ["vol"] and "deploy" in result["steps"]
+    assert result["committed"] == ["vol"]
+    assert list(events[0]["steps"]) == ["prepare"]  # the steps before `ready`, then the rest in the reply
+    assert list(result["steps"]) == ["waiting", "receive.vol", "fingerprint.vol", "commit", "deploy", "finish"]
     assert (Path(move_target.state_dir()) / "moved-in.json").exists()
 
 
