@@ -25,6 +25,7 @@ from migrator.archive.fingerprint import fingerprint
 from migrator.errors import IntegrityError, MigratorError, UsageError
 from migrator.ops.datadirs import existing_ancestor
 from migrator.ops.stack import Stack
+from migrator.ops.timing import StepTimer
 from migrator.state import deployed
 from migrator.state.files import write_json
 from migrator.state.paths import state_dir
@@ -134,19 +135,6 @@ def emit_line(event: dict) -> None:
         pass
 
 
-class Clock:
-    """Seconds per step, reported back so the source can show what its downtime consisted of."""
-
-    def __init__(self) -> None:
-        self.steps: dict[str, float] = {}
-        self.t0 = time.monotonic()
-
-    def lap(self, name: str) -> None:
-        now = time.monotonic()
-        self.steps[name] = round(self.steps.get(name, 0.0) + now - self.t0, 3)
-        self.t0 = now
-
-
 def cutover(plan_path: str, secrets_path: str | None, source: str, heartbeat: bool = False,
             emit: Emit = emit_line, confirm: Emit = emit_strict, stdin=None) -> dict:
     """The target's half of the cut-over, driven by frames on stdin (migrator.remote.frames):
@@ -162,7 +150,8 @@ def cutover(plan_path: str, secrets_path: str | None, source: str, heartbeat: bo
     from migrator.plan import validate_files
     from migrator.remote.frames import FrameReader
 
-    clock = Clock()
+    # Seconds per step, reported back so the source can show what its downtime consisted of.
+    timer = StepTimer()
     plan, secrets = validate_files(plan_path, secrets_path)
     data_root = plan.vsn.data_root
     volumes = [v.name for v in plan.volumes]
@@ -170,13 +159,13 @@ def cutover(plan_path: str, secrets_path: str | None, source: str, heartbeat: bo
     check.require(plan)
     stack = Stack.for_plan(plan)
     missing = [ref for ref in plan_images(plan) if not stack.outer.image_exists(ref)]
-    clock.lap("prepare")
-    emit({"event": "ready", "pid": os.getpid(), "steps": dict(clock.steps), "missing_images": missing})
+    timer.lap("prepare")
+    emit({"event": "ready", "pid": os.getpid(), "steps": dict(timer.durations), "missing_images": missing})
     frames = FrameReader(stdin if stdin is not None else sys.stdin.buffer)
-    clock = Clock()
+    timer = StepTimer()  # the steps from `ready` on, in the final reply
     while True:
         msg = frames.message()
-        clock.lap("waiting")  # for the source: its image uploads, its services' stop, its next command
+        timer.lap("waiting")  # for the source: its image uploads, its services' stop, its next command
         if msg is None:
             raise MigratorError("the source went away before the commit; nothing was committed here",
                                 hint="run `migrator move` again on the source (or `migrator recover` there)")
@@ -186,7 +175,7 @@ def cutover(plan_path: str, secrets_path: str | None, source: str, heartbeat: bo
             if ref not in missing:
                 raise UsageError(f"image {ref[:80]!r} was not asked for")
             load_image(stack, ref, frames.data())
-            clock.lap("load-images")
+            timer.lap("load-images")
             emit({"event": "image-loaded", "ref": ref})
         elif cmd == "receive":
             volume = _safe_volume(str(msg.get("volume")))
@@ -198,24 +187,24 @@ def cutover(plan_path: str, secrets_path: str | None, source: str, heartbeat: bo
             if not stream.done:
                 stream.drain()
                 raise IntegrityError(f"{volume}: the stream went on after the archive's end")
-            clock.lap(f"receive.{volume}")
+            timer.lap(f"receive.{volume}")
             there = fingerprint(staging, content=False)
-            clock.lap(f"fingerprint.{volume}")
+            timer.lap(f"fingerprint.{volume}")
             emit({"event": "received", "volume": volume, "sha256": stats.sha256, "size": stats.size,
                   "files": stats.files, "fingerprint": there})
         elif cmd == "abort":
-            return {"committed": [], "aborted": True, "steps": clock.steps}
+            return {"committed": [], "aborted": True, "steps": timer.durations}
         elif cmd == "commit":
             break
         else:
             raise UsageError(f"unknown cut-over command {cmd!r}")
     committed = commit(data_root, volumes)
-    clock.lap("commit")
+    timer.lap("commit")
     emit({"event": "committed", **committed})
     # check.require ran before `ready`; the moved data's sizes were checked on the source (move.preflight).
     result = deploy(plan, secrets, report=lambda m: emit({"event": "progress", "message": m}),
                     checked=True).to_json()
-    clock.lap("deploy")
+    timer.lap("deploy")
     try:
         confirm({"event": "healthy", "health": result.get("health", {})})
     except OSError as exc:
@@ -227,6 +216,6 @@ def cutover(plan_path: str, secrets_path: str | None, source: str, heartbeat: bo
     if heartbeat:  # the stack's backup heartbeat moves with it (health judges the last backup)
         os.replace(state_dir() / INCOMING / "last_backup.json", state_dir() / "last_backup.json")
     mark_moved(source)
-    clock.lap("finish")
+    timer.lap("finish")
     return {**result, "committed": committed["committed"], "kept_aside": committed["kept_aside"],
-            "steps": clock.steps}
+            "steps": timer.durations}
