@@ -16,6 +16,7 @@ from migrator.ops import check
 from migrator.ops.datadirs import create_missing
 from migrator.ops.probes import wait_healthy
 from migrator.ops.stack import Report, Stack, quiet, start_order
+from migrator.ops.timing import StepTimer
 from migrator.plan.model import Plan, Secrets
 from migrator.state import deployed, stackstate
 from migrator.state.journal import open_journal
@@ -41,11 +42,6 @@ class DeployResult:
     # Seconds per phase (check, drop, host, volumes, each service's create+start+probe): where a deploy's
     # time goes, e.g. inside a move's downtime window.
     timings: dict[str, float] = field(default_factory=dict)
-
-    def lap(self, name: str, since: float) -> float:
-        now = time.monotonic()
-        self.timings[name] = round(now - since, 3)
-        return now
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -92,31 +88,31 @@ def wait_for_inner_engine(stack: Stack, timeout: float) -> None:
 
 
 def start_services(stack: Stack, engine: ContainerEngine, secrets: Secrets, result: DeployResult) -> None:
+    timer = StepTimer(result.timings)
     for svc in start_order(stack.plan.enabled_services):
-        t0 = time.monotonic()
-        stack.ensure_image(engine, svc.image)
-        stack.report(f"starting service {svc.name}")
-        engine.create(stack.service_spec(svc, secrets))
-        result.containers.append(svc.name)
-        engine.start(svc.name)
-        probe = wait_healthy(engine, svc)
-        if not probe.ok:
-            raise DeployFailed(f"service {svc.name} did not become healthy: {probe.detail}")
-        result.health[svc.name] = probe.detail
-        result.lap(f"service.{svc.name}", t0)
+        with timer.step(f"service.{svc.name}"):
+            stack.ensure_image(engine, svc.image)
+            stack.report(f"starting service {svc.name}")
+            engine.create(stack.service_spec(svc, secrets))
+            result.containers.append(svc.name)
+            engine.start(svc.name)
+            probe = wait_healthy(engine, svc)
+            if not probe.ok:
+                raise DeployFailed(f"service {svc.name} did not become healthy: {probe.detail}")
+            result.health[svc.name] = probe.detail
         checkpoint(f"deploy.service-healthy.{svc.name}")
 
 
 def _bring_up(stack: Stack, secrets: Secrets, result: DeployResult, journal) -> None:
     plan = stack.plan
-    t0 = time.monotonic()
+    timer = StepTimer(result.timings)
     removed = stack.drop_all()
     if removed:
         stack.report(f"dropped {len(removed)} old container(s)")
     journal.note("deploy", {"plan": plan.raw, "rollback": "containerless"})
     checkpoint("deploy.dropped")
     result.created_dirs = create_missing(plan)
-    t0 = result.lap("drop", t0)
+    timer.lap("drop")
     if plan.host:
         host = plan.host
         source = stack.ensure_image(stack.outer, host.image)
@@ -126,7 +122,7 @@ def _bring_up(stack: Stack, secrets: Secrets, result: DeployResult, journal) -> 
         stack.outer.start(host.name)
         checkpoint("deploy.host-started")
         wait_for_inner_engine(stack, host.startup_timeout)
-        t0 = result.lap("host", t0)
+        timer.lap("host")
     engine = stack.rest_engine()
     engine.ensure_network(plan.network, stack.labels("network"), plan.network_subnet)
     for vol in plan.volumes:
@@ -134,7 +130,7 @@ def _bring_up(stack: Stack, secrets: Secrets, result: DeployResult, journal) -> 
         stack.report(f"creating volume container {vol.name}")
         engine.create(stack.volume_spec(vol))
         result.containers.append(vol.name)
-    result.lap("volumes", t0)
+    timer.lap("volumes")
     checkpoint("deploy.volumes-created")
     start_services(stack, engine, secrets, result)
 
@@ -149,11 +145,11 @@ def deploy(plan: Plan, secrets: Secrets, *, dry_run: bool = False, report: Repor
     if dry_run:
         result.steps = dry_run_steps(plan)
         return result
-    if not checked:  # a move's target agent ran it moments ago, before its source stopped (not downtime)
-        report("checking the VSN")
-        check.require(plan)
-    stack = Stack.for_plan(plan, report)
-    result.lap("check", started)
+    with StepTimer(result.timings).step("check"):
+        if not checked:  # a move's target agent ran it moments ago, before its source stopped (not downtime)
+            report("checking the VSN")
+            check.require(plan)
+        stack = Stack.for_plan(plan, report)
     host = stack.host_info()
     if host is not None and host.running:
         raise HostRunning(f"Host container {host.name} is running; deploy replaces a stopped stack only")
