@@ -21,8 +21,6 @@ import shlex
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +34,7 @@ from migrator.ops.datadirs import tree_size
 from migrator.ops.quiesce import Quiesce, restart_stopped
 from migrator.ops.recover import handler
 from migrator.ops.stack import Report, Stack, quiet
+from migrator.ops.timing import StepTimer
 from migrator.plan.model import Plan, Secrets, canonical_json
 from migrator.remote.install import InstallOptions
 from migrator.remote.install import install as install_migrator
@@ -74,14 +73,6 @@ class MoveResult:
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
-
-    @contextmanager
-    def step(self, name: str) -> Iterator[None]:
-        t0 = time.monotonic()
-        try:
-            yield
-        finally:
-            self.downtime_steps[name] = round(self.downtime_steps.get(name, 0.0) + time.monotonic() - t0, 3)
 
 
 def compatible(local: str, remote: str) -> bool:
@@ -250,35 +241,34 @@ def cut_over(remote: RemoteVSN, plan: Plan, stack: Stack, quiesce: Quiesce, jour
         remote.put_file(f"{files['incoming']}/last_backup.json", last_backup.read_bytes(), 0o600)
         args.append("--heartbeat")
     report(f"starting the cut-over agent on {remote.what}")
-    t0 = time.monotonic()
+    before_downtime_steps = StepTimer(result.before_downtime_steps)
     agent = remote.agent(*(args + (["--secrets", files["secrets"]] if files["secrets"] else [])))
     try:
         ready = agent.event("ready")
         result.target_steps = {f"before-downtime.{k}": v for k, v in (ready.get("steps") or {}).items()}
-        result.before_downtime_steps["agent-ready"] = round(time.monotonic() - t0, 3)
-        t0 = time.monotonic()
+        before_downtime_steps.lap("agent-ready")
         result.images_sent = send_images(agent, stack, ready.get("missing_images") or [])
-        result.before_downtime_steps["images"] = round(time.monotonic() - t0, 3)
+        before_downtime_steps.lap("images")
         services = quiesce.running(list(plan.enabled_services))
-        t0 = time.monotonic()
-        quiesce.run_hooks(services, "pre_backup")  # services still up: not downtime
-        result.before_downtime_steps["hooks"] = round(time.monotonic() - t0, 3)
+        with before_downtime_steps.step("hooks"):
+            quiesce.run_hooks(services, "pre_backup")  # services still up: not downtime
         quiesce.stop(services)
         down_since = min(quiesce.stopped_at.values(), default=time.monotonic())
         result.downtime_steps["stop"] = round(time.monotonic() - down_since, 3)  # from the first stop
+        downtime_steps = StepTimer(result.downtime_steps)
         checkpoint("move.source-stopped")
         sent = {}
         for vol in plan.volumes:
             root = Path(vol.root_dir(plan.vsn.data_root))
             report(f"sending what changed in {vol.name}")
-            with result.step(f"delta.{vol.name}"):
+            with downtime_steps.step(f"delta.{vol.name}"):
                 agent.send({"cmd": "receive", "volume": vol.name})
                 sink = agent.data()
                 sent[vol.name] = capture_phase2(root, [sink], states[vol.name])[0]
                 sink.close()
             result.bytes_delta += sent[vol.name].size
         for vol in plan.volumes:  # the agent extracts and fingerprints while we fingerprint our side
-            with result.step(f"verify.{vol.name}"):
+            with downtime_steps.step(f"verify.{vol.name}"):
                 ours = fingerprint(Path(vol.root_dir(plan.vsn.data_root)), content=False)
                 got = agent.event("received")
                 stats = sent[vol.name]
@@ -290,11 +280,11 @@ def cut_over(remote: RemoteVSN, plan: Plan, stack: Stack, quiesce: Quiesce, jour
                 agent.send({"cmd": "abort"})
                 raise IntegrityError(f"{vol.name} differs on the target after the transfer", details=differences)
         journal.note(JOURNAL_KEY, {**journal.entry["undo"][JOURNAL_KEY], "stage": "deploying"})
-        with result.step("commit"):
+        with downtime_steps.step("commit"):
             agent.send({"cmd": "commit"})
             agent.event("committed")
         report(f"deploying on {remote.what}")
-        with result.step("deploy"):
+        with downtime_steps.step("deploy"):
             agent.event("healthy", on_progress=report)  # told = the target keeps the stack (see move_target)
             deployed_there = agent.finish(on_progress=report)
     except BaseException:
