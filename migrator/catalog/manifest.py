@@ -7,9 +7,8 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import resources
-
-from jsonschema import Draft202012Validator
+from functools import cache
+from pathlib import Path
 
 from migrator.errors import IntegrityError
 
@@ -19,8 +18,12 @@ PLAN_COPY = "plan.json"
 MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_PLAN_BYTES = 1024 * 1024
 
-_validator = Draft202012Validator(
-    json.loads(resources.files("migrator").joinpath("schemas", "manifest.schema.json").read_text()))
+@cache
+def _validator():
+    from jsonschema import Draft202012Validator  # ~50 ms: only when a manifest is read back
+
+    return Draft202012Validator(
+        json.loads((Path(__file__).resolve().parents[1] / "schemas" / "manifest.schema.json").read_bytes()))
 
 
 def new_snapshot_id(now: float | None = None) -> str:
@@ -93,7 +96,7 @@ class Manifest:
             raw = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise IntegrityError(f"manifest {where} is not valid JSON: {exc}") from exc
-        errors = sorted(_validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
+        errors = sorted(_validator().iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
         if errors:
             first = errors[0]
             path = "/".join(map(str, first.absolute_path)) or "(root)"

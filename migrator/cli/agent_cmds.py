@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import typer
 
+from migrator.cli.options import JsonOpt
 from migrator.cli.output import run
-from migrator.cli.plan_cmds import JsonOpt
 from migrator.ops import move_target
 from migrator.ops.session import operation
 

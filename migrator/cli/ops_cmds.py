@@ -8,15 +8,14 @@ from pathlib import Path
 
 import typer
 
+from migrator.cli.options import JsonOpt, PlanArg, PlanOpt, SecretsOpt, WaitOpt, load_plan_args
 from migrator.cli.output import progress_printer, run
-from migrator.cli.plan_cmds import JsonOpt, PlanArg, SecretsOpt
 from migrator.errors import UsageError
 from migrator.notify import alerts
 from migrator.ops import cron as cron_op
 from migrator.ops import lifecycle
 from migrator.ops.health import health as health_op
 from migrator.ops.session import operation
-from migrator.plan import validate_files
 from migrator.plan.model import Plan, Secrets
 from migrator.state import deployed, history
 
@@ -25,17 +24,9 @@ from migrator.state import deployed, history
 # the human output says UNHEALTHY, so a crash (also 1, "unexpected error") is not mistaken for it.
 UNHEALTHY_EXIT = 1
 
-WaitOpt = typer.Option(0.0, "--wait", help="Seconds to wait for another operation's lock (default: exit 5 at once).")
-PlanOpt = typer.Option(None, "--plan", help="Plan (default: the one deployed on this VSN).")
 CronFileOpt = typer.Option(None, "--file", help="Cron file (default $MIGRATOR_CRON_FILE or /etc/cron.d/migrator).")
 SystemdOpt = typer.Option(None, "--systemd", help="Write systemd .service/.timer units into this directory "
                                                   "instead of a cron file (e.g. /etc/systemd/system).")
-
-
-def _plan(plan: Path | None, secrets: Path | None = None) -> tuple[Plan, Secrets]:
-    plan_path, secrets_path = deployed.plan_and_secrets_paths(str(plan) if plan else None,
-                                                              str(secrets) if secrets else None)
-    return validate_files(plan_path, secrets_path)
 
 
 def _when(ts: float | None) -> str:
@@ -76,7 +67,7 @@ def register(app: typer.Typer) -> None:
         """
 
         def action() -> dict:
-            p, s = _plan(plan, secrets)
+            p, s = load_plan_args(plan, secrets)
             result = health_op(p)
             if notify:
                 result["notify"] = _notify_health(p, s, result)
@@ -117,7 +108,7 @@ def register(app: typer.Typer) -> None:
         """
 
         def action() -> dict:
-            p, _ = _plan(plan, secrets)
+            p, _ = load_plan_args(plan, secrets)
             if systemd:
                 return cron_op.install_systemd(p, systemd)
             return cron_op.install(p, file)
@@ -144,7 +135,7 @@ def register(app: typer.Typer) -> None:
         def action() -> dict:
             p = None
             if plan or (deployed.current() or {}).get("plan"):
-                p, _ = _plan(plan, secrets)
+                p, _ = load_plan_args(plan, secrets)
             return cron_op.show(p, file)
 
         def human(r: dict) -> None:
@@ -185,7 +176,7 @@ def register(app: typer.Typer) -> None:
         report = progress_printer(json_out)
 
         def action() -> dict:
-            p, _ = _plan(plan, secrets)
+            p, _ = load_plan_args(plan, secrets)
             with operation("archive", wait, report):
                 return lifecycle.archive(p, report)
 
@@ -223,7 +214,7 @@ def register(app: typer.Typer) -> None:
         report = progress_printer(json_out)
 
         def action() -> dict:
-            p, _ = _plan(plan, secrets)
+            p, _ = load_plan_args(plan, secrets)
             if not yes:
                 _confirm_cleanup(p, not no_snapshot)
             with operation("cleanup", wait, report):

@@ -6,27 +6,12 @@ from pathlib import Path
 
 import typer
 
+from migrator.cli.options import JsonOpt, PlanArg, SecretsOpt
 from migrator.cli.output import run
-from migrator.errors import PreflightFailed, UsageError
+from migrator.errors import PreflightFailed
 from migrator.ops import check as check_op
 from migrator.plan import validate_files
 from migrator.state import deployed
-
-PlanArg = typer.Argument(None, help="Deployment plan (JSON). Default: the plan deployed on this VSN.")
-SecretsOpt = typer.Option(None, "--secrets", "-s", help="Secrets file (JSON, mode 0600).")
-JsonOpt = typer.Option(False, "--json", help="Print exactly one JSON object on stdout.")
-
-
-def load_plan_args(plan: Path | None, secrets: Path | None, required: bool = True):
-    """The plan and secrets a command works on: the given files, else the ones deployed on this VSN.
-    With `required=False` and nothing given or deployed, (None, None)."""
-    if plan is None and not (deployed.current() or {}).get("plan"):
-        if required:
-            raise UsageError("no plan given and none deployed on this VSN", hint="pass the plan (and --secrets FILE)")
-        return None, None
-    plan_path, secrets_path = deployed.plan_and_secrets_paths(str(plan) if plan else None,
-                                                              str(secrets) if secrets else None)
-    return validate_files(plan_path, secrets_path)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,9 +7,8 @@ from pathlib import Path
 import typer
 
 from migrator.catalog.retention import DEFAULT_KEEP_TAGS, Policy
+from migrator.cli.options import JsonOpt, PlanOpt, SecretsOpt, WaitOpt, load_plan_args
 from migrator.cli.output import progress_printer, run
-from migrator.cli.plan_cmds import JsonOpt, SecretsOpt, load_plan_args
-from migrator.cli.stack_cmds import WaitOpt
 from migrator.errors import UsageError
 from migrator.ops import snapshots as snap_ops
 from migrator.ops.backup import backup as backup_op
@@ -23,7 +22,6 @@ from migrator.plan.sizes import format_size
 FromOpt = typer.Option(None, "--from", help="Store URL (file:///…, s3://bucket/prefix, ssh://host/path). "
                                             "Default: the deployed plan's first backup target.")
 VsnOpt = typer.Option(None, "--vsn", help="VSN name the snapshots are filed under. Default: the deployed plan's.")
-PlanOpt = typer.Option(None, "--plan", help="Plan (default: the one deployed on this VSN).")
 
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
+from migrator.cli.options import JsonOpt, PlanArg, SecretsOpt, WaitOpt, load_plan_args
 from migrator.cli.output import progress_printer, run
-from migrator.cli.plan_cmds import JsonOpt, PlanArg, SecretsOpt, load_plan_args
 from migrator.ops import recover as recover_op
 from migrator.ops.deploy import deploy as deploy_op
 from migrator.ops.session import operation
@@ -15,10 +15,6 @@ from migrator.ops.status import status as status_op
 from migrator.ops.teardown import teardown as teardown_op
 from migrator.ops.upgrade import upgrade as upgrade_op
 from migrator.plan import validate_files
-
-WaitOpt = typer.Option(0.0, "--wait", help="Seconds to wait for another operation's lock (default: exit 5 at once).")
-
-
 
 
 def register(app: typer.Typer) -> None:

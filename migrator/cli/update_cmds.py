@@ -6,10 +6,8 @@ from pathlib import Path
 
 import typer
 
+from migrator.cli.options import JsonOpt, PlanOpt, SecretsOpt, WaitOpt, load_plan_args
 from migrator.cli.output import progress_printer, run
-from migrator.cli.plan_cmds import JsonOpt, SecretsOpt, load_plan_args
-from migrator.cli.snapshot_cmds import PlanOpt
-from migrator.cli.stack_cmds import WaitOpt
 from migrator.ops import osupdate
 from migrator.ops.session import operation
 

@@ -3,34 +3,44 @@ schema cannot express. Every problem is collected (not just the first) and named
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import stat
-from importlib import resources
+from functools import cache
 from pathlib import Path
-
-from jsonschema import Draft202012Validator, FormatChecker
+from typing import TYPE_CHECKING, Protocol
 
 from migrator.errors import PlanInvalid
 from migrator.plan.checks import special_checks
 from migrator.plan.model import Plan, Secrets
 
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+
 # A plan or secrets file is a few KB; refuse anything huge before parsing it (untrusted input).
 MAX_FILE_BYTES = 1024 * 1024
 
 
-def _schema(name: str) -> dict:
-    return json.loads(resources.files("migrator").joinpath("schemas", f"{name}.schema.json").read_text())
+class Conforming(Protocol):
+    """Keys of documents already seen to conform to their schema (state/conforming.py)."""
+
+    def __contains__(self, key: str) -> bool: ...
+
+    def add(self, key: str) -> None: ...
 
 
-_VALIDATORS: dict[str, Draft202012Validator] = {}
+@cache
+def _schema_bytes(name: str) -> bytes:
+    return (Path(__file__).resolve().parents[1] / "schemas" / f"{name}.schema.json").read_bytes()
 
 
+@cache
 def _validator(name: str) -> Draft202012Validator:
-    if name not in _VALIDATORS:
-        _VALIDATORS[name] = Draft202012Validator(_schema(name), format_checker=FormatChecker())
-    return _VALIDATORS[name]
+    from jsonschema import Draft202012Validator, FormatChecker  # ~50 ms: only when something is validated
+
+    return Draft202012Validator(json.loads(_schema_bytes(name)), format_checker=FormatChecker())
 
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
@@ -50,7 +60,8 @@ def json_path(parts) -> str:
     return out or "(root)"
 
 
-def _read_json(path: str | os.PathLike, what: str) -> object:
+def _read_doc(path: str | os.PathLike, what: str) -> tuple[bytes, object]:
+    """A JSON document's bytes and value."""
     p = Path(path)
     try:
         with p.open("rb") as fh:
@@ -60,7 +71,7 @@ def _read_json(path: str | os.PathLike, what: str) -> object:
     if len(data) > MAX_FILE_BYTES:
         raise PlanInvalid(f"{what} {p} is larger than {MAX_FILE_BYTES} bytes", details=["(root): file too large"])
     try:
-        return json.loads(data.decode("utf-8"))
+        return data, json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise PlanInvalid(f"{what} {p} is not UTF-8", details=[f"(root): {exc}"]) from exc
     except json.JSONDecodeError as exc:
@@ -80,6 +91,19 @@ def schema_problems(name: str, doc: object) -> list[str]:
     return problems
 
 
+def _known_problems(name: str, data: bytes, doc: object, conforming: Conforming | None) -> list[str]:
+    """schema_problems, skipped for a document `conforming` has seen pass (same schema, same bytes)."""
+    if conforming is None:
+        return schema_problems(name, doc)
+    key = hashlib.sha256(_schema_bytes(name) + b"\0" + data).hexdigest()
+    if key in conforming:
+        return []
+    problems = schema_problems(name, doc)
+    if not problems:
+        conforming.add(key)
+    return problems
+
+
 def secrets_file_problems(path: Path) -> list[str]:
     """The secrets file must be a regular file, mode 0600 (no group/other bits), owned by the caller."""
     try:
@@ -96,10 +120,12 @@ def secrets_file_problems(path: Path) -> list[str]:
     return problems
 
 
-def validate_files(plan_path: str | os.PathLike, secrets_path: str | os.PathLike | None = None) -> tuple[Plan, Secrets]:
-    """Load both files and run every check; raise PlanInvalid listing all problems, else return them."""
-    raw = _read_json(plan_path, "plan")
-    problems = schema_problems("plan", raw)
+def validate_files(plan_path: str | os.PathLike, secrets_path: str | os.PathLike | None = None,
+                   conforming: Conforming | None = None) -> tuple[Plan, Secrets]:
+    """Load both files and run every check; raise PlanInvalid listing all problems, else return them.
+    With `conforming`, the schema verdict of a document seen before is reused (see _known_problems)."""
+    data, raw = _read_doc(plan_path, "plan")
+    problems = _known_problems("plan", data, raw, conforming)
     secrets = Secrets(path=str(secrets_path) if secrets_path else None)
     if secrets_path is not None:
         sp = Path(secrets_path)
@@ -107,8 +133,8 @@ def validate_files(plan_path: str | os.PathLike, secrets_path: str | os.PathLike
         if file_problems:
             problems += file_problems
         else:
-            raw_secrets = _read_json(sp, "secrets file")
-            secret_schema_problems = schema_problems("secrets", raw_secrets)
+            secrets_data, raw_secrets = _read_doc(sp, "secrets file")
+            secret_schema_problems = _known_problems("secrets", secrets_data, raw_secrets, conforming)
             problems += [p.replace("(root)", "(secrets)", 1) if p.startswith("(root)")
                          else f"(secrets){p}" if p.startswith("[") else f"(secrets).{p}"
                          for p in secret_schema_problems]
@@ -129,7 +155,7 @@ def load_plan(plan_path: str | os.PathLike, secrets_path: str | os.PathLike | No
 def load_secrets(secrets_path: str | os.PathLike) -> Secrets:
     sp = Path(secrets_path)
     problems = secrets_file_problems(sp)
-    raw = None if problems else _read_json(sp, "secrets file")
+    raw = None if problems else _read_doc(sp, "secrets file")[1]
     if raw is not None:
         problems += schema_problems("secrets", raw)
     if problems:

@@ -8,15 +8,37 @@ import pytest
 from typer.testing import CliRunner
 
 from migrator import errors
-from migrator.cli.app import app
+from migrator.cli.app import COMMAND_MODULES, app, module_commands
 
 runner = CliRunner()
-COMMANDS = sorted(c.name or c.callback.__name__ for c in app.registered_commands)
+# Plain commands (not groups such as `cron`), each from the module that defines it.
+COMMANDS = sorted(name for name, module in COMMAND_MODULES.items()
+                  if not hasattr(module_commands(module)[name], "commands"))
 
 
 def test_commands_are_registered():
     assert {"validate", "check", "deploy", "teardown", "status", "upgrade", "recover", "backup", "snapshots",
-            "verify", "prune", "restore", "drill"} <= set(COMMANDS)
+            "verify", "prune", "restore", "drill", "move", "health", "log"} <= set(COMMANDS)
+
+
+def test_command_map_names_exactly_what_each_module_registers():
+    """cli/app.py imports only the invoked command's module: its map must match the modules' register()."""
+    for module in set(COMMAND_MODULES.values()):
+        assert set(module_commands(module)) == {n for n, m in COMMAND_MODULES.items() if m == module}, module
+
+
+def test_a_command_run_imports_only_its_own_module():
+    """`migrator backup` must not pay for importing the move, OS-update or agent code (or jsonschema,
+    when the plan's schema verdict is known)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from migrator.cli import app; app.module_commands('snapshot_cmds'); "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith(('migrator.cli.', 'jsonschema')))))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert "migrator.cli.snapshot_cmds" in loaded
+    assert not {"migrator.cli.move_cmds", "migrator.cli.update_cmds", "migrator.cli.agent_cmds",
+                "migrator.cli.ops_cmds", "migrator.cli.stack_cmds", "jsonschema"} & set(loaded)
 
 
 @pytest.mark.parametrize("command", COMMANDS)

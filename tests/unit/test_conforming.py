@@ -1,0 +1,101 @@
+"""The remembered schema verdicts (state/conforming.py): an unchanged plan skips the schema validator, any
+change to its bytes is validated again, the special checks (data dirs on disk) always run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from migrator.errors import PlanInvalid
+from migrator.plan import load, validate_files
+from migrator.state.conforming import FILE, KEEP, ConformingDocs
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.fixture()
+def plan_file(tmp_path) -> Path:
+    raw = json.loads((EXAMPLES / "demo-plan.json").read_text())
+    raw["vsn"]["data_root"] = str(tmp_path / "data")
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(raw))
+    return path
+
+
+@pytest.fixture()
+def secrets_file(tmp_path) -> Path:
+    path = tmp_path / "secrets.json"
+    path.write_text(json.dumps({"db_password": "s3cr3t-value", "smtp_pw": "x"}))
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture()
+def schema_calls(monkeypatch) -> list[str]:
+    calls: list[str] = []
+    real = load.schema_problems
+
+    def counting(name, doc):
+        calls.append(name)
+        return real(name, doc)
+
+    monkeypatch.setattr(load, "schema_problems", counting)
+    return calls
+
+
+def test_second_load_of_an_unchanged_plan_skips_the_schema(tmp_path, plan_file, secrets_file, schema_calls):
+    first = validate_files(plan_file, secrets_file, conforming=ConformingDocs(tmp_path))
+    assert schema_calls == ["plan", "secrets"]
+    second = validate_files(plan_file, secrets_file, conforming=ConformingDocs(tmp_path))  # a new process
+    assert schema_calls == ["plan", "secrets"]
+    assert second[0] == first[0] and second[1].values == first[1].values
+
+
+def test_a_changed_plan_is_validated_again(tmp_path, plan_file, secrets_file, schema_calls):
+    validate_files(plan_file, secrets_file, conforming=ConformingDocs(tmp_path))
+    raw = json.loads(plan_file.read_text())
+    raw["volumes"][0]["name"] = "Not A Name!"
+    plan_file.write_text(json.dumps(raw))
+    with pytest.raises(PlanInvalid) as info:
+        validate_files(plan_file, secrets_file, conforming=ConformingDocs(tmp_path))
+    assert schema_calls == ["plan", "secrets", "plan"]  # the unchanged secrets file is remembered
+    assert any(d.startswith("volumes[0].name") for d in info.value.details)
+
+
+def test_an_invalid_plan_is_never_remembered(tmp_path, plan_file, schema_calls):
+    plan_file.write_text(json.dumps({"version": 1}))
+    for _ in range(2):
+        with pytest.raises(PlanInvalid):
+            validate_files(plan_file, conforming=ConformingDocs(tmp_path))
+    assert schema_calls == ["plan", "plan"]
+    assert not (tmp_path / FILE).exists()
+
+
+def test_special_checks_still_run_for_a_remembered_plan(tmp_path, plan_file, secrets_file):
+    validate_files(plan_file, secrets_file, conforming=ConformingDocs(tmp_path))
+    raw = json.loads(plan_file.read_text())
+    data_root = Path(raw["vsn"]["data_root"])
+    data_root.mkdir()
+    (data_root / raw["volumes"][0]["name"]).symlink_to("/etc")  # a data dir pointing out of the data root
+    with pytest.raises(PlanInvalid) as info:
+        validate_files(plan_file, secrets_file, conforming=ConformingDocs(tmp_path))
+    assert any("is a symlink" in d for d in info.value.details)
+
+
+def test_a_damaged_memo_file_only_costs_a_validation(tmp_path, plan_file, secrets_file, schema_calls):
+    (tmp_path / FILE).write_text("{not json")
+    validate_files(plan_file, secrets_file, conforming=ConformingDocs(tmp_path))
+    (tmp_path / FILE).write_text(json.dumps({"keys": 1}))
+    validate_files(plan_file, secrets_file, conforming=ConformingDocs(tmp_path))
+    assert schema_calls == ["plan", "secrets", "plan", "secrets"]
+
+
+def test_the_memo_keeps_the_newest_keys(tmp_path):
+    docs = ConformingDocs(tmp_path)
+    for i in range(KEEP + 5):
+        docs.add(f"k{i}")
+    again = ConformingDocs(tmp_path)
+    assert f"k{KEEP + 4}" in again and "k0" not in again
+    assert len(json.loads((tmp_path / FILE).read_text())) == KEEP
