@@ -62,6 +62,7 @@ class ArchiveStats:
     warnings: tuple[str, ...] = ()  # tar's non-fatal diagnostics, e.g. "file changed as we read it"
     skipped: tuple[str, ...] = ()  # device nodes and FIFOs left out: restore refuses them
     patched: int = 0  # files sent as block patches (patch.py), included in `files`
+    acls: int = 0  # members carrying POSIX ACLs (restore skips tar's --acls when none: a syscall per file)
 
 
 class _Output:
@@ -244,7 +245,8 @@ def write_archive(root: Path, sinks: list[Sink], *, members: list[str] | None = 
             out.abort()
         close_all(children, threads_)
     return ArchiveStats(sha256=out.hash.hexdigest(), size=out.size, uncompressed=cap.uncompressed,
-                        files=walker.files, warnings=cap.warnings, skipped=tuple(walker.skipped))
+                        files=walker.files, warnings=cap.warnings, skipped=tuple(walker.skipped),
+                        acls=walker.acls)
 
 
 def _encrypt(cap: _Capture, tar: Child, age_argv: list[str], out: _Output, children: list[Child],

@@ -20,7 +20,8 @@ import zlib
 
 from migrator.archive.tarparse import BLOCK, DIRECTORY, HARDLINK, REGULAR, SYMLINK  # noqa: F401 (emitted types)
 
-PAX_KEEP_PREFIXES = (b"SCHILY.xattr.", b"SCHILY.acl.")
+ACL_PREFIX = b"SCHILY.acl."
+PAX_KEEP_PREFIXES = (b"SCHILY.xattr.", ACL_PREFIX)
 PAX_TIME_KEYS = (b"mtime", b"atime")
 _PAX_TIME = re.compile(rb"-?[0-9]{1,19}(\.[0-9]{1,9})?\Z")
 # Largest values the ustar octal fields hold (uid/gid: 7 digits, size/mtime: 11 digits).

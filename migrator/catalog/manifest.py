@@ -56,6 +56,7 @@ class ObjectEntry:
     sha256: str
     files: int
     uncompressed: int
+    acls: int | None = None  # members with POSIX ACLs; None in manifests written before 0.3
 
 
 @dataclass
@@ -76,7 +77,7 @@ class Manifest:
     def to_json(self) -> dict:
         out = dict(self.__dict__)
         out["format"] = 1
-        out["objects"] = [dict(o.__dict__) for o in self.objects]
+        out["objects"] = [{k: v for k, v in o.__dict__.items() if v is not None} for o in self.objects]
         return out
 
     def to_bytes(self) -> bytes:

@@ -24,9 +24,7 @@ FromOpt = typer.Option(None, "--from", help="Store URL (file:///…, s3://bucket
 VsnOpt = typer.Option(None, "--vsn", help="VSN name the snapshots are filed under. Default: the deployed plan's.")
 
 
-
-
-def _store_and_vsn(url: str | None, vsn: str | None, plan_file: Path | None):
+def _store_and_vsn(url: str | None, vsn: str | None, plan_file: Path | None, writable: bool = False):
     p, _ = load_plan_args(plan_file, None, required=False)
     if url is None:
         targets = p.backup.get("targets", []) if p else []
@@ -36,7 +34,7 @@ def _store_and_vsn(url: str | None, vsn: str | None, plan_file: Path | None):
     name = vsn or (p.vsn.name if p else None)
     if not name:
         raise UsageError("no VSN name: pass --vsn NAME (no plan is deployed here)")
-    return open_stores([url], p)[0], name, p
+    return open_stores([url], p, writable=writable)[0], name, p
 
 
 def register(app: typer.Typer) -> None:
@@ -127,7 +125,7 @@ def register(app: typer.Typer) -> None:
         report = progress_printer(json_out)
 
         def action() -> dict:
-            s, name, p = _store_and_vsn(store, vsn, None)
+            s, name, p = _store_and_vsn(store, vsn, None, writable=True)
             given = {"keep_last": keep_last, "keep_daily": keep_daily, "keep_weekly": keep_weekly,
                      "keep_monthly": keep_monthly}
             if all(v is None for v in given.values()):

@@ -31,12 +31,15 @@ from migrator.storage import get_store, options_for
 SPOOL_CHUNK = 1024 * 1024  # phase-2 spool is re-read in 1 MiB chunks for upload
 
 
-def open_stores(urls: list[str], plan: Plan | None):
-    """A checked store per URL (reachable and writable), else Unreachable (exit 8) before anything stops."""
+def open_stores(urls: list[str], plan: Plan | None, *, writable: bool = True):
+    """A store per URL. `writable`: checked to answer and accept a write, else Unreachable (exit 8) before
+    anything stops. Readers skip the probe write (a drill's read-only credentials are enough); their first
+    read reports an unreachable store."""
     stores = []
     for url in urls:
         store = get_store(url, options=options_for(url, plan.backup if plan else None))
-        store.check()
+        if writable:
+            store.check()
         stores.append(store)
     return stores
 
@@ -111,7 +114,7 @@ class Backup:
     def _record(self, vol: VolumePlan, name: str, phase: int, stats) -> None:
         self.manifest.objects.append(ObjectEntry(name=name, volume=vol.name, phase=phase, size=stats.size,
                                                  sha256=stats.sha256, files=stats.files,
-                                                 uncompressed=stats.uncompressed))
+                                                 uncompressed=stats.uncompressed, acls=stats.acls))
 
     def _spool_phase2(self, vol: VolumePlan, before: TreeState) -> tuple[Path, object, str]:
         """Phase 2 goes to a local spool (it holds only what changed) so writers restart before uploads."""

@@ -81,13 +81,18 @@ def stage_volume(store, manifest: Manifest, volume: str, staging: Path, identity
                  progress=None) -> int:
     staging.mkdir(mode=0o700)
     files = 0
-    for obj in manifest.objects_of(volume):
+    objects = manifest.objects_of(volume)
+    # tar's --acls costs a setxattr per file: only when some object of the volume has ACLs (a directory's
+    # default ACL from phase 1 must not be inherited by phase 2's files); `acls` is None before 0.3.
+    acls = any(obj.acls != 0 for obj in objects)
+    for obj in objects:
         key = f"{manifest.vsn}/{manifest.snapshot_id}/{obj.name}"
         report(f"restoring {obj.name} ({format_size(obj.size)})")
         with store.open_reader(key) as reader:
             stats = extract_archive(reader, staging, expected_sha256=obj.sha256, expected_size=obj.size,
                                     identity_file=identity, encrypted=obj.name.endswith(".age"),
-                                    max_uncompressed=obj.uncompressed + BOMB_SLACK, progress=progress)
+                                    max_uncompressed=obj.uncompressed + BOMB_SLACK, progress=progress,
+                                    acls=acls)
         files += getattr(stats, "files", 0)
     # The staged root takes the captured root's metadata (extracted as ".").
     return files

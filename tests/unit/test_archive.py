@@ -183,6 +183,45 @@ def test_xattrs_survive(tmp_path):
     assert any(n == "user.big" for n, _ in _xattrs(str(tmp_path / "out" / "f")))
 
 
+def _acl_tree(root: Path) -> bool:
+    """A file with an ACL entry under `root`; False when this filesystem refuses POSIX ACLs."""
+    root.mkdir()
+    (root / "f").write_bytes(b"x")
+    return subprocess.run(["setfacl", "-m", f"u:{ODD_UID}:r", str(root / "f")], capture_output=True).returncode == 0
+
+
+def test_capture_counts_members_with_acls(tmp_path):
+    plain = tmp_path / "plain"
+    build_rich_tree(plain)
+    assert capture(plain)[1].acls == 0
+    if not _acl_tree(tmp_path / "acl"):
+        pytest.skip(f"the filesystem of {tmp_path} refuses POSIX ACLs")
+    assert capture(tmp_path / "acl")[1].acls == 1
+
+
+def test_an_archive_with_acls_its_manifest_denies_is_refused(tmp_path):
+    if not _acl_tree(tmp_path / "src"):
+        pytest.skip(f"the filesystem of {tmp_path} refuses POSIX ACLs")
+    data, stats = capture(tmp_path / "src")
+    with pytest.raises(IntegrityError, match="carries ACLs its manifest does not list"):
+        restore(data, tmp_path / "out", stats, acls=False)
+
+
+def test_without_acls_files_do_not_inherit_the_destinations_default_acl(tmp_path):
+    """acls=False drops tar's --acls, unless the destination would hand its default ACL down."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    data, stats = capture(src)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    if subprocess.run(["setfacl", "-d", "-m", f"u:{ODD_UID}:rwx", str(dest)], capture_output=True).returncode:
+        pytest.skip(f"the filesystem of {tmp_path} refuses POSIX ACLs")
+    restore(data, dest, stats, acls=False)
+    assert not [n for n, _ in _xattrs(str(dest / "f")) if n.startswith("system.posix_acl")]
+    assert fingerprint(dest) == fingerprint(src)
+
+
 def test_sinks_receive_identical_bytes_and_hash_matches(tmp_path):
     src = tmp_path / "src"
     build_rich_tree(src)

@@ -44,17 +44,27 @@ def test_manifest_round_trip():
     assert [o.phase for o in back.objects_of("db")] == [1, 2]
 
 
+def test_acl_counts_round_trip_and_older_manifests_have_none():
+    m = manifest()
+    m.objects[0].acls, m.objects[1].acls = 0, 2
+    assert [o.acls for o in Manifest.parse(m.to_bytes(), "test").objects] == [0, 2]
+    old = manifest().to_json()  # written before 0.3: no "acls" key at all
+    assert all("acls" not in o for o in old["objects"])
+    assert [o.acls for o in Manifest.parse(json.dumps(old).encode(), "test").objects] == [None, None]
+
+
 @pytest.mark.parametrize("mutate", [
     lambda r: r.update(format=2),
     lambda r: r["objects"][0].update(name="../../etc/passwd"),
     lambda r: r["objects"][0].update(sha256="xyz"),
     lambda r: r["objects"][0].update(size=-1),
+    lambda r: r["objects"][0].update(acls=-1),
     lambda r: r["objects"][0].update(volume="other"),
     lambda r: r["objects"].append(dict(r["objects"][0])),
     lambda r: r.update(snapshot_id="latest"),
     lambda r: r.update(extra="field"),
     lambda r: r.pop("objects"),
-], ids=["format", "traversal-name", "bad-sha", "negative-size", "foreign-volume", "duplicate", "bad-id",
+], ids=["format", "traversal-name", "bad-sha", "negative-size", "negative-acls", "foreign-volume", "duplicate", "bad-id",
         "extra-field", "missing-objects"])
 def test_malformed_manifest_is_an_integrity_error(mutate):
     raw = manifest().to_json()
