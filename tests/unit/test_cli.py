@@ -82,3 +82,22 @@ def test_snapshot_id_argument_is_validated(tmp_path, monkeypatch):
     result = runner.invoke(app, ["verify", "../../etc", "--from", f"file://{store}", "--vsn", "demo", "--json"])
     assert result.exit_code == 2
     assert "not a snapshot id" in json.loads(result.stdout)["message"]
+
+
+def test_reading_commands_do_not_need_a_writable_store(tmp_path, monkeypatch):
+    """snapshots/verify/restore/drill only read: a store that refuses the write probe (read-only drill
+    credentials) still serves them; prune writes, so it is still probed."""
+    from migrator.errors import Unreachable
+    from migrator.storage.local import LocalStore
+
+    def refuse(self):
+        raise Unreachable(f"store {self.url} is not writable: read-only")
+
+    monkeypatch.setattr(LocalStore, "check", refuse)
+    monkeypatch.setenv("MIGRATOR_STATE_DIR", str(tmp_path / "state"))
+    store = tmp_path / "store"
+    store.mkdir()
+    listed = runner.invoke(app, ["snapshots", "--from", f"file://{store}", "--vsn", "demo", "--json"])
+    assert listed.exit_code == 0 and json.loads(listed.stdout)["snapshots"] == []
+    pruned = runner.invoke(app, ["prune", "--keep-last", "1", "--from", f"file://{store}", "--vsn", "demo", "--json"])
+    assert pruned.exit_code == 8 and "not writable" in json.loads(pruned.stdout)["message"]
