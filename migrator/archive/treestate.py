@@ -39,7 +39,7 @@ from migrator.errors import ArchiveError
 # the last 2 s before the scan; being too small would lose changes.
 RACY_SLACK_NS = 2_000_000_000
 FORMAT = "migrator-treestate"
-VERSION = 2  # 2 added the block digests; 1 is still read
+VERSION = 3  # 2 added block digests (sha256), 3 made them xxh3-128; 1 (no digests) is still read
 # Placeholder type for a path phase 1 archived but its scan did not see: never equal to a real entry.
 UNKNOWN = "?"
 _TYPES = ((stat.S_ISDIR, "d"), (stat.S_ISREG, "f"), (stat.S_ISLNK, "l"))

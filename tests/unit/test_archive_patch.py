@@ -4,7 +4,6 @@ are refused and nothing outside dest is touched."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import random
@@ -13,6 +12,7 @@ import subprocess
 import tarfile
 
 import pytest
+import xxhash
 import zstandard
 
 from migrator.archive import TreeState, capture_phase1, capture_phase2, patch, scan
@@ -77,7 +77,7 @@ def test_phase1_digests_the_archived_bytes_of_big_plain_files_only(tmp_path):
     assert set(state.blocks) == {"big", "sub/big2"}
     size, digests = state.blocks["big"]
     assert size == len(data)
-    assert digests == b"".join(hashlib.sha256(data[i:i + BLOCK_SIZE]).digest() for i in range(0, size, BLOCK_SIZE))
+    assert digests == b"".join(xxhash.xxh3_128_digest(data[i:i + BLOCK_SIZE]) for i in range(0, size, BLOCK_SIZE))
     state.save(tmp_path / "state")
     assert TreeState.load(tmp_path / "state").blocks == state.blocks
 
@@ -88,7 +88,7 @@ def test_walker_digests_are_independent_of_chunking(tmp_path):
     data = _rand(3 * MIB + 7)
     (src / "f").write_bytes(data)
     stream = subprocess.run(tar_create_argv(src, False), capture_output=True, check=True).stdout
-    expect = b"".join(hashlib.sha256(data[i:i + BLOCK_SIZE]).digest() for i in range(0, len(data), BLOCK_SIZE))
+    expect = b"".join(xxhash.xxh3_128_digest(data[i:i + BLOCK_SIZE]) for i in range(0, len(data), BLOCK_SIZE))
     for step in (1 << 20, 512, 1000, 4099, 777_777):
         got = {}
         walker = CaptureWalker(on_data=lambda path, size, got=got: patch.BlockDigester(
