@@ -11,9 +11,7 @@ import typer
 from migrator.errors import UsageError
 from migrator.plan import validate_files
 from migrator.plan.model import Plan, Secrets
-from migrator.state import deployed
-from migrator.state.conforming import ConformingDocs
-from migrator.state.paths import state_dir
+from migrator.state import conforming, deployed
 
 PlanArg = typer.Argument(None, help="Deployment plan (JSON). Default: the plan deployed on this VSN.")
 PlanOpt = typer.Option(None, "--plan", help="Plan (default: the one deployed on this VSN).")
@@ -35,4 +33,4 @@ def load_plan_args(plan: Path | None, secrets: Path | None, required: bool = Tru
         return None, None
     plan_path, secrets_path = deployed.plan_and_secrets_paths(str(plan) if plan else None,
                                                               str(secrets) if secrets else None)
-    return validate_files(plan_path, secrets_path, conforming=ConformingDocs(state_dir()))
+    return validate_files(plan_path, secrets_path, conforming=conforming.remembered())

@@ -21,6 +21,7 @@ from migrator.ops.probes import probe_once
 from migrator.ops.restore import restore, snapshot_plan
 from migrator.ops.stack import Report, Stack, quiet
 from migrator.plan.model import Plan, Secrets
+from migrator.state import conforming
 from migrator.state.files import write_json
 from migrator.state.paths import state_dir
 
@@ -76,7 +77,7 @@ def drill_plan(raw: dict, scratch: Path, tag: str) -> tuple[dict, dict[str, str]
 def drill(store, vsn: str, snapshot_id: str, *, plan: Plan | None, secrets: Secrets, identity: Path | None = None,
           scratch: Path | None = None, report: Report = quiet) -> dict:
     started = time.monotonic()
-    manifest = read_manifest(store, vsn, snapshot_id)
+    manifest = read_manifest(store, vsn, snapshot_id, conforming.remembered())
     source_plan = plan or snapshot_plan(store, manifest)
     tag = pysecrets.token_hex(2)
     scratch = Path(scratch) if scratch else state_dir() / "drill" / f"{manifest.snapshot_id}-{tag}"

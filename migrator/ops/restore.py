@@ -29,6 +29,7 @@ from migrator.plan.checks import special_checks
 from migrator.plan.load import schema_problems
 from migrator.plan.model import Plan, Secrets
 from migrator.plan.sizes import format_size
+from migrator.state import conforming
 from migrator.state.journal import open_journal
 
 JOURNAL_KEY = "restore_swaps"
@@ -126,7 +127,7 @@ def restore(store, vsn: str, snapshot_id: str, *, plan: Plan | None, volumes: li
             into: Path | None = None, identity: Path | None = None, keep_old: bool = False,
             touch_containers: bool = True, report: Report = quiet, progress=None) -> dict:
     started = time.monotonic()
-    manifest = read_manifest(store, vsn, snapshot_id)
+    manifest = read_manifest(store, vsn, snapshot_id, conforming.remembered())
     chosen = volumes or sorted(manifest.volumes)
     unknown = [v for v in chosen if v not in manifest.volumes]
     if unknown:

@@ -10,6 +10,7 @@ from migrator.catalog.manifest import snapshot_time
 from migrator.catalog.retention import Policy, decide
 from migrator.errors import IntegrityError
 from migrator.ops.stack import Report, quiet
+from migrator.state import conforming
 
 READ_CHUNK = 1024 * 1024
 # Uncommitted snapshot dirs younger than this may belong to a backup still uploading: leave them.
@@ -23,13 +24,13 @@ def snapshot_row(m) -> dict:
 
 
 def snapshots(store, vsn: str) -> dict:
-    listing = list_snapshots(store, vsn)
+    listing = list_snapshots(store, vsn, conforming.remembered())
     return {"store": store.url, "vsn": vsn, "snapshots": [snapshot_row(m) for m in listing.snapshots],
             "uncommitted": len(listing.debris)}
 
 
 def verify(store, vsn: str, snapshot_id: str, read_data: bool, report: Report = quiet) -> dict:
-    manifest = read_manifest(store, vsn, snapshot_id)
+    manifest = read_manifest(store, vsn, snapshot_id, conforming.remembered())
     problems = []
     checked = 0
     for obj in manifest.objects:
@@ -59,7 +60,7 @@ def verify(store, vsn: str, snapshot_id: str, read_data: bool, report: Report = 
 
 
 def prune(store, vsn: str, policy: Policy, dry_run: bool, report: Report = quiet, now: float | None = None) -> dict:
-    listing = list_snapshots(store, vsn)
+    listing = list_snapshots(store, vsn, conforming.remembered())
     decision = decide([(m.snapshot_id, m.created, m.tags) for m in listing.snapshots], policy)
     if policy.empty and not dry_run:
         # Refuse to delete everything because no --keep option was given.

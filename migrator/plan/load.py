@@ -3,14 +3,13 @@ schema cannot express. Every problem is collected (not just the first) and named
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import stat
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from migrator.errors import PlanInvalid
 from migrator.plan.checks import special_checks
@@ -19,16 +18,10 @@ from migrator.plan.model import Plan, Secrets
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
 
+    from migrator.state.conforming import ConformingDocs
+
 # A plan or secrets file is a few KB; refuse anything huge before parsing it (untrusted input).
 MAX_FILE_BYTES = 1024 * 1024
-
-
-class Conforming(Protocol):
-    """Keys of documents already seen to conform to their schema (state/conforming.py)."""
-
-    def __contains__(self, key: str) -> bool: ...
-
-    def add(self, key: str) -> None: ...
 
 
 @cache
@@ -91,16 +84,15 @@ def schema_problems(name: str, doc: object) -> list[str]:
     return problems
 
 
-def _known_problems(name: str, data: bytes, doc: object, conforming: Conforming | None) -> list[str]:
+def _known_problems(name: str, data: bytes, doc: object, conforming: ConformingDocs | None) -> list[str]:
     """schema_problems, skipped for a document `conforming` has seen pass (same schema, same bytes)."""
     if conforming is None:
         return schema_problems(name, doc)
-    key = hashlib.sha256(_schema_bytes(name) + b"\0" + data).hexdigest()
-    if key in conforming:
+    if conforming.knows(_schema_bytes(name), data):
         return []
     problems = schema_problems(name, doc)
     if not problems:
-        conforming.add(key)
+        conforming.add(_schema_bytes(name), data)
     return problems
 
 
@@ -121,7 +113,7 @@ def secrets_file_problems(path: Path) -> list[str]:
 
 
 def validate_files(plan_path: str | os.PathLike, secrets_path: str | os.PathLike | None = None,
-                   conforming: Conforming | None = None) -> tuple[Plan, Secrets]:
+                   conforming: ConformingDocs | None = None) -> tuple[Plan, Secrets]:
     """Load both files and run every check; raise PlanInvalid listing all problems, else return them.
     With `conforming`, the schema verdict of a document seen before is reused (see _known_problems)."""
     data, raw = _read_doc(plan_path, "plan")

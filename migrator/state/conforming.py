@@ -1,18 +1,22 @@
 """Documents known to conform to their JSON schema: a small persistent set of sha256 keys in the state dir.
 
-plan/load.py asks it before validating a plan or secrets file against its schema, and adds a key when one
-passes. A key covers the schema's bytes and the document's bytes, so any change to either is a miss. Only
-the schema verdict is remembered; the special checks (which also look at the data dirs) always run."""
+plan/load.py (plan and secrets files) and catalog/manifest.py (manifests read back from a store) ask it
+before validating a document against its schema, and add it when it passes. A key covers the schema's
+bytes and the document's bytes, so any change to either is a miss. Only the schema verdict is
+remembered; the checks a schema cannot express (the plan's data dirs on disk, a manifest's objects
+belonging to its volumes) always run."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 from migrator.state.files import write_json
+from migrator.state.paths import state_dir
 
 FILE = "conforming-docs.json"
-KEEP = 32  # a VSN has one plan and one secrets file; a few old versions are plenty
+KEEP = 256  # one plan, one secrets file, the manifests of the snapshots in the stores (64 hex chars each)
 
 
 class ConformingDocs:
@@ -24,13 +28,24 @@ class ConformingDocs:
             keys = []
         self._keys = [k for k in keys if isinstance(k, str)] if isinstance(keys, list) else []
 
-    def __contains__(self, key: str) -> bool:
-        return key in self._keys
+    @staticmethod
+    def key(schema: bytes, doc: bytes) -> str:
+        return hashlib.sha256(b"%d:" % len(schema) + schema + doc).hexdigest()
 
-    def add(self, key: str) -> None:
-        """Remember `key` (newest first). Best effort: a state dir that cannot be written only costs time."""
+    def knows(self, schema: bytes, doc: bytes) -> bool:
+        return self.key(schema, doc) in self._keys
+
+    def add(self, schema: bytes, doc: bytes) -> None:
+        """Remember that `doc` conforms to `schema` (newest first). Best effort: a state dir that cannot be
+        written only costs time."""
+        key = self.key(schema, doc)
         self._keys = [key, *(k for k in self._keys if k != key)][:KEEP]
         try:
             write_json(self.path, self._keys)
         except OSError:
             pass
+
+
+def remembered() -> ConformingDocs:
+    """The verdicts kept in this VSN's state dir."""
+    return ConformingDocs(state_dir())

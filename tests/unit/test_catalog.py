@@ -107,3 +107,35 @@ def test_keep_last_and_tags():
     assert set(d.remove) == {s[0][0], s[2][0]}
     d2 = decide(s, Policy(keep_last=1, keep_tags=()))
     assert s[1][0] in d2.remove
+
+
+def test_a_manifest_seen_valid_skips_the_schema_next_time(tmp_path, monkeypatch):
+    from migrator.catalog import manifest as manifest_module
+    from migrator.state.conforming import ConformingDocs
+
+    data = manifest().to_bytes()
+    first = Manifest.parse(data, "test", ConformingDocs(tmp_path))
+
+    def no_validator():
+        raise AssertionError("the schema validator was needed")
+
+    monkeypatch.setattr(manifest_module, "_validator", no_validator)
+    assert Manifest.parse(data, "test", ConformingDocs(tmp_path)) == first
+    tampered = data.replace(b'"size": 10', b'"size": 11')
+    assert tampered != data
+    with pytest.raises(AssertionError, match="validator was needed"):  # other bytes: validated again
+        Manifest.parse(tampered, "test", ConformingDocs(tmp_path))
+
+
+def test_an_invalid_manifest_is_never_remembered(tmp_path):
+    from migrator.state.conforming import ConformingDocs
+
+    raw = manifest().to_json()
+    raw["objects"][0]["volume"] = "other"  # passes the schema, fails the volume check
+    data = json.dumps(raw).encode()
+    docs = ConformingDocs(tmp_path)
+    for _ in range(2):
+        with pytest.raises(IntegrityError):
+            Manifest.parse(data, "test", docs)
+    from migrator.catalog.manifest import _schema_bytes
+    assert not docs.knows(_schema_bytes(), data)

@@ -95,7 +95,8 @@ def test_a_damaged_memo_file_only_costs_a_validation(tmp_path, plan_file, secret
 def test_the_memo_keeps_the_newest_keys(tmp_path):
     docs = ConformingDocs(tmp_path)
     for i in range(KEEP + 5):
-        docs.add(f"k{i}")
+        docs.add(b"schema", b"doc %d" % i)
     again = ConformingDocs(tmp_path)
-    assert f"k{KEEP + 4}" in again and "k0" not in again
+    assert again.knows(b"schema", b"doc %d" % (KEEP + 4)) and not again.knows(b"schema", b"doc 0")
+    assert not again.knows(b"other schema", b"doc %d" % (KEEP + 4))
     assert len(json.loads((tmp_path / FILE).read_text())) == KEEP
