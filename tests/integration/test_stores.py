@@ -258,7 +258,7 @@ def test_file_store_hands_big_objects_to_the_disk_while_writing(tmp_path, monkey
     writer.commit()
     assert (tmp_path / "store" / "vsn" / "snap" / "obj").read_bytes() == data
     assert len(ranges) == 3 and ranges[0][0] == 0
-    assert all(off + n == nxt for (off, n), (nxt, _) in zip(ranges, ranges[1:]))
+    assert all(off + n == nxt for (off, n), (nxt, _) in zip(ranges, ranges[1:], strict=False))
     assert all(n >= local.WRITEBACK_STEP for _, n in ranges)
 
 

@@ -12,23 +12,11 @@ from migrator.errors import PlanInvalid
 from migrator.plan import load, validate_files
 from migrator.state.conforming import FILE, KEEP, ConformingDocs
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
 
 @pytest.fixture()
-def plan_file(tmp_path) -> Path:
-    raw = json.loads((EXAMPLES / "demo-plan.json").read_text())
-    raw["vsn"]["data_root"] = str(tmp_path / "data")
+def plan_file(tmp_path, good) -> Path:
     path = tmp_path / "plan.json"
-    path.write_text(json.dumps(raw))
-    return path
-
-
-@pytest.fixture()
-def secrets_file(tmp_path) -> Path:
-    path = tmp_path / "secrets.json"
-    path.write_text(json.dumps({"db_password": "s3cr3t-value", "smtp_pw": "x"}))
-    path.chmod(0o600)
+    path.write_text(json.dumps(good))
     return path
 
 

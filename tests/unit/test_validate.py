@@ -15,23 +15,6 @@ from migrator.errors import PlanInvalid
 from migrator.plan import validate_files
 from migrator.plan.checks import dependency_cycle
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-@pytest.fixture()
-def good(tmp_path) -> dict:
-    raw = json.loads((EXAMPLES / "demo-plan.json").read_text())
-    raw["vsn"]["data_root"] = str(tmp_path / "data")
-    return raw
-
-
-@pytest.fixture()
-def secrets_file(tmp_path) -> Path:
-    path = tmp_path / "secrets.json"
-    path.write_text(json.dumps({"db_password": "s3cr3t-value", "smtp_pw": "x"}))
-    path.chmod(0o600)
-    return path
-
 
 def write(tmp_path: Path, raw: dict) -> Path:
     path = tmp_path / "plan.json"
