@@ -1,4 +1,7 @@
-"""`backup`, `snapshots`, `verify`, `prune`, `restore`: snapshot commands."""
+"""`backup`, `snapshots`, `verify`, `prune`, `restore`, `drill`: snapshot commands.
+
+Each command imports its operation when it runs: a restore does not load the backup code (start-up is
+part of every run's time)."""
 
 from __future__ import annotations
 
@@ -10,14 +13,10 @@ from migrator.catalog.retention import DEFAULT_KEEP_TAGS, Policy
 from migrator.cli.options import JsonOpt, PlanOpt, SecretsOpt, WaitOpt, load_plan_args
 from migrator.cli.output import progress_printer, run
 from migrator.errors import UsageError
-from migrator.ops import snapshots as snap_ops
-from migrator.ops.backup import backup as backup_op
-from migrator.ops.backup import open_stores
-from migrator.ops.drill import drill as drill_op
-from migrator.ops.restore import restore as restore_op
 from migrator.ops.session import operation
 from migrator.plan.model import Secrets
 from migrator.plan.sizes import format_size
+from migrator.storage import open_stores
 
 FromOpt = typer.Option(None, "--from", help="Store URL (file:///…, s3://bucket/prefix, ssh://host/path). "
                                             "Default: the deployed plan's first backup target.")
@@ -34,7 +33,7 @@ def _store_and_vsn(url: str | None, vsn: str | None, plan_file: Path | None, wri
     name = vsn or (p.vsn.name if p else None)
     if not name:
         raise UsageError("no VSN name: pass --vsn NAME (no plan is deployed here)")
-    return open_stores([url], p, writable=writable)[0], name, p
+    return open_stores([url], p.backup if p else None, writable=writable)[0], name, p
 
 
 def register(app: typer.Typer) -> None:
@@ -55,6 +54,8 @@ def register(app: typer.Typer) -> None:
         def action() -> dict:
             p, _s = load_plan_args(plan, secrets)
             with operation("backup", wait, report):
+                from migrator.ops.backup import backup as backup_op
+
                 return backup_op(p, to, list(tag or []), report, progress=report.bytes)
 
         def human(r: dict) -> None:
@@ -76,6 +77,8 @@ def register(app: typer.Typer) -> None:
 
         def action() -> dict:
             s, name, _ = _store_and_vsn(store, vsn, None)
+            from migrator.ops import snapshots as snap_ops
+
             return snap_ops.snapshots(s, name)
 
         def human(r: dict) -> None:
@@ -103,6 +106,8 @@ def register(app: typer.Typer) -> None:
 
         def action() -> dict:
             s, name, _ = _store_and_vsn(store, vsn, None)
+            from migrator.ops import snapshots as snap_ops
+
             return snap_ops.verify(s, name, snapshot, read_data, report)
 
         run(json_out, action, lambda r: print(f"snapshot {r['snapshot_id']} ok: {r['objects']} objects"
@@ -136,6 +141,8 @@ def register(app: typer.Typer) -> None:
                 raise UsageError("no retention given: pass --keep-last/--keep-daily/--keep-weekly/--keep-monthly "
                                  "(or set backup.retention in the plan)")
             with operation("prune", wait, report):
+                from migrator.ops import snapshots as snap_ops
+
                 return snap_ops.prune(s, name, policy, dry_run, report)
 
         def human(r: dict) -> None:
@@ -168,6 +175,8 @@ def register(app: typer.Typer) -> None:
         def action() -> dict:
             s, name, p = _store_and_vsn(store, vsn, plan)
             with operation("restore", wait, report):
+                from migrator.ops.restore import restore as restore_op
+
                 return restore_op(s, name, snapshot, plan=p, volumes=list(volume or []) or None, into=into,
                                   identity=identity, keep_old=keep_old, report=report,
                                   progress=report.bytes)
@@ -194,6 +203,8 @@ def register(app: typer.Typer) -> None:
             s, name, p = _store_and_vsn(store, vsn, plan)
             _p, sec = load_plan_args(plan, secrets, required=False)
             with operation("drill", wait, report):
+                from migrator.ops.drill import drill as drill_op
+
                 return drill_op(s, name, snapshot, plan=None, secrets=sec or Secrets(), identity=identity,
                                 scratch=scratch, report=report)
 

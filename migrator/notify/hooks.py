@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from migrator.errors import LockHeld, MigratorError
-from migrator.notify import alerts, metrics
+from migrator.notify import metrics
 from migrator.plan import load_secrets
 from migrator.state import deployed, history, stackstate
 from migrator.state.files import read_json, write_json
@@ -109,6 +109,8 @@ class Around:
         notify_cfg = ((plan_raw or {}).get("health") or {}).get("notify")
         if not notify_cfg:
             return
+        from migrator.notify import alerts  # with its mail code: only for plans that mail
+
         secrets = None
         if secrets_path and Path(secrets_path).exists():
             secrets = load_secrets(secrets_path)

@@ -26,22 +26,9 @@ from migrator.state import deployed
 from migrator.state.files import write_json
 from migrator.state.journal import open_journal
 from migrator.state.paths import state_dir
-from migrator.storage import get_store, options_for
+from migrator.storage import open_stores
 
 SPOOL_CHUNK = 1024 * 1024  # phase-2 spool is re-read in 1 MiB chunks for upload
-
-
-def open_stores(urls: list[str], plan: Plan | None, *, writable: bool = True):
-    """A store per URL. `writable`: checked to answer and accept a write, else Unreachable (exit 8) before
-    anything stops. Readers skip the probe write (a drill's read-only credentials are enough); their first
-    read reports an unreachable store."""
-    stores = []
-    for url in urls:
-        store = get_store(url, options=options_for(url, plan.backup if plan else None))
-        if writable:
-            store.check()
-        stores.append(store)
-    return stores
 
 
 @dataclass
@@ -232,7 +219,7 @@ def backup(plan: Plan, targets: list[str] | None, tags: list[str], report: Repor
     if not urls:
         raise UsageError("no backup target: the plan has no backup.targets and no --to was given",
                          hint="migrator backup --to file:///var/backups/migrator")
-    stores = open_stores(urls, plan)
+    stores = open_stores(urls, plan.backup)
     stack = Stack.for_plan(plan, report)
     job = Backup(plan, stores, tags, report, progress)
     with open_journal("backup") as journal:

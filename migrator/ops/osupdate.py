@@ -16,7 +16,7 @@ from pathlib import Path
 
 from migrator.archive.fingerprint import compare, fingerprint
 from migrator.errors import IntegrityError, MigratorError, UsageError
-from migrator.ops.backup import backup, open_stores
+from migrator.ops.backup import backup
 from migrator.ops.deploy import deploy
 from migrator.ops.restore import restore
 from migrator.ops.stack import Report, quiet
@@ -25,6 +25,7 @@ from migrator.plan import load_secrets
 from migrator.plan.model import Plan, Secrets
 from migrator.state.files import read_json, write_json
 from migrator.state.paths import state_dir
+from migrator.storage import open_stores
 
 PRE_UPDATE_TAG = "pre-update"
 
@@ -45,7 +46,7 @@ def prepare(plan: Plan, secrets: Secrets, targets: list[str] | None, report: Rep
     urls = list(targets or plan.backup.get("targets", []))
     if not urls:
         raise UsageError("no backup target for the pre-update snapshot", hint="add backup.targets or pass --to URL")
-    open_stores(urls, plan)  # unreachable store -> exit 8 before anything stops
+    open_stores(urls, plan.backup)  # unreachable store -> exit 8 before anything stops
     report("bringing the VSN to the containerless state")
     down = teardown(plan, report)
     report("taking the pre-update snapshot")
@@ -75,7 +76,7 @@ def finish(restore_on_mismatch: bool = False, identity: Path | None = None, repo
                                  "nothing was redeployed", details=differences,
                                  hint="inspect the listed paths; `migrator os-update finish --restore-on-mismatch` "
                                       "restores the pre-update snapshot")
-        store = open_stores([marker["targets"][0]], plan)[0]
+        store = open_stores([marker["targets"][0]], plan.backup)[0]
         report(f"restoring the pre-update snapshot {marker['snapshot_id']}")
         restored = restore(store, plan.vsn.name, marker["snapshot_id"], plan=plan, identity=identity,
                            touch_containers=False, report=report)

@@ -31,6 +31,7 @@ __all__ = [
     "check_key",
     "get_store",
     "is_hidden_name",
+    "open_stores",
     "options_for",
 ]
 
@@ -65,3 +66,16 @@ def options_for(url: str, backup_section: dict[str, Any] | None) -> dict[str, An
     """Pick the options sub-section of a plan's `backup` section that applies to `url`'s scheme."""
     scheme = urlsplit(url).scheme.lower()
     return dict((backup_section or {}).get(scheme, {}) or {})
+
+
+def open_stores(urls: list[str], backup_section: dict[str, Any] | None, *, writable: bool = True) -> list[SnapshotStore]:
+    """A store per URL, with its options from the plan's `backup` section. `writable`: checked to answer
+    and accept a write, else Unreachable (exit 8) before anything stops. Readers skip the probe write
+    (a drill's read-only credentials are enough); their first read reports an unreachable store."""
+    stores = []
+    for url in urls:
+        store = get_store(url, options=options_for(url, backup_section))
+        if writable:
+            store.check()
+        stores.append(store)
+    return stores
