@@ -176,9 +176,13 @@ start() {
 }
 
 conmons() { # [pattern]: pids of this VSN's conmons (bundle under $dir/storage) whose argv matches
-    local p
+    # A second VSN may live at the same path in another mount namespace (tests/lab/vsn2.py): its conmons
+    # name the same $dir. A conmon runs in its podman service's mount namespace, so ours share ours.
+    local p mine
+    mine=$(readlink /proc/self/ns/mnt)
     for p in $(pgrep -x conmon || true); do
-        if tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q -- " -b $dir/storage/${1:-}"; then
+        if tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q -- " -b $dir/storage/${1:-}" \
+                && [ "$(readlink "/proc/$p/ns/mnt" 2>/dev/null)" = "$mine" ]; then
             echo "$p"
         fi
     done
@@ -207,9 +211,12 @@ kill_orphans() {
         for c in $(pgrep -P "$p" || true); do kill -KILL "$c" 2>/dev/null || true; done
         kill -KILL "$p" 2>/dev/null || true
     done
+    # Same-path VSNs in other mount namespaces again: only an upper dir that exists here is ours.
+    local up
     for p in /proc/[0-9]*; do
-        if awk -v up="upperdir=$dir/storage/" '$5 == "/" && index($0, up) { found = 1 } END { exit !found }' \
-                "$p/mountinfo" 2>/dev/null; then
+        up=$(awk -v up="upperdir=$dir/storage/" '$5 == "/" && (i = index($0, up)) {
+                 s = substr($0, i + 9); sub(/[, ].*/, "", s); print s; exit }' "$p/mountinfo" 2>/dev/null || true)
+        if [ -n "$up" ] && [ -d "$up" ]; then
             kill -KILL "${p#/proc/}" 2>/dev/null || true
         fi
     done

@@ -205,3 +205,19 @@ def test_install_puts_this_migrator_on_a_target_without_one(vsn, target_vsn, sec
     assert json.loads(version.stdout)["version"] == json.loads(
         vsn.migrator("agent", "info", "--data-root", "/tmp", "--json").stdout)["version"]
     assert list((tmp_path / "wheelhouse-cache").glob("*/wheelhouse.tar"))  # cached for the next target
+
+
+def test_lab_stopping_the_target_vsn_leaves_the_source_serving(vsn, target_vsn, secrets, tmp_path):
+    """The lab itself: the target VSN lives at the source's path in another mount namespace, so
+    `lab/vsn.sh stop` there must tell the source's conmons and containers from its own (it used to kill
+    them, leaking their network namespaces)."""
+    import urllib.request
+
+    from tests.lab.vsn import LAB
+
+    raw = deploy_source(vsn, secrets, tmp_path, host=False)
+    target_vsn.host.run([str(LAB / "vsn.sh"), "stop", target_vsn.path])
+    states = vsn.containers()
+    assert states["db"] == "running" and states["web"] == "running", states
+    with urllib.request.urlopen(f"http://127.0.0.1:{web_port(raw)}/", timeout=10) as answer:
+        assert answer.read().decode() == "moved page"
