@@ -62,6 +62,8 @@ class _LazyCommands(MutableMapping):
 
 
 class LazyGroup(TyperGroup):
+    """The top-level group: its commands come from `_LazyCommands`, listed without being built."""
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.commands = _LazyCommands()
