@@ -18,9 +18,8 @@ import os
 import re
 import zlib
 
-from migrator.archive.tarparse import BLOCK, DIRECTORY, HARDLINK, REGULAR, SYMLINK  # noqa: F401 (emitted types)
+from migrator.archive.tarparse import ACL_PREFIX, BLOCK, DIRECTORY, HARDLINK, REGULAR, SYMLINK  # noqa: F401 (emitted types)
 
-ACL_PREFIX = b"SCHILY.acl."
 PAX_KEEP_PREFIXES = (b"SCHILY.xattr.", ACL_PREFIX)
 PAX_TIME_KEYS = (b"mtime", b"atime")
 _PAX_TIME = re.compile(rb"-?[0-9]{1,19}(\.[0-9]{1,9})?\Z")

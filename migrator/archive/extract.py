@@ -337,7 +337,7 @@ class _Extraction:
             if m.uid < 0 or m.gid < 0:
                 raise Refused("negative owner")
             pax = emit.carried_pax(m.pax)
-            if not self.acls and any(key.startswith(emit.ACL_PREFIX) for key in pax):
+            if not self.acls and any(key.startswith(tarparse.ACL_PREFIX) for key in pax):
                 raise Refused("it carries ACLs its manifest does not list")
             if t == tarparse.REGULAR:
                 self.guard.check(parts, FILE)

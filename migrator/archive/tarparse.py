@@ -27,6 +27,7 @@ BLOCK = 512
 USTAR = b"ustar\x0000"  # POSIX magic + version: what GNU tar --format=posix and tarfile write
 REGULAR, HARDLINK, SYMLINK, CHARDEV, BLOCKDEV, DIRECTORY, FIFO = b"0", b"1", b"2", b"3", b"4", b"5", b"6"
 PAX = b"x"
+ACL_PREFIX = b"SCHILY.acl."  # pax keywords of GNU tar --acls (access and default ACL)
 # Old-style regular file ('\0') and contiguous file ('7') are regular files to every extractor.
 REGULAR_ALIASES = {b"\0": REGULAR, b"7": REGULAR}
 _MEMBER_TYPES = {REGULAR, HARDLINK, SYMLINK, CHARDEV, BLOCKDEV, DIRECTORY, FIFO}

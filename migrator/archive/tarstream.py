@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from migrator.archive.policy import Refused, member_parts, symlink_refusal
-from migrator.archive.tarparse import BLOCK, BLOCKDEV, CHARDEV, FIFO, REGULAR, REGULAR_ALIASES, SYMLINK
+from migrator.archive.tarparse import ACL_PREFIX, BLOCK, BLOCKDEV, CHARDEV, FIFO, REGULAR, REGULAR_ALIASES, SYMLINK
 from migrator.archive.tarparse import number as _number
 from migrator.archive.tarparse import pax_records as _pax_records
 from migrator.errors import ArchiveError
@@ -220,7 +220,7 @@ class CaptureWalker:
                 self._need = padded(size)
             return None
         pax, self._pax = self._pax, b""
-        if b"SCHILY.acl." in pax:  # a name containing it only over-counts: restore then passes --acls
+        if ACL_PREFIX in pax:  # a name containing it only over-counts: restore then passes --acls
             self.acls += 1
         longname, longlink, self._longname, self._longlink = self._longname, self._longlink, None, None
         records = _pax_records(pax) if pax and (b"size=" in pax or b"path=" in pax or b"name=" in pax) else {}
