@@ -7,10 +7,9 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cache
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from migrator import jsonschemas
 from migrator.errors import IntegrityError
 
 if TYPE_CHECKING:
@@ -21,17 +20,6 @@ PLAN_COPY = "plan.json"
 # A manifest lists at most a few hundred objects: anything bigger than this is not ours.
 MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_PLAN_BYTES = 1024 * 1024
-
-@cache
-def _schema_bytes() -> bytes:
-    return (Path(__file__).resolve().parents[1] / "schemas" / "manifest.schema.json").read_bytes()
-
-
-@cache
-def _validator():
-    from jsonschema import Draft202012Validator  # ~50 ms: only when a manifest is read back
-
-    return Draft202012Validator(json.loads(_schema_bytes()))
 
 
 def new_snapshot_id(now: float | None = None) -> str:
@@ -106,8 +94,9 @@ class Manifest:
             raw = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise IntegrityError(f"manifest {where} is not valid JSON: {exc}") from exc
-        known = conforming is not None and conforming.knows(_schema_bytes(), data)
-        errors = [] if known else sorted(_validator().iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
+        schema = jsonschemas.schema_bytes("manifest")
+        known = conforming is not None and conforming.knows(schema, data)
+        errors = [] if known else jsonschemas.errors("manifest", raw)
         if errors:
             first = errors[0]
             path = "/".join(map(str, first.absolute_path)) or "(root)"
@@ -121,7 +110,7 @@ class Manifest:
             if o["volume"] not in raw["volumes"] or not o["name"].startswith(o["volume"] + "."):
                 raise IntegrityError(f"manifest {where}: object {o['name']} does not belong to a listed volume")
         if conforming is not None and not known:
-            conforming.add(_schema_bytes(), data)
+            conforming.add(schema, data)
         raw.pop("format")
         raw["objects"] = [ObjectEntry(**o) for o in raw["objects"]]
         return cls(**raw)

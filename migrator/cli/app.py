@@ -100,6 +100,5 @@ def main_options(
     DEBUG["on"] = debug
 
 
-
 def main() -> None:
     app()

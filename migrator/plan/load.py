@@ -7,33 +7,19 @@ import json
 import os
 import re
 import stat
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from migrator import jsonschemas
 from migrator.errors import PlanInvalid
 from migrator.plan.checks import special_checks
 from migrator.plan.model import Plan, Secrets
 
 if TYPE_CHECKING:
-    from jsonschema import Draft202012Validator
-
     from migrator.state.conforming import ConformingDocs
 
 # A plan or secrets file is a few KB; refuse anything huge before parsing it (untrusted input).
 MAX_FILE_BYTES = 1024 * 1024
-
-
-@cache
-def _schema_bytes(name: str) -> bytes:
-    return (Path(__file__).resolve().parents[1] / "schemas" / f"{name}.schema.json").read_bytes()
-
-
-@cache
-def _validator(name: str) -> Draft202012Validator:
-    from jsonschema import Draft202012Validator, FormatChecker  # ~50 ms: only when something is validated
-
-    return Draft202012Validator(json.loads(_schema_bytes(name)), format_checker=FormatChecker())
 
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
@@ -76,7 +62,7 @@ def _read_doc(path: str | os.PathLike, what: str) -> tuple[bytes, object]:
 
 def schema_problems(name: str, doc: object) -> list[str]:
     problems = []
-    for err in sorted(_validator(name).iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
+    for err in jsonschemas.errors(name, doc, check_formats=True):
         message = err.message
         if len(message) > 300:  # a huge bad value must not flood the terminal
             message = message[:300] + "…"
@@ -88,11 +74,11 @@ def _known_problems(name: str, data: bytes, doc: object, conforming: ConformingD
     """schema_problems, skipped for a document `conforming` has seen pass (same schema, same bytes)."""
     if conforming is None:
         return schema_problems(name, doc)
-    if conforming.knows(_schema_bytes(name), data):
+    if conforming.knows(jsonschemas.schema_bytes(name), data):
         return []
     problems = schema_problems(name, doc)
     if not problems:
-        conforming.add(_schema_bytes(name), data)
+        conforming.add(jsonschemas.schema_bytes(name), data)
     return problems
 
 

@@ -110,16 +110,16 @@ def test_keep_last_and_tags():
 
 
 def test_a_manifest_seen_valid_skips_the_schema_next_time(tmp_path, monkeypatch):
-    from migrator.catalog import manifest as manifest_module
+    from migrator import jsonschemas
     from migrator.state.conforming import ConformingDocs
 
     data = manifest().to_bytes()
     first = Manifest.parse(data, "test", ConformingDocs(tmp_path))
 
-    def no_validator():
+    def no_validator(*args, **kwargs):
         raise AssertionError("the schema validator was needed")
 
-    monkeypatch.setattr(manifest_module, "_validator", no_validator)
+    monkeypatch.setattr(jsonschemas, "errors", no_validator)
     assert Manifest.parse(data, "test", ConformingDocs(tmp_path)) == first
     tampered = data.replace(b'"size": 10', b'"size": 11')
     assert tampered != data
@@ -137,5 +137,5 @@ def test_an_invalid_manifest_is_never_remembered(tmp_path):
     for _ in range(2):
         with pytest.raises(IntegrityError):
             Manifest.parse(data, "test", docs)
-    from migrator.catalog.manifest import _schema_bytes
-    assert not docs.knows(_schema_bytes(), data)
+    from migrator.jsonschemas import schema_bytes
+    assert not docs.knows(schema_bytes("manifest"), data)
