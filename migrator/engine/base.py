@@ -9,7 +9,7 @@ from pathlib import Path
 
 # Labels every container migrator creates carries; "containerless" means no container with our stack label.
 LABEL_STACK = "io.migrator.stack"
-LABEL_ROLE = "io.migrator.role"  # host | volume | service | drill
+LABEL_ROLE = "io.migrator.role"  # host | volume | service | netns | network
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,11 @@ class ContainerSpec:
     mounts: list[Mount] = field(default_factory=list)
     volumes_from: list[str] = field(default_factory=list)
     network: str | None = None
+    aliases: list[str] = field(default_factory=list)  # more DNS names on `network`
+    network_from: str | None = None  # join this container's network namespace (instead of `network`, `ports`)
     privileged: bool = False
     stop_timeout: int = 10
+    stop_signal: str | None = None  # None: the image's
 
 
 @dataclass(frozen=True)

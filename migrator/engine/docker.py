@@ -83,6 +83,13 @@ class DockerEngine(ContainerEngine):
             kwargs["ports"] = {f"{p.container_port}/{p.protocol}": _binding(p) for p in spec.ports}
         if spec.network:
             kwargs["network"] = spec.network
+            if spec.aliases:
+                kwargs["networking_config"] = {
+                    spec.network: self.client.api.create_endpoint_config(aliases=list(spec.aliases))}
+        if spec.network_from:
+            kwargs["network_mode"] = f"container:{spec.network_from}"
+        if spec.stop_signal:
+            kwargs["stop_signal"] = spec.stop_signal
         self._wrap(f"create {spec.name}", self.client.containers.create, spec.image, **kwargs)
 
     def _container(self, name: str):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import requests
 from podman import PodmanClient
+from podman import api as podman_api
 from podman import errors as perr
 
 from migrator.engine.base import ContainerEngine, ContainerInfo, ContainerSpec
@@ -98,8 +100,23 @@ class PodmanEngine(ContainerEngine):
         if spec.ports:
             kwargs["ports"] = {f"{p.container_port}/{p.protocol}": _binding(p) for p in spec.ports}
         if spec.network:
-            kwargs["networks"] = {spec.network: {}}
+            kwargs["networks"] = {spec.network: {"aliases": list(spec.aliases)} if spec.aliases else {}}
+        if spec.stop_signal:
+            kwargs["stop_signal"] = signal.Signals[spec.stop_signal].value  # podman's API takes the number
+        if spec.network_from:
+            self._wrap(f"create {spec.name}", self._create_in_netns_of, spec.network_from, spec.image, kwargs)
+            return
         self._wrap(f"create {spec.name}", self.client.containers.create, spec.image, **kwargs)
+
+    def _create_in_netns_of(self, holder: str, image: str, kwargs: dict) -> None:
+        """containers.create for a container joining `holder`'s network namespace: podman-py 5 has no keyword
+        for a "container:" netns (its network_mode passes the whole string as the mode, which podman refuses),
+        so the same payload is posted with netns set."""
+        payload = self.client.containers._render_payload({"image": image, **kwargs})
+        payload["netns"] = {"nsmode": "container", "value": holder}
+        response = self.client.api.post("/containers/create", headers={"content-type": "application/json"},
+                                        data=podman_api.prepare_body(payload))
+        response.raise_for_status(not_found=perr.ImageNotFound)
 
     def _container(self, name: str):
         return self._wrap(f"inspect {name}", self.client.containers.get, name)

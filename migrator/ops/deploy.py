@@ -64,7 +64,9 @@ def dry_run_steps(plan: Plan) -> list[str]:
                      + ", ".join(f"{m.name} -> {m.path}" for m in vol.mounts))
     for svc in start_order(plan.enabled_services):
         probe = f", wait for {svc.health.type} probe" if svc.health else ""
-        steps.append(f"create and start service {svc.name} ({svc.image}){probe}")
+        holder = (f"in the network namespace of holder {svc.netns_holder} (on {plan.network} as {svc.name}, "
+                  f"publishing its ports) ") if svc.netns_holder else ""
+        steps.append(f"create and start service {svc.name} ({svc.image}) {holder}{probe}".replace("  ", " "))
     steps.append("record the deployed plan in the state dir")
     return steps
 
@@ -92,6 +94,7 @@ def start_services(stack: Stack, engine: ContainerEngine, secrets: Secrets, resu
     for svc in start_order(stack.plan.enabled_services):
         with timer.step(f"service.{svc.name}"):
             stack.ensure_image(engine, svc.image)
+            stack.ensure_holder(engine, svc)
             stack.report(f"starting service {svc.name}")
             engine.create(stack.service_spec(svc, secrets))
             result.containers.append(svc.name)

@@ -5,8 +5,9 @@ and move; downtime per service is measured from its stop to its healthy restart.
 
 A stop returns as soon as the container's processes are gone (podman's "stopped": the init process exited,
 and with it, by the kernel's rule for PID namespaces, every process in the container). The engine's own
-clean-up after that (network, mounts: ~0.3 s with podman here) finishes in a thread while the stopped
-window's work runs; the start waits for it."""
+clean-up after that (mounts, cgroup: ~0.05 s with podman here; the network stays, it belongs to the
+service's network holder, Service.netns_holder) finishes in a thread while the stopped window's work runs;
+the start waits for it."""
 
 from __future__ import annotations
 

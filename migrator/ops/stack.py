@@ -127,24 +127,59 @@ class Stack:
         return ContainerSpec(name=volume.name, image=volume.image, command=["true"], mounts=mounts,
                              labels=self.labels("volume"), network=None)
 
+    def _published(self, svc: Service) -> list[Port]:
+        if self.nested:
+            return [Port(p.host, p.container, "0.0.0.0", p.protocol) for p in svc.ports]
+        return [Port(p.host, p.container, p.address, p.protocol) for p in svc.ports]
+
     def service_spec(self, svc: Service, secrets: Secrets, image: str | None = None) -> ContainerSpec:
         env = dict(svc.env)
         env.update({name: secrets.get(key) for name, key in svc.env_secrets.items()})
-        if self.nested:
-            ports = [Port(p.host, p.container, "0.0.0.0", p.protocol) for p in svc.ports]
-        else:
-            ports = [Port(p.host, p.container, p.address, p.protocol) for p in svc.ports]
+        joins = svc.netns_holder  # its holder has the network, DNS name and published ports (holder_spec)
         return ContainerSpec(
             name=svc.name,
             image=image or svc.image,
             command=list(svc.command) or None,
             env=env,
             labels=self.labels("service"),
-            ports=ports,
+            ports=[] if joins else self._published(svc),
             volumes_from=list(svc.volumes_from),
-            network=self.plan.network,
+            network=None if joins else self.plan.network,
+            network_from=joins,
             stop_timeout=svc.stop_timeout,
         )
+
+    def holder_spec(self, svc: Service) -> ContainerSpec:
+        """The network holder of a service that mounts a volume (Service.netns_holder): a process that sleeps
+        in the service's network namespace, on the plan's network under the service's name, publishing the
+        service's ports. Image: that of the service's first volume (a busybox: it has `sleep`). It holds
+        nothing worth a clean shutdown, so it is killed outright when removed."""
+        assert svc.netns_holder is not None
+        return ContainerSpec(
+            name=svc.netns_holder,
+            image=self.plan.volume(svc.volumes_from[0]).image,
+            command=["sleep", "2147483647"],
+            labels=self.labels("netns"),
+            ports=self._published(svc),
+            network=self.plan.network,
+            aliases=[svc.name],
+            stop_signal="SIGKILL",
+            stop_timeout=0,
+        )
+
+    def ensure_holder(self, engine: ContainerEngine, svc: Service) -> bool:
+        """Create and start the service's network holder unless it runs (deploy, and upgrade of a stack an
+        older migrator deployed without one). True when it had to be created."""
+        if svc.netns_holder is None:
+            return False
+        info = engine.get(svc.netns_holder)
+        if info is not None and info.running:
+            return False
+        if info is None:
+            self.report(f"creating network holder {svc.netns_holder} of {svc.name}")
+            engine.create(self.holder_spec(svc))
+        engine.start(svc.netns_holder)
+        return info is None
 
     # --- images -----------------------------------------------------------------------------------
     def ensure_image(self, engine: ContainerEngine, ref: str) -> str:
@@ -186,7 +221,10 @@ class Stack:
                         engine.stop(svc.name, timeout=svc.stop_timeout)
                     engine.remove(svc.name)
                     removed.append(svc.name)
-            for name in present:
+            # network holders last: an engine refuses to remove a namespace another container still joins
+            rest = sorted((c for c in present.values() if c.name not in removed),
+                          key=lambda c: c.labels.get(LABEL_ROLE) == "netns")
+            for name in (c.name for c in rest):
                 if name not in removed:
                     self.report(f"removing {name}")
                     engine.remove(name)

@@ -41,6 +41,11 @@ def status(plan: Plan) -> dict:
         rows.append({"name": svc.name, "role": "service", "expected": expected,
                      "state": c.state if c else ("missing" if reachable else "unknown"),
                      "image": c.image if c else svc.image})
+        if svc.netns_holder:
+            h = present.get(svc.netns_holder)
+            rows.append({"name": svc.netns_holder, "role": "netns", "expected": expected,
+                         "state": h.state if h else ("missing" if reachable else "unknown"),
+                         "image": h.image if h else plan.volume(svc.volumes_from[0]).image})
     ok = all(container_ok(r) for r in rows)
     containerless = not stack.stack_containers()
     info = deployed.current() or {}

@@ -33,7 +33,9 @@ def upgrade(plan: Plan, secrets: Secrets, service: str, image: str, report: Repo
         engine.rename(service, aside)
         if old.running:
             engine.stop(aside, timeout=svc.stop_timeout)
+        new_holder = False
         try:
+            new_holder = stack.ensure_holder(engine, svc)
             engine.create(stack.service_spec(svc, secrets, image=image))
             engine.start(service)
             probe = wait_healthy(engine, svc)
@@ -42,6 +44,8 @@ def upgrade(plan: Plan, secrets: Secrets, service: str, image: str, report: Repo
         except MigratorError as exc:
             report(f"upgrade failed ({exc.message}); bringing the old container back")
             engine.remove(service)
+            if new_holder:  # the old container (deployed without one) publishes the ports itself
+                engine.remove(svc.netns_holder)
             engine.rename(aside, service)
             engine.start(service)
             journal.forget("upgrade")

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
+from migrator.plan.model import NETNS_HOLDER_SUFFIX
 from migrator.plan.sizes import DEFAULT_MAX_VOLUME_SIZE, parse_size
 
 
@@ -25,6 +26,10 @@ def _unique_names(raw: dict) -> list[str]:
                 problems.append(f"{path}: name {name!r} is already used at {seen[name]}")
             else:
                 seen[name] = path
+    for i, svc in enumerate(raw["services"]):  # Service.netns_holder
+        holder = f"{svc['name']}{NETNS_HOLDER_SUFFIX}"
+        if svc.get("volumes_from") and holder in seen:
+            problems.append(f"{seen[holder]}: name {holder!r} is reserved for the network holder of services[{i}]")
     return problems
 
 

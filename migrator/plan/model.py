@@ -94,6 +94,11 @@ class Hook:
     timeout: int = 300
 
 
+# A service that mounts a volume runs in the network namespace of a holder container named after it
+# (see Service.netns_holder); plan checks reserve these names.
+NETNS_HOLDER_SUFFIX = "-netns"
+
+
 @dataclass(frozen=True)
 class Service:
     name: str
@@ -110,6 +115,14 @@ class Service:
     pre_backup: tuple[Hook, ...] = ()
     post_backup: tuple[Hook, ...] = ()
     stop_timeout: int = 10
+
+    @property
+    def netns_holder(self) -> str | None:
+        """The container that holds this service's network namespace (its IP, DNS name and published ports),
+        so that stopping the service for a backup or restore tears no network down and sets none up again
+        (podman: ~0.3 s of the ~0.45 s a stop and start cost). Services that mount a volume, the ones quiesce
+        stops, have one; the others own their network themselves."""
+        return f"{self.name}{NETNS_HOLDER_SUFFIX}" if self.volumes_from else None
 
 
 @dataclass(frozen=True)

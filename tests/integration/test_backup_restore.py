@@ -49,10 +49,23 @@ def counter_consistent(data: Path) -> bool:
     return (data / "state" / "counter").read_text().strip() == last
 
 
+def started_and_address(vsn, name: str) -> tuple[str, str]:
+    fmt = "{{.State.StartedAt}}|{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
+    started, address = vsn.podman("inspect", "--format", fmt, name).stdout.strip().split("|")
+    return started, address
+
+
 def test_backup_two_phase_then_restore_round_trip(vsn, stack):
     raw, store = stack
     web_before = fingerprint(vsn.data_root / "webdata")
+    db_started = started_and_address(vsn, "db")[0]
+    holders = {n: started_and_address(vsn, n) for n in ("db-netns", "web-netns")}
+    assert all(address.strip() for _, address in holders.values())
     snap = run_json(vsn, "backup", "--to", store, "--tag", "nightly")
+    # The writers were stopped and started again; their network namespaces were not: the same holder
+    # processes, the same addresses.
+    assert started_and_address(vsn, "db")[0] != db_started
+    assert {n: started_and_address(vsn, n) for n in holders} == holders
     assert snap["volumes"]["dbdata"]["mode"] == "two-phase"
     names = {o["name"] for o in snap["objects"]}
     assert {"dbdata.1.tar.zst", "dbdata.2.tar.zst", "webdata.1.tar.zst", "webdata.2.tar.zst"} <= names
@@ -263,7 +276,7 @@ def test_drill_passes_on_healthy_snapshot_without_touching_production(vsn, stack
     assert all(r["ok"] for r in out["services"].values()) and len(out["services"]) == 2
     # Production untouched; the drill stack and its scratch data are gone.
     assert {n: vsn.podman("inspect", "--format", "{{.Id}}", n).stdout.strip() for n in ("db", "web")} == before
-    assert set(vsn.containers()) == {"db", "web", "dbdata", "webdata"}
+    assert set(vsn.containers()) == {"db", "web", "dbdata", "webdata", "db-netns", "web-netns"}
     assert fingerprint(vsn.data_root / "webdata") == live
     assert not Path(out["scratch"]).exists()
 
@@ -286,7 +299,7 @@ def test_drill_fails_when_a_service_cannot_become_healthy(vsn, secrets, tmp_path
     assert result.returncode != 0
     out = json.loads(result.stdout)
     assert out["ok"] is False and "health.html" in out["message"]
-    assert set(vsn.containers()) == {"db", "web", "dbdata", "webdata"}  # drill stack removed
+    assert set(vsn.containers()) == {"db", "web", "dbdata", "webdata", "db-netns", "web-netns"}  # drill stack removed
     last = json.loads((vsn.state_dir / "last_drill.json").read_text())
     assert last["ok"] is False and "error" in last
 

@@ -28,7 +28,7 @@ def test_deploy_times_each_phase(tmp_path, monkeypatch):
     stack = SimpleNamespace(plan=plan, outer=engine, report=lambda m: None, host_info=lambda: None,
                             drop_all=lambda: [], ensure_image=lambda e, ref: ref, host_spec=lambda: {},
                             rest_engine=lambda: engine, labels=lambda kind: {}, volume_spec=lambda v: {},
-                            service_spec=lambda s, secrets: {})
+                            service_spec=lambda s, secrets: {}, ensure_holder=lambda e, s: False)
     monkeypatch.setattr(check, "require", lambda p: None)
     monkeypatch.setattr(stack_mod.Stack, "for_plan", classmethod(lambda cls, p, report=None: stack))
     monkeypatch.setattr(deploy, "wait_healthy", lambda e, svc: ProbeResult(True, "ok"))
