@@ -304,6 +304,7 @@ def finish_source(stack: Stack, keep_source: bool, target: str, report: Report) 
     or its containers stopped with --keep-source, and remember where the stack went."""
     with stackstate.pending("move"):
         if keep_source:
+            stack.stop_holders()  # the services' published ports go with them
             state = "stopped (kept)"
         else:
             report("leaving the source containerless (data kept)")

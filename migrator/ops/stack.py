@@ -181,6 +181,20 @@ class Stack:
         engine.start(svc.netns_holder)
         return info is None
 
+    def stop_holders(self) -> list[str]:
+        """Stop the running network holders (their services are down and meant to stay so): they publish
+        the services' ports. A later start of a service starts its holder again (an engine dependency)."""
+        if not self.rest_reachable():
+            return []
+        engine = self.rest_engine()
+        stopped = []
+        for svc in self.plan.enabled_services:
+            info = engine.get(svc.netns_holder) if svc.netns_holder else None
+            if info is not None and info.running:
+                engine.stop(svc.netns_holder, timeout=0)
+                stopped.append(svc.netns_holder)
+        return stopped
+
     # --- images -----------------------------------------------------------------------------------
     def ensure_image(self, engine: ContainerEngine, ref: str) -> str:
         """Make `ref` available on `engine`: present, else copied from the VSN engine, else pulled.

@@ -84,6 +84,7 @@ def test_keep_source_leaves_source_stopped_not_removed(vsn, target_vsn, secrets,
     assert json.loads(result.stdout)["source"].startswith("stopped")
     states = vsn.containers()
     assert states["db"] == "exited" and states["web"] == "exited" and "dbdata" in states
+    assert states["db-netns"] != "running" and states["web-netns"] != "running"  # nor publish their ports
     assert target_vsn.containers()["web"] == "running"
 
 
