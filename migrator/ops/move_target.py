@@ -22,6 +22,7 @@ from pathlib import Path
 from migrator import __version__
 from migrator.archive import extract_archive
 from migrator.archive.fingerprint import fingerprint
+from migrator.durable import fsync_dir, sync_filesystem
 from migrator.errors import IntegrityError, MigratorError, UsageError
 from migrator.ops.datadirs import existing_ancestor
 from migrator.ops.stack import Stack
@@ -66,6 +67,7 @@ def receive(data_root: str, volume: str, fresh: bool) -> dict:
         shutil.rmtree(staging)
     Path(data_root).mkdir(parents=True, exist_ok=True)
     stats = extract_archive(sys.stdin.buffer, staging, expected_sha256=None)
+    sync_filesystem(staging)  # durable before commit renames it live; the pre-copy's flush costs no downtime
     return {"volume": volume, "sha256": stats.sha256, "size": stats.size, "files": stats.files}
 
 
@@ -83,11 +85,7 @@ def commit(data_root: str, volumes: list[str]) -> dict:
             os.rename(live, aside)
             kept.append(str(aside))
         os.rename(staging, live)
-    fd = os.open(data_root, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(data_root)
     return {"committed": volumes, "kept_aside": kept}
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 from migrator.archive import extract_archive
 from migrator.catalog.listing import read_manifest
 from migrator.catalog.manifest import MAX_PLAN_BYTES, PLAN_COPY, Manifest
+from migrator.durable import fsync_dir, sync_filesystem
 from migrator.errors import IntegrityError, MigratorError, PlanInvalid, PreflightFailed, UsageError
-from migrator.faults import checkpoint
+from migrator.faults import checkpoint, failpoint
 from migrator.ops.quiesce import Quiesce, writers_of
 from migrator.ops.recover import handler
 from migrator.ops.stack import Report, Stack, quiet
@@ -99,19 +100,11 @@ def stage_volume(store, manifest: Manifest, volume: str, staging: Path, identity
     return files
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def swap_in(s: Swap) -> None:
     if s.live.exists():
         os.rename(s.live, s.old)
     os.rename(s.staging, s.live)
-    _fsync_dir(s.live.parent)
+    fsync_dir(s.live.parent)
 
 
 def swap_back(s: Swap) -> None:
@@ -119,7 +112,7 @@ def swap_back(s: Swap) -> None:
         if s.live.exists():
             os.rename(s.live, s.staging)
         os.rename(s.old, s.live)
-        _fsync_dir(s.live.parent)
+        fsync_dir(s.live.parent)
     shutil.rmtree(s.staging, ignore_errors=True)
 
 
@@ -162,6 +155,8 @@ def restore(store, vsn: str, snapshot_id: str, *, plan: Plan | None, volumes: li
         try:
             for s in swaps:
                 files += stage_volume(store, manifest, s.volume, s.staging, identity, report, progress)
+            if not into:
+                make_durable(swaps, report)
         except BaseException:
             for s in swaps:
                 shutil.rmtree(s.staging, ignore_errors=True)
@@ -177,6 +172,20 @@ def restore(store, vsn: str, snapshot_id: str, *, plan: Plan | None, volumes: li
         downtime, kept = _swap_into_live(plan, swaps, writers_for(plan, chosen), touch_containers, keep_old,
                                          journal, report)
     return _result(manifest, store, chosen, base, files, data_restored, started, downtime, kept)
+
+
+def make_durable(swaps: list[Swap], report: Report) -> None:
+    """Flush the staged trees to disk before they replace live data (whose old copy is then removed):
+    one syncfs per filesystem, while the services still run. A write error here fails the restore with
+    live data untouched."""
+    report("flushing the staged data to disk")
+    for path in {os.stat(s.staging).st_dev: s.staging for s in swaps}.values():
+        try:
+            failpoint("restore.sync")
+            sync_filesystem(path)
+        except OSError as exc:
+            raise MigratorError(f"cannot make the staged data under {path.parent} durable: {exc.strerror}",
+                                hint="check the disk (dmesg) and its free space; live data was not touched") from None
 
 
 def writers_for(plan: Plan, volumes: list[str]) -> list:

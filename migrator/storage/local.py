@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
+from migrator.durable import fsync_dir
 from migrator.errors import IntegrityError, ObjectMissing, Unreachable, UsageError
 from migrator.storage.base import (
     STREAM_BUFFER,
@@ -61,14 +62,6 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
     _sync_file_range()(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _makedirs_durable(path: Path) -> None:
     """mkdir -p that fsyncs the parent of every directory it creates, so a crash cannot lose them."""
     missing = []
@@ -81,7 +74,7 @@ def _makedirs_durable(path: Path) -> None:
             d.mkdir(mode=DIR_MODE)
         except FileExistsError:
             continue
-        _fsync_dir(d.parent)
+        fsync_dir(d.parent)
 
 
 class _LocalWriter(WriterBase):
@@ -120,7 +113,7 @@ class _LocalWriter(WriterBase):
             os.fsync(self._file.fileno())
             self._file.close()
             os.replace(self._partial, self._final)
-            _fsync_dir(self._final.parent)
+            fsync_dir(self._final.parent)
         except OSError as exc:
             self.abort()
             raise self._store._unreachable("cannot commit", self._key, exc) from exc
@@ -239,7 +232,7 @@ class LocalStore(SnapshotStore):
                 shutil.rmtree(path)
             else:
                 path.unlink()
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except (FileNotFoundError, NotADirectoryError):
             return
         except OSError as exc:

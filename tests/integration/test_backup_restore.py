@@ -145,6 +145,22 @@ def test_corrupted_object_exit_6_and_live_data_untouched(vsn, stack):
     assert vsn.containers()["web"] == "running"
 
 
+def test_disk_error_flushing_the_staged_data_keeps_live_data(vsn, stack):
+    """The staged tree is flushed to disk (syncfs) before it replaces live data. A disk that fails that flush
+    cannot be made here, so MIGRATOR_FAIL_AT makes the flush raise the kernel's EIO (faults.failpoint)."""
+    raw, store = stack
+    run_json(vsn, "backup", "--to", store)
+    (vsn.data_root / "webdata" / "www" / "index.html").write_text("changed after the backup")
+    live = fingerprint(vsn.data_root / "webdata")
+    result = vsn.migrator("restore", "latest", "--from", store, env=dict(vsn.env(), MIGRATOR_FAIL_AT="restore.sync"))
+    assert result.returncode == 1, result.stderr
+    assert "cannot make the staged data" in result.stderr and "durable" in result.stderr
+    assert fingerprint(vsn.data_root / "webdata") == live
+    assert not [p for p in vsn.data_root.iterdir() if "restore" in p.name]  # staging removed
+    assert vsn.containers()["web"] == "running"
+    assert not (vsn.state_dir / "journal.json").exists()
+
+
 def test_missing_object_exit_6(vsn, stack):
     raw, store = stack
     snap = run_json(vsn, "backup", "--to", store)
