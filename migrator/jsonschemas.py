@@ -1,10 +1,13 @@
 """The JSON schemas migrator ships (migrator/schemas/*.schema.json): their bytes, and a document's errors
 against one of them in path order. jsonschema costs ~50 ms to import, so it is loaded only when a
-document is actually validated (plan/load.py, catalog/manifest.py)."""
+document is actually validated (plan/load.py, catalog/manifest.py). Its `pattern` keyword is replaced by
+one that keeps JSON Schema's meaning of `$` (`ecma_pattern`): with Python's, a name ending in a newline
+passed every `^...$` rule."""
 
 from __future__ import annotations
 
 import json
+import re
 from functools import cache
 from pathlib import Path
 
@@ -17,11 +20,52 @@ def schema_bytes(name: str) -> bytes:
 
 
 @cache
-def _validator(name: str, check_formats: bool):
-    from jsonschema import Draft202012Validator, FormatChecker
+def ecma_pattern(pattern: str) -> re.Pattern:
+    """A schema `pattern` compiled with JSON Schema's (ECMA-262) meaning of `$`: the very end of the string.
+    Python's `$` also matches before a final newline, so "web" + newline would pass "^[a-z]+$": every `$`
+    outside a character class becomes backslash-Z."""
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if c == "[" and not in_class:
+            j = i + 1 + (pattern[i + 1:i + 2] == "^")
+            j += pattern[j:j + 1] == "]"  # for Python's re, a ] first in a class is a member, not its end
+            out.append(pattern[i:j])
+            i, in_class = j, True
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "$":
+            c = r"\Z"
+        out.append(c)
+        i += 1
+    return re.compile("".join(out))
 
-    return Draft202012Validator(json.loads(schema_bytes(name)),
-                                format_checker=FormatChecker() if check_formats else None)
+
+@cache
+def name_pattern() -> re.Pattern:
+    """The plan schema's `name` rule (volumes, services, VSNs: one safe path component and container name),
+    for checks of names that arrive outside a plan (a move agent's messages)."""
+    return ecma_pattern(json.loads(schema_bytes("plan"))["$defs"]["name"]["pattern"])
+
+
+def _pattern_keyword(validator, pattern, instance, schema):
+    from jsonschema import ValidationError
+
+    if validator.is_type(instance, "string") and not ecma_pattern(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+@cache
+def _validator(name: str, check_formats: bool):
+    from jsonschema import Draft202012Validator, FormatChecker, validators
+
+    strict = validators.extend(Draft202012Validator, {"pattern": _pattern_keyword})
+    return strict(json.loads(schema_bytes(name)), format_checker=FormatChecker() if check_formats else None)
 
 
 def errors(name: str, doc: object, *, check_formats: bool = False) -> list:

@@ -24,6 +24,7 @@ from migrator.archive import extract_archive
 from migrator.archive.fingerprint import fingerprint
 from migrator.durable import fsync_dir, sync_filesystem
 from migrator.errors import IntegrityError, MigratorError, UsageError
+from migrator.jsonschemas import name_pattern
 from migrator.ops.datadirs import existing_ancestor
 from migrator.ops.stack import Stack
 from migrator.ops.timing import StepTimer
@@ -40,12 +41,9 @@ def staging_dir(data_root: str, volume: str) -> Path:
     return Path(data_root) / f".{volume}{STAGING_SUFFIX}"
 
 
-
 def _safe_volume(name: str) -> str:
-    # Same rule as plan names: a volume name is one safe path component.
-    import re
-
-    if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}", name):
+    """A volume name from the wire, held to the plan schema's name rule: one safe path component."""
+    if not name_pattern().search(name):
         raise UsageError(f"not a volume name: {name!r}")
     return name
 

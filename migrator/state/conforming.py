@@ -1,8 +1,8 @@
 """Documents known to conform to their JSON schema: a small persistent set of sha256 keys in the state dir.
 
 plan/load.py (plan and secrets files) and catalog/manifest.py (manifests read back from a store) ask it
-before validating a document against its schema, and add it when it passes. A key covers the schema's
-bytes and the document's bytes, so any change to either is a miss. Only the schema verdict is
+before validating a document against its schema, and add it when it passes. A key covers the validator's
+rules (RULES), the schema's bytes and the document's bytes, so any change to one of them is a miss. Only the schema verdict is
 remembered; the checks a schema cannot express (the plan's data dirs on disk, a manifest's objects
 belonging to its volumes) always run."""
 
@@ -16,6 +16,9 @@ from migrator.state.files import write_json
 from migrator.state.paths import state_dir
 
 FILE = "conforming-docs.json"
+# The validator's own rules, beyond the schema's bytes: bump when they change, so a verdict an older
+# validator gave is not trusted. 2: schema patterns keep JSON Schema's meaning of `$` (jsonschemas.py).
+RULES = 2
 KEEP = 256  # one plan, one secrets file, the manifests of the snapshots in the stores (64 hex chars each)
 
 
@@ -30,7 +33,7 @@ class ConformingDocs:
 
     @staticmethod
     def key(schema: bytes, doc: bytes) -> str:
-        return hashlib.sha256(b"%d:" % len(schema) + schema + doc).hexdigest()
+        return hashlib.sha256(b"rules %d;%d:" % (RULES, len(schema)) + schema + doc).hexdigest()
 
     def knows(self, schema: bytes, doc: bytes) -> bool:
         return self.key(schema, doc) in self._keys

@@ -62,10 +62,11 @@ def test_acl_counts_round_trip_and_older_manifests_have_none():
     lambda r: r["objects"][0].update(volume="other"),
     lambda r: r["objects"].append(dict(r["objects"][0])),
     lambda r: r.update(snapshot_id="latest"),
+    lambda r: r["objects"][0].update(sha256=r["objects"][0]["sha256"] + "\n"),
     lambda r: r.update(extra="field"),
     lambda r: r.pop("objects"),
 ], ids=["format", "traversal-name", "bad-sha", "negative-size", "negative-acls", "foreign-volume", "duplicate", "bad-id",
-        "extra-field", "missing-objects"])
+        "sha-with-newline", "extra-field", "missing-objects"])
 def test_malformed_manifest_is_an_integrity_error(mutate):
     raw = manifest().to_json()
     mutate(raw)

@@ -88,3 +88,13 @@ def test_the_memo_keeps_the_newest_keys(tmp_path):
     assert again.knows(b"schema", b"doc %d" % (KEEP + 4)) and not again.knows(b"schema", b"doc 0")
     assert not again.knows(b"other schema", b"doc %d" % (KEEP + 4))
     assert len(json.loads((tmp_path / FILE).read_text())) == KEEP
+
+
+def test_a_verdict_of_older_validator_rules_is_validated_again(tmp_path, plan_file, secrets_file, schema_calls,
+                                                               monkeypatch):
+    from migrator.state import conforming
+
+    validate_files(plan_file, secrets_file, conforming=ConformingDocs(tmp_path))
+    monkeypatch.setattr(conforming, "RULES", conforming.RULES + 1)  # what a migrator with new rules reads
+    validate_files(plan_file, secrets_file, conforming=ConformingDocs(tmp_path))
+    assert schema_calls == ["plan", "secrets", "plan", "secrets"]
