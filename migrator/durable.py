@@ -10,7 +10,6 @@ safe, so the caller must not go on to the rename.
 
 from __future__ import annotations
 
-import ctypes
 import os
 from functools import cache
 from pathlib import Path
@@ -26,7 +25,10 @@ def fsync_dir(path: Path | str) -> None:
 
 @cache
 def _syncfs():
-    func = ctypes.CDLL(None, use_errno=True).syncfs  # Python's os module has no binding; glibc has
+    """glibc's syncfs (Python's os module has no binding); ctypes is loaded on first use, not at start-up."""
+    import ctypes
+
+    func = ctypes.CDLL(None, use_errno=True).syncfs
     func.argtypes = [ctypes.c_int]
     func.restype = ctypes.c_int
     return func
@@ -37,6 +39,8 @@ def sync_filesystem(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         if _syncfs()(fd) != 0:
+            import ctypes
+
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), os.fspath(path))
     finally:
