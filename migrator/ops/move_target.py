@@ -65,12 +65,19 @@ def receive(data_root: str, volume: str, fresh: bool) -> dict:
         shutil.rmtree(staging)
     Path(data_root).mkdir(parents=True, exist_ok=True)
     stats = extract_archive(sys.stdin.buffer, staging, expected_sha256=None)
-    sync_filesystem(staging)  # durable before commit renames it live; the pre-copy's flush costs no downtime
+    sync_filesystem(staging)  # the bulk flushed now, while services run, so commit's flush has little left
     return {"volume": volume, "sha256": stats.sha256, "size": stats.size, "files": stats.files}
 
 
 def commit(data_root: str, volumes: list[str]) -> dict:
-    """Staging -> live by rename; a live dir already there is kept aside as <dir>.pre-move-<ts>."""
+    """Staging -> live by rename; a live dir already there is kept aside as <dir>.pre-move-<ts>. The staged
+    data is flushed to disk first: the pre-copy's receive flushed its bulk already, the cut-over's delta
+    (applied by `cutover`) is what is left."""
+    try:
+        sync_filesystem(data_root)
+    except OSError as exc:
+        raise MigratorError(f"cannot make the moved data under {data_root} durable: {exc.strerror}",
+                            hint="check the target's disk (dmesg); nothing was committed") from None
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     kept = []
     for volume in volumes:

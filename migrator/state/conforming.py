@@ -2,9 +2,9 @@
 
 plan/load.py (plan and secrets files) and catalog/manifest.py (manifests read back from a store) ask it
 before validating a document against its schema, and add it when it passes. A key covers the validator's
-rules (RULES), the schema's bytes and the document's bytes, so any change to one of them is a miss. Only the schema verdict is
-remembered; the checks a schema cannot express (the plan's data dirs on disk, a manifest's objects
-belonging to its volumes) always run."""
+rules (RULES), the schema's bytes and the document's bytes, so any change to one of them is a miss. Only
+the schema verdict is remembered; the checks a schema cannot express (the plan's data dirs on disk, a
+manifest's objects belonging to its volumes) always run."""
 
 from __future__ import annotations
 
