@@ -3,7 +3,9 @@
 - `fsync_dir(path)`: the entries created, renamed or removed in directory `path` survive a crash;
 - `sync_filesystem(path)`: every dirty page of the filesystem holding `path` reaches the disk
   (syncfs(2)). A staged tree of thousands of files becomes durable in one call instead of an fsync per
-  file; a restore calls it before the swap, while services still run, so it costs no downtime.
+  file; a restore calls it before the swap, while services still run, so it costs no downtime;
+- `start_writeback(fd, offset, length)`: start writing a range out now (sync_file_range(2)), so the
+  fsync that commits a big file has little left to wait for.
 Errors are raised as OSError: a write error the kernel reports here (EIO, ENOSPC) means the data is not
 safe, so the caller must not go on to the rename.
 """
@@ -23,22 +25,33 @@ def fsync_dir(path: Path | str) -> None:
         os.close(fd)
 
 
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of the range's dirty pages, do not wait
+
+
 @cache
-def _syncfs():
-    """glibc's syncfs (Python's os module has no binding); ctypes is loaded on first use, not at start-up."""
+def _libc():
+    """glibc's syncfs and sync_file_range (Python's os module binds neither); ctypes is loaded on first
+    use, not at start-up. The interpreter is linked against libc, so CDLL(None) finds them."""
     import ctypes
 
-    func = ctypes.CDLL(None, use_errno=True).syncfs
-    func.argtypes = [ctypes.c_int]
-    func.restype = ctypes.c_int
-    return func
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syncfs.argtypes = [ctypes.c_int]
+    libc.syncfs.restype = ctypes.c_int
+    libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return libc
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing a range of `fd` to disk now, without waiting (sync_file_range). Only
+    an optimisation: errors are ignored (the fsync that commits the file reports any real write error)."""
+    _libc().sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def sync_filesystem(path: Path | str) -> None:
     """syncfs(2) on the filesystem that holds `path` (a directory or file)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        if _syncfs()(fd) != 0:
+        if _libc().syncfs(fd) != 0:
             import ctypes
 
             err = ctypes.get_errno()

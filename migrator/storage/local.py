@@ -16,12 +16,11 @@ import itertools
 import os
 import shutil
 import stat
-from functools import cache
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from migrator.durable import fsync_dir
+from migrator.durable import fsync_dir, start_writeback
 from migrator.errors import IntegrityError, ObjectMissing, Unreachable, UsageError
 from migrator.storage.base import (
     STREAM_BUFFER,
@@ -43,25 +42,6 @@ FILE_MODE = 0o600
 _writer_ids = itertools.count(1)
 
 WRITEBACK_STEP = 8 * 1024 * 1024
-_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of the range's dirty pages, do not wait
-
-
-@cache
-def _sync_file_range():
-    """glibc's sync_file_range (Python's os module has no binding), loaded on the first big object."""
-    import ctypes
-
-    func = ctypes.CDLL(None).sync_file_range  # the interpreter is linked against libc
-    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    return func
-
-
-def _start_writeback(fd: int, offset: int, length: int) -> None:
-    """Ask the kernel to start writing a range to disk now. Only an optimisation: errors are ignored
-    (the commit's fsync reports any real write error)."""
-    _sync_file_range()(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
-
 def _makedirs_durable(path: Path) -> None:
     """mkdir -p that fsyncs the parent of every directory it creates, so a crash cannot lose them."""
     missing = []
@@ -100,7 +80,7 @@ class _LocalWriter(WriterBase):
             self._written += len(b)
             if self._written - self._handed >= WRITEBACK_STEP:
                 self._file.flush()
-                _start_writeback(self._file.fileno(), self._handed, self._written - self._handed)
+                start_writeback(self._file.fileno(), self._handed, self._written - self._handed)
                 self._handed = self._written
         except OSError as exc:
             self.abort()

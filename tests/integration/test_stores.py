@@ -248,8 +248,8 @@ def test_file_store_hands_big_objects_to_the_disk_while_writing(tmp_path, monkey
     from migrator.storage import local
 
     ranges: list[tuple[int, int]] = []
-    real = local._start_writeback
-    monkeypatch.setattr(local, "_start_writeback", lambda fd, off, n: (ranges.append((off, n)), real(fd, off, n)))
+    real = local.start_writeback
+    monkeypatch.setattr(local, "start_writeback", lambda fd, off, n: (ranges.append((off, n)), real(fd, off, n)))
     store = get_store(f"file://{tmp_path}/store")
     data = os.urandom(3 * local.WRITEBACK_STEP + 12345)
     writer = store.open_writer("vsn/snap/obj")
