@@ -8,12 +8,15 @@ Owns the rules shared by both ends, so that capture never writes an archive that
 - `MemberGuard` (extraction): tracks what this stream has created on top of what the destination already
   holds (phase 2 lands on phase 1), and refuses a member that would pass through a symlink, replace a
   directory, turn a symlink into a directory, or hard-link to anything but an earlier regular member.
+  Its memory is ~16 bytes per regular file (`PathHashSet`), so a volume of millions of files restores in
+  flat memory.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from array import array
 from pathlib import Path
 
 DIR, FILE, LINK = "directory", "file", "symlink"
@@ -56,11 +59,71 @@ def symlink_refusal(parts: tuple[str, ...], target: str) -> str | None:
     return None
 
 
+class PathHashSet:
+    """A set of paths that keeps only each path's 64-bit hash: 8 bytes a slot in one flat array, at most
+    half full (a dict of the paths themselves cost ~150 bytes a path, 150 MB for a million files).
+
+    Two paths with the same 64-bit hash count as one: for a million paths the odds that any two collide
+    are ~1 in 40 million per stream, and the guard's use of it is safe either way (see MemberGuard).
+    No removal: the guard never needs one."""
+
+    __slots__ = ("_slots", "_mask", "_used")
+    _INITIAL = 1 << 12
+
+    def __init__(self):
+        self._slots = array("q", bytes(8 * self._INITIAL))
+        self._mask = self._INITIAL - 1
+        self._used = 0
+
+    def __len__(self) -> int:
+        return self._used
+
+    def add(self, path: str) -> None:
+        h = hash(path) or 1  # 0 marks an empty slot
+        slots, mask = self._slots, self._mask
+        i = h & mask
+        while (s := slots[i]) != h:  # linear probing (inlined: this runs once per regular file)
+            if not s:
+                slots[i] = h
+                self._used += 1
+                if 2 * self._used > mask:
+                    self._grow()
+                return
+            i = (i + 1) & mask
+
+    def __contains__(self, path: str) -> bool:
+        h = hash(path) or 1
+        slots, mask = self._slots, self._mask
+        i = h & mask
+        while (s := slots[i]) != h:
+            if not s:
+                return False
+            i = (i + 1) & mask
+        return True
+
+    def _grow(self) -> None:
+        old = self._slots
+        slots = self._slots = array("q", bytes(16 * len(old)))
+        mask = self._mask = 2 * len(old) - 1
+        for h in old:
+            if h:
+                i = h & mask
+                while slots[i]:
+                    i = (i + 1) & mask
+                slots[i] = h
+
+
 class MemberGuard:
     """Checks members one by one, in stream order, against the destination they are extracted into.
 
-    The model (`kinds`) holds every path this stream created or implied (ancestors GNU tar will create);
-    a path not in it is looked up on disk, where nothing but this stream changes it (deletions ran before).
+    The model holds every path this stream created or implied (ancestors GNU tar will create):
+    directories and symlinks in `kinds` (they are few; every rule about passing through a path needs
+    them exactly), regular files and hard links in `files` (a PathHashSet: a kind in `kinds` overrides
+    it). A hash collision there can only make the guard take a path for an earlier regular file: it
+    then refuses a valid archive (a directory where that "file" is) or lets a hard link name a path no
+    earlier member created, which GNU tar then fails to link or links to a file inside dest, no worse
+    than any hard link it accepts. A path in neither is looked up on disk, where nothing but this
+    stream changes it (deletions ran before).
     Ancestors are checked from the root down, so `lstat` never runs through a symlink. With `fresh=True`
     (the caller verified that dest was empty before this stream started) the model is the whole truth
     and the disk is never consulted.
@@ -73,12 +136,17 @@ class MemberGuard:
         self.dest = os.fspath(dest)
         self.fresh = fresh
         self.kinds: dict[str, str] = {"": DIR}
+        self.files = PathHashSet()
         self.symlinks: list[str] = []
 
     def _kind(self, key: str) -> str | None:
         kind = self.kinds.get(key)
-        if kind is not None or self.fresh:
+        if kind is not None:
             return kind
+        if key in self.files:
+            return FILE
+        if self.fresh:
+            return None
         try:
             st = os.lstat(os.path.join(self.dest, key))
         except FileNotFoundError:
@@ -106,7 +174,8 @@ class MemberGuard:
         key = "/".join(parts)
         if self.kinds.get(key.rpartition("/")[0]) != DIR:
             self._check_ancestors(parts, "path")
-        current = self._kind(key)
+        # A file over an earlier file is fine: in a fresh dest only a directory or symlink there matters.
+        current = self.kinds.get(key) if kind == FILE and self.fresh else self._kind(key)
         if kind == DIR:
             if current not in (None, DIR):
                 raise Refused(f"would turn the {current} {key!r} into a directory")
@@ -122,6 +191,11 @@ class MemberGuard:
             self.symlinks.append(key)
         if link_parts is not None:
             target = "/".join(link_parts)
-            if not link_parts or self.kinds.get(target) != FILE:
+            if not link_parts or target in self.kinds or target not in self.files:
                 raise Refused(f"hard link to {target!r}, which is not an earlier regular member")
-        self.kinds[key] = kind
+        if kind == FILE:
+            self.files.add(key)
+            if current == LINK:
+                self.kinds.pop(key, None)  # a file replaces the symlink (tar unlinks it first)
+        else:
+            self.kinds[key] = kind

@@ -222,6 +222,61 @@ def test_fresh_guard_never_looks_at_the_disk(tmp_path, monkeypatch):
             guard.check(parts, kind, **kw)
 
 
+def test_guard_follows_a_path_through_file_symlink_file(tmp_path):
+    """Regular files live in the hash set, symlinks in the dict: whichever came last decides."""
+    guard = MemberGuard(tmp_path, fresh=True)
+    guard.check(("p",), FILE)
+    guard.check(("p",), LINK, symlink_target="q")
+    with pytest.raises(Refused, match="not an earlier regular member"):
+        guard.check(("h",), FILE, link_parts=("p",))  # p is a symlink now
+    with pytest.raises(Refused, match="symlink"):
+        guard.check(("p", "x"), FILE)
+    guard.check(("p",), FILE)  # tar replaces the symlink with a file again
+    guard.check(("h",), FILE, link_parts=("p",))
+    with pytest.raises(Refused, match="non-directory"):
+        guard.check(("p", "x"), FILE)
+    with pytest.raises(Refused, match="into a directory"):
+        guard.check(("h",), DIR)  # a hard link is a regular file too
+
+
+def test_guard_replaces_an_on_disk_symlink_with_a_file(tmp_path):
+    os.symlink("elsewhere", tmp_path / "s")
+    guard = MemberGuard(tmp_path)
+    guard.check(("s",), FILE)
+    guard.check(("h",), FILE, link_parts=("s",))
+
+
+def test_path_hash_set_membership_across_growth():
+    paths = [f"files/d{i % 97}/f-{i}.txt" for i in range(50_000)]
+    seen = policy.PathHashSet()
+    for i, path in enumerate(paths):
+        seen.add(path)
+        if i % 9973 == 0:  # earlier members stay found while the table grows
+            assert all(p in seen for p in paths[:i + 1:101])
+    seen.add(paths[0])  # adding again changes nothing
+    assert len(seen) == len(paths)
+    assert all(p in seen for p in paths)
+    assert not any(f"files/d{i % 97}/g-{i}.txt" in seen for i in range(50_000))
+
+
+def test_guard_memory_per_file_is_a_few_bytes():
+    """Restore memory stays flat in the number of files: the guard keeps ~16-32 bytes per regular file
+    (a dict of path strings, its former model, cost ~115)."""
+    import tracemalloc
+
+    n = 100_000
+    paths = [("files", f"d{i // 2000:02d}", f"e{(i // 100) % 20:02d}", f"f-{i:06d}.txt") for i in range(n)]
+    tracemalloc.start()
+    try:
+        guard = MemberGuard("/nonexistent", fresh=True)
+        for parts in paths:
+            guard.check(parts, FILE)
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held / n <= 40, f"{held / n:.0f} bytes per file"
+
+
 def test_guard_on_a_non_empty_dest_still_looks_at_the_disk(tmp_path):
     os.symlink("/", tmp_path / "pre")
     (tmp_path / "file").write_bytes(b"")
