@@ -22,6 +22,7 @@ per file with block digests ([path, archived size, hex digests]).
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -62,12 +63,13 @@ _UNSEEN = Entry(UNKNOWN, -1, -1, -1, -1, -1, -1, -1, -1, -1, None)
 
 
 def _entry(st: os.stat_result, target: str | None, _isreg=stat.S_ISREG, _isdir=stat.S_ISDIR, _islnk=stat.S_ISLNK,
-           _imode=stat.S_IMODE) -> Entry:
-    # Runs once per path, also while writers are stopped: plain tests, no generator (15% of a scan).
+           _imode=stat.S_IMODE, _new=tuple.__new__) -> Entry:
+    # Runs once per path, also while writers are stopped: plain tests, no generator (15% of a scan), and
+    # the tuple built directly (Entry(...) goes through a Python-level __new__: a third of this function).
     mode = st.st_mode
     kind = "f" if _isreg(mode) else "d" if _isdir(mode) else "l" if _islnk(mode) else "o"
-    return Entry(kind, st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                 _imode(mode), st.st_uid, st.st_gid, st.st_nlink, target)
+    return _new(Entry, (kind, st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                        _imode(mode), st.st_uid, st.st_gid, st.st_nlink, target))
 
 
 class TreeState:
@@ -148,29 +150,61 @@ class TreeState:
         return cls(entries, header["started_ns"], header.get("root", ""), blocks)
 
 
+# How a directory is opened for the walk: never through a symlink (one swapped in meanwhile is skipped).
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# A directory that vanished or stopped being one between its listing and its opening (phase 1 runs live).
+_GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+
+
 def _walk(root: str) -> Iterator[tuple[str, os.stat_result, str | None]]:
-    """(relative path, lstat, symlink target) for the root and everything below it on the same filesystem."""
+    """(relative path, lstat, symlink target) for the root and everything below it on the same filesystem.
+
+    Each directory is listed through a descriptor opened relative to its parent's, so every lstat and
+    readlink is an `*at` call on one name (~15 % faster than resolving each whole path again) and no
+    path is ever resolved through a symlink. Open descriptors: one per level of the directory being
+    listed, closed on the way up (and when the walk is abandoned)."""
     top = os.lstat(root)
     yield ".", top, None
-    stack = [("", root)]
-    while stack:
-        rel, absdir = stack.pop()
-        try:
-            it = os.scandir(absdir)
-        except (FileNotFoundError, NotADirectoryError):
-            continue  # removed while we walk (phase 1 runs live): the next scan sees it gone
-        with it:
-            for de in it:
-                relpath = f"{rel}/{de.name}" if rel else de.name
-                try:
-                    st = de.stat(follow_symlinks=False)
-                    target = os.readlink(de.path) if stat.S_ISLNK(st.st_mode) else None
-                except (FileNotFoundError, NotADirectoryError):
+    isdir, islnk, dev = stat.S_ISDIR, stat.S_ISLNK, top.st_dev
+    # (fd, relative path, subdirectories not walked yet) of each directory on the way down to this one
+    stack: list[tuple[int, str, list[str]]] = []
+    fd, rel = os.open(root, _DIR_FLAGS), ""
+    try:
+        while True:
+            subdirs: list[str] = []
+            stack.append((fd, rel, subdirs))
+            with os.scandir(fd) as it:
+                for de in it:
+                    name = de.name
+                    relpath = f"{rel}/{name}" if rel else name
+                    try:
+                        st = de.stat(follow_symlinks=False)
+                        target = os.readlink(name, dir_fd=fd) if islnk(st.st_mode) else None
+                    except (FileNotFoundError, NotADirectoryError):
+                        continue  # removed while we walk: the next scan sees it gone
+                    yield relpath, st, target
+                    # Same rule as tar --one-file-system: a mount point is recorded, not entered.
+                    if isdir(st.st_mode) and st.st_dev == dev:
+                        subdirs.append(name)
+            fd = -1
+            while fd < 0 and stack:  # the next directory to list: depth first
+                parent, prel, pending = stack[-1]
+                if not pending:
+                    os.close(stack.pop()[0])
                     continue
-                yield relpath, st, target
-                # Same rule as tar --one-file-system: a mount point is recorded, not entered.
-                if stat.S_ISDIR(st.st_mode) and st.st_dev == top.st_dev:
-                    stack.append((relpath, de.path))
+                name = pending.pop()
+                try:
+                    fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+                except OSError as exc:
+                    if exc.errno not in _GONE:
+                        raise
+                    continue
+                rel = f"{prel}/{name}" if prel else name
+            if fd < 0:
+                return
+    finally:
+        for entry in stack:  # every open descriptor is on the stack
+            os.close(entry[0])
 
 
 def scan(root: Path) -> TreeState:

@@ -178,3 +178,63 @@ def test_parent_directory_times_survive_a_phase2_replace(tmp_path):
     restore(sink1.data(), out, stats1)
     restore(sink2.data(), out, stats2)
     assert fingerprint(out) == fingerprint(src)
+
+
+def _reference_scan(root) -> dict:
+    """What a scan must hold, from os.walk and plain path-based lstat: the walk's *at calls must agree."""
+    out = {".": os.lstat(root)}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            out[os.path.relpath(path, root)] = os.lstat(path)
+    return out
+
+
+def test_scan_agrees_with_path_based_lstat(tmp_path):
+    src = tmp_path / "src"
+    build_rich_tree(src)
+    for i in range(30):  # a few levels deep, a few wide
+        (src / "wide" / f"d{i % 5}" / f"e{i % 3}").mkdir(parents=True, exist_ok=True)
+        (src / "wide" / f"d{i % 5}" / f"e{i % 3}" / f"f{i}").write_bytes(b"x" * i)
+    state = scan(src)
+    ref = _reference_scan(src)
+    assert set(state.entries) == set(ref)
+    for path, st in ref.items():
+        e = state[path]
+        assert (e.ino, e.size, e.mtime_ns, e.ctime_ns, e.nlink) == (st.st_ino, st.st_size, st.st_mtime_ns,
+                                                                      st.st_ctime_ns, st.st_nlink), path
+        assert e.target == (os.readlink(src / path) if e.type == "l" else None), path
+
+
+def test_scan_never_follows_a_directory_swapped_for_a_symlink(tmp_path):
+    """Phase 1 runs live: a directory listed as one and replaced by a symlink before the walk enters it
+    is skipped (the next scan sees the symlink), never walked through."""
+    from migrator.archive.treestate import _walk
+
+    src, outside = tmp_path / "src", tmp_path / "outside"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "inner").write_bytes(b"")
+    outside.mkdir()
+    (outside / "must-not-be-listed").write_bytes(b"")
+    walk = _walk(str(src))
+    assert next(walk)[0] == "."
+    assert next(walk)[0] == "d"  # the root's only entry: the walk enters d only after this
+    shutil.rmtree(src / "d")
+    os.symlink(outside, src / "d")
+    assert list(walk) == []
+
+
+def test_abandoned_scan_closes_its_directories(tmp_path):
+    from migrator.archive.treestate import _walk
+
+    deep = tmp_path.joinpath(*[f"l{i}" for i in range(40)])
+    deep.mkdir(parents=True)
+    (deep / "leaf").write_bytes(b"")
+    before = len(os.listdir("/proc/self/fd"))
+    walk = _walk(str(tmp_path))
+    paths = [next(walk)[0] for _ in range(30)]
+    assert paths[-1].count("/") == 28  # 29 levels down, one descriptor open per level
+    walk.close()
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert sum(1 for _ in _walk(str(tmp_path))) == 42
+    assert len(os.listdir("/proc/self/fd")) == before
