@@ -163,12 +163,15 @@ def _walk(root: str) -> Iterator[tuple[str, os.stat_result, str | None]]:
     readlink is an `*at` call on one name (~15 % faster than resolving each whole path again) and no
     path is ever resolved through a symlink. Open descriptors: one per level of the directory being
     listed, closed on the way up (and when the walk is abandoned)."""
-    top = os.lstat(root)
+    # The root itself is followed, as capture's tar -C follows it (deploy refuses a symlinked data dir,
+    # but one swapped for a link to another disk later must be scanned whole, not cut at the first level
+    # because its entries' device differs from the link's). Nothing below the root is followed.
+    top = os.stat(root)
     yield ".", top, None
     isdir, islnk, dev = stat.S_ISDIR, stat.S_ISLNK, top.st_dev
     # (fd, relative path, subdirectories not walked yet) of each directory on the way down to this one
     stack: list[tuple[int, str, list[str]]] = []
-    fd, rel = os.open(root, _DIR_FLAGS), ""
+    fd, rel = os.open(root, _DIR_FLAGS & ~os.O_NOFOLLOW), ""
     try:
         while True:
             subdirs: list[str] = []
@@ -208,7 +211,7 @@ def _walk(root: str) -> Iterator[tuple[str, os.stat_result, str | None]]:
 
 
 def scan(root: Path) -> TreeState:
-    """lstat every path under `root` (never following symlinks, not crossing filesystems)."""
+    """lstat every path under `root` (never following symlinks below it, not crossing filesystems)."""
     root_s = os.fspath(root)
     started = time.time_ns()
     entries: dict[str, Entry] = {}

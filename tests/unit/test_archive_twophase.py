@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from pathlib import Path
 
 from migrator.archive import TreeState, capture_phase1, capture_phase2, diff, scan, write_archive
 from migrator.archive.treestate import RACY_SLACK_NS
@@ -238,3 +239,28 @@ def test_abandoned_scan_closes_its_directories(tmp_path):
     assert len(os.listdir("/proc/self/fd")) == before
     assert sum(1 for _ in _walk(str(tmp_path))) == 42
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_scan_follows_a_symlinked_root_but_nothing_below_it(tmp_path):
+    """A data dir swapped for a symlink to another disk (deploy refuses to create one, an operator can
+    still make one) is scanned as tar -C reads it, whole. The disk here is /dev/shm (its own tmpfs):
+    "same filesystem" must mean the data's, not the link's, or the walk stops at the first level and
+    phase 2 misses every change below it (what the scan before 2026-12-07 did)."""
+    import tempfile
+
+    disk = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="migrator-test-"))
+    assert os.stat(disk).st_dev != os.stat(tmp_path).st_dev, "needs the link and the data on two filesystems"
+    try:
+        _check_symlinked_root(tmp_path, disk / "data")
+    finally:
+        shutil.rmtree(disk)
+
+
+def _check_symlinked_root(tmp_path, real):
+    build_rich_tree(real)
+    (real / "a" / "b").mkdir(parents=True)
+    (real / "a" / "b" / "deep").write_bytes(b"deep")
+    os.symlink(real, tmp_path / "link")
+    via_link, direct = scan(tmp_path / "link"), scan(real)
+    assert via_link.entries == direct.entries
+    assert "a/b/deep" in via_link
