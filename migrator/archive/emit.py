@@ -45,19 +45,24 @@ def _bytesum(data: bytes) -> int:
     return (zlib.adler32(data) & 0xFFFF) - 1
 
 
-def carried_pax(pax: dict[bytes, bytes]) -> dict[bytes, bytes]:
-    """The pax records of an archived member that restore passes on to GNU tar."""
+def carried_pax(pax: dict[bytes, bytes]) -> tuple[dict[bytes, bytes], bool]:
+    """The pax records of an archived member that restore passes on to GNU tar, and whether any of them
+    is an ACL (one pass: this runs once per member)."""
     kept = {}
+    acl = False
     for key, value in pax.items():
         if key.startswith(PAX_KEEP_PREFIXES):
             kept[key] = value
+            acl = acl or key.startswith(ACL_PREFIX)
         elif key in PAX_TIME_KEYS and _PAX_TIME.match(value):
             kept[key] = value  # exact nanoseconds (a float would round them)
-    return kept
+    return kept, acl
 
 
 def _record(key: bytes, value: bytes) -> bytes:
     n = len(key) + len(value) + 3  # " ", "=", "\n"
+    if 9 <= n <= 97:  # most records: a two-digit length, n + 2 <= 99
+        return b"%d %s=%s\n" % (n + 2, key, value)
     digits = len(str(n))
     total = n + digits
     if len(str(total)) > digits:  # the length counts its own digits

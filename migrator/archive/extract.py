@@ -336,8 +336,8 @@ class _Extraction:
             name = "/".join(parts) if parts else "./"
             if m.uid < 0 or m.gid < 0:
                 raise Refused("negative owner")
-            pax = emit.carried_pax(m.pax)
-            if not self.acls and any(key.startswith(tarparse.ACL_PREFIX) for key in pax):
+            pax, acl = emit.carried_pax(m.pax)
+            if acl and not self.acls:
                 raise Refused("it carries ACLs its manifest does not list")
             if t == tarparse.REGULAR:
                 self.guard.check(parts, FILE)

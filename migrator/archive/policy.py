@@ -34,7 +34,9 @@ def member_parts(name: str) -> tuple[str, ...]:
         raise Refused("absolute path")
     if "\x00" in name:
         raise Refused("NUL byte in name")
-    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    split = name.split("/")
+    # Most names have no empty or "." component: no filtering pass (this runs once per member).
+    parts = tuple(p for p in split if p not in ("", ".")) if "" in split or "." in split else tuple(split)
     if ".." in parts:
         raise Refused("'..' component in path")
     return parts

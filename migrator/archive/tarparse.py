@@ -101,7 +101,7 @@ def checksum_ok(block: bytes) -> bool:
     except ValueError:
         return False
     total = (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
-    return stored == total - sum(block[148:156]) + 8 * 0x20
+    return stored == total - ((zlib.adler32(block[148:156]) & 0xFFFF) - 1) + 8 * 0x20
 
 
 def _text(raw: bytes) -> str:
