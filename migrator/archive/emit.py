@@ -7,7 +7,7 @@ original member: xattrs and ACLs (SCHILY.*) and exact atime/mtime strings; nothi
 written as GNU sparse 1.0 (map, then data chunks), so holes stay holes.
 
 Hand-built for speed (restore of many small files is bound by per-member cost): header blocks are
-concatenated from fixed templates and their checksums computed with adler32 (see `_bytesum`); small
+concatenated from fixed templates and their checksums computed with adler32 (see `tarparse.bytesum`); small
 members are batched into one pipe write, large data pieces are written straight from the decompressed
 chunk they arrived in.
 """
@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import os
 import re
-import zlib
 
-from migrator.archive.tarparse import ACL_PREFIX, BLOCK, DIRECTORY, HARDLINK, REGULAR, SYMLINK  # noqa: F401 (emitted types)
+from migrator.archive.tarparse import ACL_PREFIX, BLOCK, DIRECTORY, HARDLINK, REGULAR, SYMLINK, bytesum  # noqa: F401 (emitted types)
 
 PAX_KEEP_PREFIXES = (b"SCHILY.xattr.", ACL_PREFIX)
 PAX_TIME_KEYS = (b"mtime", b"atime")
@@ -38,11 +37,6 @@ _X_TAIL = b"x" + bytes(100) + _MAGIC + bytes(BLOCK - 265)
 BATCH = 256 * 1024
 _X_SUM = sum(_X_HEAD) + sum(_X_MTIME) + 8 * 0x20 + sum(_X_TAIL)
 _MAIN_TAIL_SUM = 8 * 0x20 + sum(_MAGIC)
-
-
-def _bytesum(data: bytes) -> int:
-    """sum(data) for up to 257 bytes: adler32's low half is 1 + the byte sum, exact below 65521."""
-    return (zlib.adler32(data) & 0xFFFF) - 1
 
 
 def carried_pax(pax: dict[bytes, bytes]) -> tuple[dict[bytes, bytes], bool]:
@@ -93,12 +87,12 @@ def member_header(path: bytes, mode: int, uid: int, gid: int, size: int, mtime: 
         records.append(_record(b"mtime", repr(mtime).encode() if mtime != whole else b"%d" % whole))
     body = b"".join(records)
     size_field = b"%011o\0" % len(body)
-    x_sum = _X_SUM + _bytesum(size_field)
+    x_sum = _X_SUM + bytesum(size_field)
     head = (path[:100].ljust(100, b"\0")
             + b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode & 0o7777, _fits(uid, _MAX_ID), _fits(gid, _MAX_ID),
                                                      _fits(size, _MAX_BIG), _fits(whole, _MAX_BIG)))
     link = linkpath[:100]
-    main_sum = _bytesum(head) + typeflag[0] + _bytesum(link) + _MAIN_TAIL_SUM
+    main_sum = bytesum(head) + typeflag[0] + bytesum(link) + _MAIN_TAIL_SUM
     return b"".join((_X_HEAD, size_field, _X_MTIME, b"%06o\0 " % x_sum, _X_TAIL,
                      body, _ZEROS[:-len(body) % BLOCK],
                      head, b"%06o\0 " % main_sum, typeflag, link.ljust(100, b"\0"), _MAGIC, _ZEROS[:BLOCK - 265]))

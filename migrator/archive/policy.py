@@ -8,7 +8,7 @@ Owns the rules shared by both ends, so that capture never writes an archive that
 - `MemberGuard` (extraction): tracks what this stream has created on top of what the destination already
   holds (phase 2 lands on phase 1), and refuses a member that would pass through a symlink, replace a
   directory, turn a symlink into a directory, or hard-link to anything but an earlier regular member.
-  Its memory is ~16 bytes per regular file (`PathHashSet`), so a volume of millions of files restores in
+  Its memory is ~20 bytes per regular file (`PathHashSet`), so a volume of millions of files restores in
   flat memory.
 """
 
@@ -63,7 +63,7 @@ def symlink_refusal(parts: tuple[str, ...], target: str) -> str | None:
 
 class PathHashSet:
     """A set of paths that keeps only each path's 64-bit hash: 8 bytes a slot in one flat array, at most
-    half full (a dict of the paths themselves cost ~150 bytes a path, 150 MB for a million files).
+    half full: 16-32 bytes a path (a dict of the paths themselves cost ~115, 115 MB for a million files).
 
     Two paths with the same 64-bit hash count as one: for a million paths the odds that any two collide
     are ~1 in 40 million per stream, and the guard's use of it is safe either way (see MemberGuard).

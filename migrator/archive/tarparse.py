@@ -14,7 +14,7 @@ is `CorruptTar`.
 Why not tarfile: it parses every header twice over through generic helpers, which was a third of
 restore's time on trees of small files; here a header costs a few slices. Member data is handed out as
 memoryview pieces of the decompressed chunks (no copy), so the caller can pass them straight on.
-`number` and `pax_records` are shared with capture's walker (tarstream).
+`number` and `pax_records` are shared with capture's walker (tarstream), `bytesum` with emit.
 """
 
 from __future__ import annotations
@@ -91,17 +91,20 @@ def pax_records(data: bytes) -> dict[bytes, bytes]:
     return records
 
 
-def checksum_ok(block: bytes) -> bool:
-    """The ustar header checksum: unsigned byte sum with the checksum field counted as spaces.
+def bytesum(data: bytes) -> int:
+    """sum(data) for up to 256 bytes, 50x faster than sum(): adler32's low half is 1 + the byte sum
+    mod 65521, and 256 bytes sum to at most 65280, so it is exact there."""
+    return (zlib.adler32(data) & 0xFFFF) - 1
 
-    adler32's low half is 1 + the byte sum mod 65521; a 256-byte half sums to at most 65280, so it is
-    exact there — 50x faster than sum() over the block."""
+
+def checksum_ok(block: bytes) -> bool:
+    """The ustar header checksum: unsigned byte sum with the checksum field counted as spaces (the block
+    summed in two 256-byte halves, each within `bytesum`'s exact range)."""
     try:
         stored = number(block[148:156])
     except ValueError:
         return False
-    total = (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
-    return stored == total - ((zlib.adler32(block[148:156]) & 0xFFFF) - 1) + 8 * 0x20
+    return stored == bytesum(block[:256]) + bytesum(block[256:]) - bytesum(block[148:156]) + 8 * 0x20
 
 
 def _text(raw: bytes) -> str:
