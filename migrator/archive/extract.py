@@ -39,7 +39,7 @@ from typing import BinaryIO
 import zstandard
 
 from migrator.archive import emit, patch, tarparse
-from migrator.archive._proc import EXIT_GRACE_S, Child, Pump, close_all, grow_pipe
+from migrator.archive._proc import EXIT_GRACE_S, PIPE_SIZE, Child, Pump, close_all, grow_pipe
 from migrator.archive.emit import PaxEmitter
 from migrator.archive.policy import DIR, FILE, LINK, MemberGuard, Refused, member_parts
 from migrator.archive.tarparse import CorruptTar, Member, TarParser, UnsupportedTar
@@ -66,6 +66,11 @@ _REFUSED_TYPES = {tarparse.CHARDEV: "character device", tarparse.BLOCKDEV: "bloc
 _DELETED_MARK = DELETED_MARK.encode()
 _DELETED_MARK_VALUE = DELETED_MARK_VALUE.encode()
 _PATCH_MARK = patch.PATCH_MARK.encode()
+# Blocks per record GNU tar reads (and so the most it writes into a file per call): the pipe's size
+# (PIPE_SIZE, 1 MiB). With tar's default of 20 (10 KiB), the 1 GiB bench set cost it ~240 000 read and
+# write calls, now ~22 000 (one write per small file): tar's CPU 1.29 -> 0.92 s (median of 9 runs).
+# Reading from a pipe, tar gathers full records itself, and the last one may be short.
+TAR_RECORD_BLOCKS = PIPE_SIZE // tarparse.BLOCK
 _HOSTILE_HINT = "the archive was refused before anything reached the data directory; pick another snapshot"
 
 
@@ -86,9 +91,9 @@ class _Corrupt(IntegrityError):
 def tar_extract_argv(dest: Path, acls: bool = True) -> list[str]:
     """GNU tar's extract command. `acls=False` for an archive without ACLs: with --acls, tar sets an ACL
     on every file it creates (a setxattr each, ~5 % of a restore of many small files)."""
-    return ["tar", "--extract", "--file=-", "--numeric-owner", "--same-permissions", "--same-owner",
-            "--xattrs", "--xattrs-include=*", *(["--acls"] if acls else []), "--warning=no-unknown-keyword",
-            "--directory", os.fspath(dest)]
+    return ["tar", "--extract", "--file=-", f"--blocking-factor={TAR_RECORD_BLOCKS}", "--numeric-owner",
+            "--same-permissions", "--same-owner", "--xattrs", "--xattrs-include=*", *(["--acls"] if acls else []),
+            "--warning=no-unknown-keyword", "--directory", os.fspath(dest)]
 
 
 class _Source:
