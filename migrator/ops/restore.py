@@ -27,7 +27,7 @@ from migrator.ops.quiesce import Quiesce, writers_of
 from migrator.ops.recover import handler
 from migrator.ops.stack import Report, Stack, quiet
 from migrator.plan.checks import special_checks
-from migrator.plan.load import schema_problems
+from migrator.plan.load import known_schema_problems
 from migrator.plan.model import Plan, Secrets
 from migrator.plan.sizes import format_size
 from migrator.state import conforming
@@ -57,11 +57,14 @@ def snapshot_plan(store, manifest: Manifest) -> Plan:
     import json
 
     key = f"{manifest.vsn}/{manifest.snapshot_id}/{PLAN_COPY}"
+    data = store.get_bytes(key, MAX_PLAN_BYTES)
     try:
-        raw = json.loads(store.get_bytes(key, MAX_PLAN_BYTES))
+        raw = json.loads(data)
     except ValueError as exc:
         raise IntegrityError(f"plan copy {key} in {store.url} is not JSON") from exc
-    problems = schema_problems("plan", raw) or special_checks(raw, Secrets(), secrets_given=True)
+    # a VSN's snapshots mostly carry the same plan bytes: a schema verdict is reused, as for manifests
+    problems = (known_schema_problems("plan", data, raw, conforming.remembered())
+                or special_checks(raw, Secrets(), secrets_given=True))
     problems = [p for p in problems if "secret" not in p]  # secrets are not part of a snapshot
     if problems:
         raise PlanInvalid(f"plan copy in snapshot {manifest.snapshot_id} is invalid", details=problems)

@@ -70,7 +70,7 @@ def schema_problems(name: str, doc: object) -> list[str]:
     return problems
 
 
-def _known_problems(name: str, data: bytes, doc: object, conforming: ConformingDocs | None) -> list[str]:
+def known_schema_problems(name: str, data: bytes, doc: object, conforming: ConformingDocs | None) -> list[str]:
     """schema_problems, skipped for a document `conforming` has seen pass (same schema, same bytes)."""
     if conforming is None:
         return schema_problems(name, doc)
@@ -101,9 +101,9 @@ def secrets_file_problems(path: Path) -> list[str]:
 def validate_files(plan_path: str | os.PathLike, secrets_path: str | os.PathLike | None = None,
                    conforming: ConformingDocs | None = None) -> tuple[Plan, Secrets]:
     """Load both files and run every check; raise PlanInvalid listing all problems, else return them.
-    With `conforming`, the schema verdict of a document seen before is reused (see _known_problems)."""
+    With `conforming`, the schema verdict of a document seen before is reused (see known_schema_problems)."""
     data, raw = _read_doc(plan_path, "plan")
-    problems = _known_problems("plan", data, raw, conforming)
+    problems = known_schema_problems("plan", data, raw, conforming)
     secrets = Secrets(path=str(secrets_path) if secrets_path else None)
     if secrets_path is not None:
         sp = Path(secrets_path)
@@ -112,7 +112,7 @@ def validate_files(plan_path: str | os.PathLike, secrets_path: str | os.PathLike
             problems += file_problems
         else:
             secrets_data, raw_secrets = _read_doc(sp, "secrets file")
-            secret_schema_problems = _known_problems("secrets", secrets_data, raw_secrets, conforming)
+            secret_schema_problems = known_schema_problems("secrets", secrets_data, raw_secrets, conforming)
             problems += [p.replace("(root)", "(secrets)", 1) if p.startswith("(root)")
                          else f"(secrets){p}" if p.startswith("[") else f"(secrets).{p}"
                          for p in secret_schema_problems]
