@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # Debian packages the tool and its lab need (podman and its runtime, image building, archive pipeline,
 # the second VSN's sshd, mail, cron).
 APT_PACKAGES := podman runc netavark aardvark-dns uidmap debootstrap busybox-static zstd age tar \
-                iproute2 iptables openssh-server openssh-client acl attr cron mutt curl ca-certificates python3-venv python3-apt
+                openssl iproute2 iptables openssh-server openssh-client acl attr cron mutt curl ca-certificates python3-venv python3-apt
 export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 export CONTAINERS_STORAGE_CONF := $(CURDIR)/lab/storage.conf
 
