@@ -208,7 +208,8 @@ class Bench:
         rmtree(dest)
         dest.mkdir(parents=True)
         sync()
-        tar = quoted(tar_extract_argv(dest)) if same_flags else f"tar -x -C '{dest}'"
+        # same_flags: migrator's argv for this object (the data set has no ACLs, so no --acls, as migrator)
+        tar = quoted(tar_extract_argv(dest, acls=False)) if same_flags else f"tar -x -C '{dest}'"
         res = shell(f"zstd -d -q -c '{src}' | {tar}")
         return {"wall_s": res.wall_s, "cpu_s": res.cpu_s, "rss_mb": res.maxrss_mb}
 
