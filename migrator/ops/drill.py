@@ -77,8 +77,9 @@ def drill_plan(raw: dict, scratch: Path, tag: str) -> tuple[dict, dict[str, str]
 def drill(store, vsn: str, snapshot_id: str, *, plan: Plan | None, secrets: Secrets, identity: Path | None = None,
           scratch: Path | None = None, report: Report = quiet) -> dict:
     started = time.monotonic()
-    manifest = read_manifest(store, vsn, snapshot_id, conforming.remembered())
-    source_plan = plan or snapshot_plan(store, manifest)
+    verdicts = conforming.remembered()
+    manifest = read_manifest(store, vsn, snapshot_id, verdicts)
+    source_plan = plan or snapshot_plan(store, manifest, verdicts)
     tag = pysecrets.token_hex(2)
     scratch = Path(scratch) if scratch else state_dir() / "drill" / f"{manifest.snapshot_id}-{tag}"
     scratch.mkdir(parents=True, exist_ok=False, mode=0o700)

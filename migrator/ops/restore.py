@@ -31,6 +31,7 @@ from migrator.plan.load import known_schema_problems
 from migrator.plan.model import Plan, Secrets
 from migrator.plan.sizes import format_size
 from migrator.state import conforming
+from migrator.state.conforming import ConformingDocs
 from migrator.state.journal import open_journal
 
 JOURNAL_KEY = "restore_swaps"
@@ -52,8 +53,9 @@ class Swap:
         return {"volume": self.volume, "live": str(self.live), "staging": str(self.staging), "old": str(self.old)}
 
 
-def snapshot_plan(store, manifest: Manifest) -> Plan:
-    """The plan copy stored with the snapshot (untrusted: validated like a user's plan)."""
+def snapshot_plan(store, manifest: Manifest, verdicts: ConformingDocs) -> Plan:
+    """The plan copy stored with the snapshot (untrusted: validated like a user's plan). A VSN's snapshots
+    mostly carry the same plan bytes, so a schema verdict in `verdicts` is reused, as for manifests."""
     import json
 
     key = f"{manifest.vsn}/{manifest.snapshot_id}/{PLAN_COPY}"
@@ -62,8 +64,7 @@ def snapshot_plan(store, manifest: Manifest) -> Plan:
         raw = json.loads(data)
     except ValueError as exc:
         raise IntegrityError(f"plan copy {key} in {store.url} is not JSON") from exc
-    # a VSN's snapshots mostly carry the same plan bytes: a schema verdict is reused, as for manifests
-    problems = (known_schema_problems("plan", data, raw, conforming.remembered())
+    problems = (known_schema_problems("plan", data, raw, verdicts)
                 or special_checks(raw, Secrets(), secrets_given=True))
     problems = [p for p in problems if "secret" not in p]  # secrets are not part of a snapshot
     if problems:
@@ -123,7 +124,8 @@ def restore(store, vsn: str, snapshot_id: str, *, plan: Plan | None, volumes: li
             into: Path | None = None, identity: Path | None = None, keep_old: bool = False,
             touch_containers: bool = True, report: Report = quiet, progress=None) -> dict:
     started = time.monotonic()
-    manifest = read_manifest(store, vsn, snapshot_id, conforming.remembered())
+    verdicts = conforming.remembered()
+    manifest = read_manifest(store, vsn, snapshot_id, verdicts)
     chosen = volumes or sorted(manifest.volumes)
     unknown = [v for v in chosen if v not in manifest.volumes]
     if unknown:
@@ -131,7 +133,7 @@ def restore(store, vsn: str, snapshot_id: str, *, plan: Plan | None, volumes: li
                          hint="volumes in it: " + ", ".join(sorted(manifest.volumes)))
     check_objects(store, manifest, chosen)
     if plan is None:
-        plan = snapshot_plan(store, manifest)
+        plan = snapshot_plan(store, manifest, verdicts)
         touch_containers = False  # never deployed here: there is nothing to stop
     if manifest.encrypted and identity is None:
         ident = (plan.backup.get("encryption") or {}).get("identity_file")

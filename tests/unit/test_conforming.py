@@ -100,14 +100,12 @@ def test_a_verdict_of_older_validator_rules_is_validated_again(tmp_path, plan_fi
     assert schema_calls == ["plan", "secrets", "plan", "secrets"]
 
 
-def test_a_snapshot_plan_copy_is_validated_once_and_never_trusted_when_changed(tmp_path, good, schema_calls,
-                                                                              monkeypatch):
+def test_a_snapshot_plan_copy_is_validated_once_and_never_trusted_when_changed(tmp_path, good, schema_calls):
     """restore reads the plan copy a snapshot carries (untrusted); the same bytes again skip the schema."""
     from migrator.catalog.manifest import PLAN_COPY, Manifest
     from migrator.ops.restore import snapshot_plan
     from migrator.storage import get_store
 
-    monkeypatch.setenv("MIGRATOR_STATE_DIR", str(tmp_path / "state"))
     store_dir = tmp_path / "store"
     copy = store_dir / "demo" / "snap-1" / PLAN_COPY
     copy.parent.mkdir(parents=True)
@@ -115,11 +113,11 @@ def test_a_snapshot_plan_copy_is_validated_once_and_never_trusted_when_changed(t
     manifest = Manifest(snapshot_id="snap-1", vsn="demo", created=0.0, hostname="h", migrator_version="0",
                         plan_sha256="", tags=[], volumes={})
     store = get_store(f"file://{store_dir}")
-    first = snapshot_plan(store, manifest)
-    assert snapshot_plan(store, manifest) == first
+    first = snapshot_plan(store, manifest, ConformingDocs(tmp_path))
+    assert snapshot_plan(store, manifest, ConformingDocs(tmp_path)) == first  # a new process
     assert schema_calls == ["plan"]
     good["volumes"][0]["name"] = "Not A Name!"
     copy.write_text(json.dumps(good))
     with pytest.raises(PlanInvalid):
-        snapshot_plan(store, manifest)
+        snapshot_plan(store, manifest, ConformingDocs(tmp_path))
     assert schema_calls == ["plan", "plan"]
