@@ -204,24 +204,21 @@ class Bench:
         return {"wall_s": res.wall_s, "cpu_s": res.cpu_s, "rss_mb": res.maxrss_mb, "files": out.get("files"),
                 "internal_s": out.get("duration")}
 
-    def _tar_restore(self, src: Path, dest: Path, same_flags: bool = False) -> dict:
+    def _tar_restore(self, src: Path, dest: Path, same_flags: bool = False, verify: bool = False) -> dict:
+        """`zstd -d | tar -x` of `src` into a fresh `dest`. `verify`: the peer as a restore that verifies,
+        the object's sha256 (what migrator checks against its manifest) taken by `openssl dgst -sha256`
+        beside it, in parallel, the cheapest arrangement (both read the object from the page cache; no tee
+        copy). OpenSSL's SHA-256 is the one migrator's hashlib uses; coreutils' sha256sum (9.1) is ~4x
+        slower and would flatter migrator."""
         rmtree(dest)
         dest.mkdir(parents=True)
         sync()
         # same_flags: migrator's argv for this object (the data set has no ACLs, so no --acls, as migrator)
         tar = quoted(tar_extract_argv(dest, acls=False)) if same_flags else f"tar -x -C '{dest}'"
-        res = shell(f"zstd -d -q -c '{src}' | {tar}")
-        return {"wall_s": res.wall_s, "cpu_s": res.cpu_s, "rss_mb": res.maxrss_mb}
-
-    def _verified_tar_restore(self, src: Path, dest: Path) -> dict:
-        """The peer as a restore that verifies: the object's sha256 (what migrator checks against its
-        manifest) taken by `openssl dgst -sha256` beside `zstd -d | tar -x`, in parallel, the cheapest
-        arrangement (both read the object from the page cache; no tee copy). OpenSSL's SHA-256 is the one
-        migrator's hashlib uses; coreutils' sha256sum (9.1) is ~4x slower and would flatter migrator."""
-        rmtree(dest)
-        dest.mkdir(parents=True)
-        sync()
-        res = shell(f"openssl dgst -sha256 '{src}' > /dev/null & h=$!; zstd -d -q -c '{src}' | tar -x -C '{dest}'; wait $h")
+        pipeline = f"zstd -d -q -c '{src}' | {tar}"
+        if verify:
+            pipeline = f"openssl dgst -sha256 '{src}' > /dev/null & h=$!; {pipeline}; wait $h"
+        res = shell(pipeline)
         return {"wall_s": res.wall_s, "cpu_s": res.cpu_s, "rss_mb": res.maxrss_mb}
 
     def _same_tree(self, a: Path, b: Path, metadata: bool) -> bool:
@@ -247,7 +244,7 @@ class Bench:
         dv = self.work / "restore-verified"
         tools = {"migrator": lambda: self._mig_restore(self.store1, dm),
                  "zstd|tar": lambda: self._tar_restore(self.peer_file, dp),
-                 "zstd|tar+sha256": lambda: self._verified_tar_restore(self.peer_file, dv)}
+                 "zstd|tar+sha256": lambda: self._tar_restore(self.peer_file, dv, verify=True)}
         if tar_extract_argv is not None:
             # migrator's own object, extracted by GNU tar with migrator's flags, minus migrator's
             # verify-and-re-emit layer (sha256, member checks, pax rewrite) in between
