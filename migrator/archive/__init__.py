@@ -1,4 +1,4 @@
-"""archive: snapshot objects of data directories — capture, change detection, safe extraction (DESIGN.md §4).
+"""archive: snapshot objects of data directories — capture, change detection, safe extraction .
 
 One object per volume data directory (per phase when two-phase): POSIX/pax tar by GNU tar (numeric
 owners, modes, mtimes, symlinks, hard links, empty dirs, xattrs, ACLs, sparse files) -> zstd
@@ -6,7 +6,8 @@ owners, modes, mtimes, symlinks, hard links, empty dirs, xattrs, ACLs, sparse fi
 
 - capture.write_archive: the streaming capture pipeline, fanned out to every sink.
 - treestate.scan/diff/TreeState: what changed between phase 1 and phase 2 (ctime-based, cannot miss).
-- twophase.capture_phase1/capture_phase2/phase1_hooks: the two phases wired in the only correct order.
+- twophase.capture_phase1/capture_phase2/capture_delta/phase1_hooks: whole and delta passes (two-phase
+  capture, incremental snapshots) wired in the only correct order.
 - patch: phase-1 block digests of big files, phase-2 patch members (changed blocks only), applying them.
 - extract.extract_archive: verify (sha256, size, bomb cap) and apply an object to a staging directory,
   refusing hostile members before GNU tar sees them.
@@ -20,7 +21,7 @@ from migrator.archive.capture import ArchiveStats, Sink, write_archive
 from migrator.archive.extract import ExtractStats, extract_archive
 from migrator.archive.tarstream import DELETED_MEMBER
 from migrator.archive.treestate import Entry, TreeState, diff, scan
-from migrator.archive.twophase import capture_phase1, capture_phase2, phase1_hooks
+from migrator.archive.twophase import capture_delta, capture_phase1, capture_phase2, phase1_hooks
 from migrator.errors import ArchiveError
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "ExtractStats",
     "Sink",
     "TreeState",
+    "capture_delta",
     "capture_phase1",
     "capture_phase2",
     "diff",

@@ -131,6 +131,7 @@ class Patch:
     ino: int
     dev: int
     extents: list[tuple[int, int]] = field(default_factory=list)  # (offset, length), sorted, merged
+    base_digests: bytes = b""  # the base's block digests (of `base_size` bytes)
 
     @property
     def changed(self) -> int:
@@ -159,7 +160,9 @@ def _plan_one(root: Path, path: str, prev, now, rec: tuple[int, bytes]) -> Patch
     base_size, digests = rec
     if prev is None or now is None or prev.type != "f" or now.type != "f":
         return None
-    if (prev.ino, prev.dev) != (now.ino, now.dev) or now.nlink != 1 or now.size < 1:
+    # Another inode at the path may be patched only if the base's file had no other name: restore then
+    # holds it alone, and writing into it cannot reach a hard link that still names the old content.
+    if ((prev.ino, prev.dev) != (now.ino, now.dev) and prev.nlink != 1) or now.nlink != 1 or now.size < 1:
         return None
     if len(digests) != DIGEST_SIZE * -(-base_size // BLOCK_SIZE):
         return None
@@ -178,7 +181,8 @@ def _plan_one(root: Path, path: str, prev, now, rec: tuple[int, bytes]) -> Patch
     if extents is None:
         return None
     return Patch(path=path, size=st.st_size, base_size=base_size, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid,
-                 gid=st.st_gid, mtime_ns=st.st_mtime_ns, ino=st.st_ino, dev=st.st_dev, extents=extents)
+                 gid=st.st_gid, mtime_ns=st.st_mtime_ns, ino=st.st_ino, dev=st.st_dev, extents=extents,
+                 base_digests=digests)
 
 
 def _has_xattrs(fd: int) -> bool:
@@ -246,33 +250,68 @@ def _changed_extents(fd: int, size: int, digests: bytes) -> list[tuple[int, int]
     return extents
 
 
-def members(root: Path, patches: list[Patch]) -> Iterator[bytes]:
+def members(root: Path, patches: list[Patch], live: bool = False,
+            on_blocks: Callable[[str, int, bytes], None] | None = None) -> Iterator[bytes]:
     """The patch members (header, extents, padding), streamed: memory stays one block whatever the sizes.
-    Each file is re-opened and must still be the inode, size and mtime `plan` saw (writers are stopped)."""
+
+    With writers stopped (`live=False`) each file is re-opened and must still be the inode, size and
+    mtime `plan` saw. `live=True` (an incremental's first pass, writers running): a file that changed,
+    shrank or vanished meanwhile is sent as read, zero-filled where it ended; its ctime moved after the
+    scan, so the next pass sends it again. `on_blocks(path, size, digests)` gets the block digests of the
+    file as restore will hold it after this member: the base's digests with the sent blocks' replaced."""
     for p in patches:
         try:
             fd = os.open(os.path.join(root, p.path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
-            raise ArchiveError(f"cannot read {p.path} again for its patch: {exc.strerror}",
-                               hint="something changed the data directory while its writers were stopped; retry") from None
+            if not live:
+                raise ArchiveError(f"cannot read {p.path} again for its patch: {exc.strerror}",
+                                   hint="something changed the data directory while its writers were stopped; "
+                                        "retry") from None
+            fd = -1
         try:
-            st = os.fstat(fd)
-            if (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns) != (p.ino, p.dev, p.size, p.mtime_ns):
-                raise ArchiveError(f"{p.path} changed while its writers were stopped",
-                                   hint="stop whatever else writes to the data directory, then retry")
+            if not live:
+                st = os.fstat(fd)
+                if (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns) != (p.ino, p.dev, p.size, p.mtime_ns):
+                    raise ArchiveError(f"{p.path} changed while its writers were stopped",
+                                       hint="stop whatever else writes to the data directory, then retry")
             yield header(p)
+            sent: dict[int, bytes] = {}
             for offset, length in p.extents:
                 yield EXTENT.pack(offset, length)
                 end = offset + length
-                while offset < end:
-                    chunk = os.pread(fd, min(READ_CHUNK, end - offset), offset)
-                    if not chunk:
-                        raise ArchiveError(f"{p.path} shrank while its writers were stopped", hint="retry")
-                    yield chunk
-                    offset += len(chunk)
+                while offset < end:  # extents start on block boundaries: one block per step
+                    want = min(BLOCK_SIZE, end - offset)
+                    block = _read_block(fd, offset, want, p.path, live)
+                    sent[offset // BLOCK_SIZE] = DIGEST(block).digest()
+                    yield block
+                    offset += want
             yield b"\0" * (padded(p.data_size) - p.data_size)
+            if on_blocks is not None:
+                on_blocks(p.path, p.size, _patched_digests(p, sent))
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
+
+
+def _read_block(fd: int, offset: int, want: int, path: str, live: bool) -> bytes:
+    """`want` bytes at `offset`; short only at the end of a file that shrank (zero-filled when live)."""
+    parts, got = [], 0
+    while got < want:
+        chunk = os.pread(fd, want - got, offset + got) if fd >= 0 else b""
+        if not chunk:
+            if not live:
+                raise ArchiveError(f"{path} shrank while its writers were stopped", hint="retry")
+            parts.append(b"\0" * (want - got))
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _patched_digests(p: Patch, sent: dict[int, bytes]) -> bytes:
+    count = -(-p.size // BLOCK_SIZE)
+    base = p.base_digests
+    return b"".join(sent.get(i) or base[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE] for i in range(count))
 
 
 def header(p: Patch) -> bytes:

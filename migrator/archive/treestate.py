@@ -17,7 +17,9 @@ deleted directory); both lists are sorted parents-first.
 TreeState also keeps phase 1's block digests of big archived files (`blocks`, see patch.py), which let
 phase 2 send only their changed blocks.
 TreeState.save/load use zstd-compressed JSON lines: one header line, one array per path, then one array
-per file with block digests ([path, archived size, hex digests]).
+per file with block digests ([path, archived size, hex digests]). The same bytes are a snapshot's tree
+state in a store, what the next incremental diffs against: `load(untrusted=True)` then checks every line
+(types, ranges, path shape, digest lengths) and caps sizes, so a hostile file can only be refused.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from typing import NamedTuple
 
 import zstandard
 
-from migrator.errors import ArchiveError
+from migrator.archive.policy import Refused, member_parts
+from migrator.errors import ArchiveError, IntegrityError
 
 # Slack for the coarse file-time clock (see module docstring). Costs only re-archiving files changed in
 # the last 2 s before the scan; being too small would lose changes.
@@ -43,6 +46,15 @@ FORMAT = "migrator-treestate"
 VERSION = 3  # 2 added block digests (sha256), 3 made them xxh3-128; 1 (no digests) is still read
 # Placeholder type for a path phase 1 archived but its scan did not see: never equal to a real entry.
 UNKNOWN = "?"
+TYPES = frozenset("dflo?")
+# Limits on a tree state read from a store (untrusted): ~20 million paths (a 200 GB volume of 10 KiB
+# files), lines no longer than a path and a symlink target can be, and the decompressed stream bounded.
+MAX_ENTRIES = 20_000_000
+MAX_LINE = 64 * 1024
+MAX_TREE_BYTES = 8 * 1024 * 1024 * 1024
+_INT_LOW, _INT_HIGH = -(1 << 63), 1 << 64
+# Size of one block digest and of a block (patch.py's; repeated here to keep this module below patch).
+_DIGEST_SIZE, _BLOCK_SIZE = 16, 1024 * 1024
 
 
 class Entry(NamedTuple):
@@ -104,31 +116,47 @@ class TreeState:
     def racy(self, entry: Entry) -> bool:
         return entry.ctime_ns >= self.started_ns - RACY_SLACK_NS
 
+    def carry_blocks(self, before: TreeState, changed: list[str]) -> None:
+        """Take `before`'s block digests for every file this state holds unchanged since `before` (not in
+        `changed`): restore holds the same bytes there as it did after `before`'s capture."""
+        skip = set(changed)
+        for p, rec in before.blocks.items():
+            if p not in skip and p not in self.blocks and getattr(self.entries.get(p), "type", None) == "f":
+                self.blocks[p] = rec
+
+    def write(self, fh) -> None:
+        """Serialise as zstd-compressed JSON lines into the binary file object `fh`."""
+        with zstandard.ZstdCompressor(level=3).stream_writer(fh, closefd=False) as zw:
+            text = io.TextIOWrapper(zw, encoding="utf-8", write_through=False)
+            header = {"format": FORMAT, "version": VERSION, "root": self.root, "started_ns": self.started_ns,
+                      "count": len(self.entries), "blocks": len(self.blocks)}
+            text.write(json.dumps(header) + "\n")
+            for p, e in self.entries.items():
+                text.write(json.dumps([p, *e], separators=(",", ":")) + "\n")
+            for p, (size, digests) in self.blocks.items():
+                text.write(json.dumps([p, size, digests.hex()], separators=(",", ":")) + "\n")
+            text.flush()
+            text.detach()
+
     def save(self, path: Path) -> None:
         """Write atomically (temp file, fsync, rename) as zstd-compressed JSON lines."""
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         with open(tmp, "wb") as fh:
-            with zstandard.ZstdCompressor(level=3).stream_writer(fh, closefd=False) as zw:
-                text = io.TextIOWrapper(zw, encoding="utf-8", write_through=False)
-                header = {"format": FORMAT, "version": VERSION, "root": self.root, "started_ns": self.started_ns,
-                          "count": len(self.entries), "blocks": len(self.blocks)}
-                text.write(json.dumps(header) + "\n")
-                for p, e in self.entries.items():
-                    text.write(json.dumps([p, *e], separators=(",", ":")) + "\n")
-                for p, (size, digests) in self.blocks.items():
-                    text.write(json.dumps([p, size, digests.hex()], separators=(",", ":")) + "\n")
-                text.flush()
-                text.detach()
+            self.write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path) -> TreeState:
+    def load(cls, path: Path, untrusted: bool = False) -> TreeState:
+        """Read a saved state. `untrusted` (a snapshot's tree state from a store): every line checked,
+        sizes capped; anything off is an IntegrityError, never a wrong state."""
         try:
             with open(path, "rb") as fh:
-                reader = zstandard.ZstdDecompressor().stream_reader(fh)
+                reader = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True)
+                if untrusted:
+                    return _load_checked(reader, path)
                 lines = io.TextIOWrapper(reader, encoding="utf-8")
                 header = json.loads(lines.readline())
                 if header.get("format") != FORMAT or header.get("version") not in (1, VERSION):
@@ -143,11 +171,107 @@ class TreeState:
                         p, *fields = json.loads(line)
                         entries[p] = Entry(*fields)
         except (OSError, ValueError, TypeError, zstandard.ZstdError) as exc:
+            if untrusted:
+                raise IntegrityError(f"tree state {path} is unreadable: {exc}") from None
             raise ArchiveError(f"cannot read the phase-1 scan {path}: {exc}",
                                hint="run the backup again; phase 1 writes a fresh scan") from None
         if len(entries) != count or len(blocks) != header.get("blocks", 0):
             raise ArchiveError(f"the phase-1 scan {path} is truncated", hint="run the backup again")
         return cls(entries, header["started_ns"], header.get("root", ""), blocks)
+
+
+def _bad(path, why: str) -> IntegrityError:
+    return IntegrityError(f"tree state {path} is malformed: {why}")
+
+
+def _checked_path(p, where) -> str:
+    if not isinstance(p, str):
+        raise _bad(where, "a path is not a string")
+    try:
+        parts = member_parts(p)
+    except Refused as exc:
+        raise _bad(where, f"path {p[:80]!r}: {exc}") from None
+    if p != ("/".join(parts) if parts else "."):
+        raise _bad(where, f"path {p[:80]!r} is not in normal form")
+    return p
+
+
+def _is_int(v) -> bool:
+    return type(v) is int and _INT_LOW <= v < _INT_HIGH
+
+
+def _load_checked(reader, where) -> TreeState:
+    """The untrusted reader: a bounded line reader over the decompressed stream, each line type-checked."""
+    budget = [MAX_TREE_BYTES]
+
+    def lines():
+        pending = b""
+        while True:
+            chunk = reader.read(1024 * 1024)
+            if not chunk:
+                if pending:
+                    yield pending
+                return
+            budget[0] -= len(chunk)
+            if budget[0] < 0:
+                raise _bad(where, f"it decompresses to more than {MAX_TREE_BYTES} bytes")
+            pending += chunk
+            *full, pending = pending.split(b"\n")
+            if len(pending) > MAX_LINE:
+                raise _bad(where, f"a line is longer than {MAX_LINE} bytes")
+            yield from full
+
+    it = lines()
+    try:
+        header = json.loads(next(it))
+    except (StopIteration, ValueError):
+        raise _bad(where, "no header line") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") != VERSION:
+        raise _bad(where, f"not a {FORMAT} v{VERSION} file")
+    count, nblocks, started = header.get("count"), header.get("blocks"), header.get("started_ns")
+    if not (_is_int(count) and 0 <= count <= MAX_ENTRIES and _is_int(nblocks) and 0 <= nblocks <= count
+            and _is_int(started) and isinstance(header.get("root", ""), str)):
+        raise _bad(where, "its header is out of range")
+    entries: dict[str, Entry] = {}
+    blocks: dict[str, tuple[int, bytes]] = {}
+    for raw in it:
+        if len(raw) > MAX_LINE:
+            raise _bad(where, f"a line is longer than {MAX_LINE} bytes")
+        try:
+            row = json.loads(raw)
+        except ValueError:
+            raise _bad(where, "a line is not JSON") from None
+        if not isinstance(row, list):
+            raise _bad(where, "a line is not an array")
+        if len(entries) < count:
+            if len(row) != 12:
+                raise _bad(where, "an entry does not have 12 fields")
+            p = _checked_path(row[0], where)
+            kind, target = row[1], row[11]
+            if kind not in TYPES or not all(_is_int(v) for v in row[2:11]) or not (target is None or (
+                    isinstance(target, str) and kind == "l")):
+                raise _bad(where, f"the entry of {p[:80]!r} has a field of the wrong type or range")
+            if p in entries:
+                raise _bad(where, f"{p[:80]!r} is listed twice")
+            entries[p] = Entry(*row[1:])
+        else:
+            if len(blocks) >= nblocks or len(row) != 3:
+                raise _bad(where, "more block lists than its header says, or one of the wrong shape")
+            p, size, digests = _checked_path(row[0], where), row[1], row[2]
+            if not (_is_int(size) and size >= 0 and isinstance(digests, str)
+                    and len(digests) == 2 * _DIGEST_SIZE * -(-size // _BLOCK_SIZE)):
+                raise _bad(where, f"the block list of {p[:80]!r} does not fit its size")
+            if getattr(entries.get(p), "type", None) != "f" or p in blocks:
+                raise _bad(where, f"block list for {p[:80]!r}, which is not a listed file (or twice)")
+            try:
+                blocks[p] = (size, bytes.fromhex(digests))
+            except ValueError:
+                raise _bad(where, f"the block list of {p[:80]!r} is not hex") from None
+    if len(entries) != count or len(blocks) != nblocks:
+        raise _bad(where, "it is truncated")
+    if "." not in entries or entries["."].type != "d":
+        raise _bad(where, "it does not list its root directory")
+    return TreeState(entries, started, header.get("root", ""), blocks)
 
 
 # How a directory is opened for the walk: never through a symlink (one swapped in meanwhile is skipped).

@@ -1,11 +1,18 @@
-"""Two-phase capture of one data directory: phase 1 while writers run, phase 2 with writers stopped.
+"""Capture of one data directory as a whole tree or as a delta on an earlier tree state, in passes.
 
-Owns the order that makes the pair exact. Phase 1 scans BEFORE tar starts, so every later change shows
-as a moved ctime, and records what its tar archived that the scan did not see (created meanwhile), plus
-the block digests of the big files it archived (patch.py). Phase 2 scans again, diffs against phase 1's
-scan and archives only changed/new paths plus the delete list; a changed big file whose blocks phase 1
-digested goes as a patch member (only its changed blocks) instead of whole. Extracting phase 1 then
-phase 2 into an empty directory yields exactly the tree as of phase 2.
+Owns the order that makes the passes exact. Every pass scans BEFORE tar reads anything, so every later
+change shows as a moved ctime, and records what its tar archived that the scan did not see (created
+meanwhile), plus the block digests of what it archived of big files (patch.py). A delta pass
+(`capture_delta`) scans again, diffs against the earlier state and archives only changed/new paths plus
+the delete list; a changed big file whose blocks the earlier state knows goes as a patch member (only
+its changed blocks) instead of whole.
+
+Two uses of the same delta:
+- phase 2 of a two-phase capture, with writers stopped, against phase 1's scan;
+- an incremental snapshot, against the parent snapshot's tree state (its first pass runs live).
+Each pass returns the state restore will hold after its object, blocks carried over for unchanged
+files: exactly what the next pass, or the next snapshot, diffs against. Extracting the passes in order
+into an empty directory yields exactly the tree as of the last scan.
 """
 
 from __future__ import annotations
@@ -32,11 +39,20 @@ def capture_phase1(root: Path, sinks: list[Sink], **options) -> tuple[ArchiveSta
     return stats, state
 
 
-def capture_phase2(root: Path, sinks: list[Sink], before: TreeState, **options) -> tuple[ArchiveStats, TreeState]:
-    """With writers stopped: archive what changed since `before` (phase 1's state) and what was deleted."""
+def capture_delta(root: Path, sinks: list[Sink], before: TreeState, live: bool = False,
+                  **options) -> tuple[ArchiveStats, TreeState]:
+    """Archive what changed since `before` and what was deleted. `live`: writers may still run (the
+    files this pass reads may change under it; a later pass or snapshot sends them again)."""
     after = scan(root)
     changed, deleted = diff(before, after)
     patches, whole = patch.plan(root, before, after, changed)
-    stats = write_archive(root, sinks, members=whole, deleted=deleted, prefix=patch.members(root, patches),
-                          **options)
+    stats = write_archive(root, sinks, members=whole, deleted=deleted,
+                          prefix=patch.members(root, patches, live=live, on_blocks=after.note_blocks),
+                          **phase1_hooks(after), **options)
+    after.carry_blocks(before, changed)
     return dataclasses.replace(stats, files=stats.files + len(patches), patched=len(patches)), after
+
+
+def capture_phase2(root: Path, sinks: list[Sink], before: TreeState, **options) -> tuple[ArchiveStats, TreeState]:
+    """With writers stopped: archive what changed since `before` (phase 1's state) and what was deleted."""
+    return capture_delta(root, sinks, before, live=False, **options)

@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from migrator.catalog.manifest import MANIFEST, MAX_MANIFEST_BYTES, Manifest, is_snapshot_id
+from migrator.catalog.snapshot import Snapshot
 from migrator.errors import IntegrityError, UsageError
 
 if TYPE_CHECKING:
     from migrator.state.conforming import ConformingDocs
+    from migrator.storage.base import SnapshotStore
 
 
 @dataclass
 class Listing:
+    store: SnapshotStore
+    vsn: str
     snapshots: list[Manifest]
     debris: list[str]  # snapshot dirs without a (valid) manifest: uncommitted or damaged
     broken: dict[str, str]  # id -> why its manifest was rejected
+    conforming: ConformingDocs | None = None
+    _known: dict[str, Manifest] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._known.update({m.snapshot_id: m for m in self.snapshots})
+
+    def handle(self, snapshot_id: str) -> Snapshot:
+        """The handle of a listed snapshot; its chain reuses the manifests this listing read."""
+        return Snapshot(self.store, self.vsn, snapshot_id, self._known.get(snapshot_id), self.conforming,
+                        self._known)
+
+    def handles(self) -> list[Snapshot]:
+        return [self.handle(m.snapshot_id) for m in self.snapshots]
 
 
 def list_snapshots(store, vsn: str, conforming: ConformingDocs | None = None) -> Listing:
@@ -40,22 +57,25 @@ def list_snapshots(store, vsn: str, conforming: ConformingDocs | None = None) ->
             debris.append(name)
             continue
         snapshots.append(manifest)
-    return Listing(snapshots=snapshots, debris=debris, broken=broken)
+    return Listing(store, vsn, snapshots=snapshots, debris=debris, broken=broken, conforming=conforming)
 
 
-def read_manifest(store, vsn: str, snapshot_id: str, conforming: ConformingDocs | None = None) -> Manifest:
-    """`latest` or an id -> its validated manifest; a missing one is an IntegrityError (exit 6)."""
+def open_snapshot(store, vsn: str, snapshot_id: str | None,
+                  conforming: ConformingDocs | None = None) -> Snapshot:
+    """`latest` (or None) or an id -> its handle, manifest read and validated."""
     if snapshot_id in ("latest", "", None):
         listing = list_snapshots(store, vsn, conforming)
         if not listing.snapshots:
             raise UsageError(f"no snapshots of {vsn} in {store.url}", hint="`migrator snapshots --from URL` lists them")
-        return listing.snapshots[-1]
+        return listing.handle(listing.snapshots[-1].snapshot_id)
     if not is_snapshot_id(snapshot_id):
         raise UsageError(f"not a snapshot id: {snapshot_id!r} (expected YYYYMMDDTHHMMSSZ-xxxxxx or latest)")
-    key = f"{vsn}/{snapshot_id}/{MANIFEST}"
-    if store.size(key) is None:
-        raise IntegrityError(f"snapshot {snapshot_id} has no manifest in {store.url} (missing or uncommitted)")
-    manifest = Manifest.parse(store.get_bytes(key, MAX_MANIFEST_BYTES), f"{store.url}/{key}", conforming)
-    if manifest.snapshot_id != snapshot_id or manifest.vsn != vsn:
-        raise IntegrityError(f"manifest of {snapshot_id} names {manifest.vsn}/{manifest.snapshot_id}")
-    return manifest
+    snap = Snapshot(store, vsn, snapshot_id, conforming=conforming)
+    snap.manifest  # noqa: B018 - read and validate now: a missing snapshot fails here, before any work
+    return snap
+
+
+
+def read_manifest(store, vsn: str, snapshot_id: str, conforming: ConformingDocs | None = None) -> Manifest:
+    """`latest` or an id -> its validated manifest; a missing one is an IntegrityError (exit 6)."""
+    return open_snapshot(store, vsn, snapshot_id, conforming).manifest

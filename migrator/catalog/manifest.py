@@ -17,6 +17,10 @@ if TYPE_CHECKING:
 
 MANIFEST = "manifest.json"
 PLAN_COPY = "plan.json"
+# Format 1: every volume captured whole. Format 2 adds incremental volumes (`parent`, `incremental`) and
+# the per-volume tree-state objects (`trees`) the next snapshot continues from; format 1 is still read.
+FORMAT = 2
+FORMATS = (1, 2)
 # A manifest lists at most a few hundred objects: anything bigger than this is not ours.
 MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_PLAN_BYTES = 1024 * 1024
@@ -43,6 +47,10 @@ def object_name(volume: str, phase: int, two_phase: bool, encrypted: bool) -> st
     return f"{stem}.tar.zst" + (".age" if encrypted else "")
 
 
+def tree_name(volume: str, encrypted: bool) -> str:
+    return f"{volume}.tree.zst" + (".age" if encrypted else "")
+
+
 @dataclass
 class ObjectEntry:
     name: str
@@ -53,6 +61,17 @@ class ObjectEntry:
     files: int
     uncompressed: int
     acls: int | None = None  # members with POSIX ACLs; None in manifests written before 0.3
+
+
+@dataclass
+class TreeEntry:
+    """A volume's tree state as of the snapshot (archive/treestate.py): what the next incremental diffs
+    against. Never read by restore: a bad one can only cost a full backup."""
+    name: str
+    volume: str
+    size: int
+    sha256: str
+    entries: int  # paths it lists
 
 
 @dataclass
@@ -69,11 +88,16 @@ class Manifest:
     timings: dict = field(default_factory=lambda: {"capture": 0.0, "downtime": {}})
     encrypted: bool = False
     compression: str = "zstd"
+    parent: str | None = None  # the snapshot the incremental volumes continue (volumes[v]["incremental"])
+    trees: list[TreeEntry] = field(default_factory=list)
 
     def to_json(self) -> dict:
         out = dict(self.__dict__)
-        out["format"] = 1
+        out["format"] = FORMAT
         out["objects"] = [{k: v for k, v in o.__dict__.items() if v is not None} for o in self.objects]
+        out["trees"] = [dict(t.__dict__) for t in self.trees]
+        if self.parent is None:
+            out.pop("parent")
         return out
 
     def to_bytes(self) -> bytes:
@@ -85,6 +109,17 @@ class Manifest:
 
     def objects_of(self, volume: str) -> list[ObjectEntry]:
         return sorted((o for o in self.objects if o.volume == volume), key=lambda o: o.phase)
+
+    def incremental(self, volume: str) -> bool:
+        """Whether `volume`'s objects are a delta on the parent's tree (else they hold it whole)."""
+        return bool(self.volumes.get(volume, {}).get("incremental"))
+
+    @property
+    def kind(self) -> str:
+        return "incremental" if any(self.incremental(v) for v in self.volumes) else "full"
+
+    def tree_of(self, volume: str) -> TreeEntry | None:
+        return next((t for t in self.trees if t.volume == volume), None)
 
     @classmethod
     def parse(cls, data: bytes, where: str, conforming: ConformingDocs | None = None) -> Manifest:
@@ -103,14 +138,24 @@ class Manifest:
             raise IntegrityError(f"manifest {where} is malformed at {path}: {first.message[:200]}",
                                  details=[f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message[:200]}"
                                           for e in errors[:50]])
-        names = [o["name"] for o in raw["objects"]]
+        trees = raw.get("trees", [])
+        names = [o["name"] for o in raw["objects"]] + [t["name"] for t in trees]
         if len(set(names)) != len(names):
             raise IntegrityError(f"manifest {where} lists an object twice")
-        for o in raw["objects"]:
+        for o in [*raw["objects"], *trees]:
             if o["volume"] not in raw["volumes"] or not o["name"].startswith(o["volume"] + "."):
                 raise IntegrityError(f"manifest {where}: object {o['name']} does not belong to a listed volume")
+        if len({t["volume"] for t in trees}) != len(trees):
+            raise IntegrityError(f"manifest {where} lists two tree states for one volume")
+        parent = raw.get("parent")
+        incremental = [v for v, meta in raw["volumes"].items() if meta.get("incremental")]
+        if incremental and parent is None:
+            raise IntegrityError(f"manifest {where}: volume {incremental[0]} is incremental but no parent is named")
+        if parent is not None and not parent < raw["snapshot_id"]:
+            raise IntegrityError(f"manifest {where}: parent {parent} is not older than the snapshot")
         if conforming is not None and not known:
             conforming.add(schema, data)
         raw.pop("format")
         raw["objects"] = [ObjectEntry(**o) for o in raw["objects"]]
+        raw["trees"] = [TreeEntry(**t) for t in trees]
         return cls(**raw)

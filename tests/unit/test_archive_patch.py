@@ -212,13 +212,34 @@ def _whole(tmp_path, build, change):
     assert "db" in [m.name for m in _tar_members(obj)]
 
 
-def test_replaced_by_a_new_inode_goes_whole(tmp_path):
+def test_replaced_by_a_new_inode_is_patched_when_the_old_one_had_no_other_name(tmp_path):
+    # A database rewritten by rename, or a tree copied to another VSN (move): restore holds the old file
+    # alone at that path, so its changed blocks are all that must travel.
     def change(src):
         data = (src / "db").read_bytes() + b"appended"
         (src / "db.tmp").write_bytes(data)
         os.rename(src / "db.tmp", src / "db")
 
-    _whole(tmp_path, _db, change)
+    stats2, ext2, obj = _two_phases(tmp_path, _db, change)
+    assert stats2.patched == 1 and ext2.patched == 1
+    assert "db" not in [m.name for m in _tar_members(obj)]
+    assert len(obj) < MIB  # one block, not the 8 MiB file
+
+
+def test_replaced_by_a_new_inode_goes_whole_while_the_old_one_keeps_a_hard_link(tmp_path):
+    # Patching the restored "db" in place would also write through "db.link", which must keep the old bytes.
+    def build(src):
+        _db(src)
+        os.link(src / "db", src / "db.link")
+
+    def change(src):
+        data = (src / "db").read_bytes()[:-10] + b"0123456789"
+        (src / "db.tmp").write_bytes(data)
+        os.rename(src / "db.tmp", src / "db")
+
+    stats2, _ext2, obj = _two_phases(tmp_path, build, change)
+    # "db.link" (same inode, one name less) goes as an empty patch; the new "db" goes whole.
+    assert stats2.patched == 1 and "db" in [m.name for m in _tar_members(obj)]
 
 
 def test_file_with_xattrs_goes_whole(tmp_path):

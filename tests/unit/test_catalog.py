@@ -54,8 +54,13 @@ def test_acl_counts_round_trip_and_older_manifests_have_none():
 
 
 @pytest.mark.parametrize("mutate", [
-    lambda r: r.update(format=2),
+    lambda r: r.update(format=3),
     lambda r: r["objects"][0].update(name="../../etc/passwd"),
+    lambda r: r["volumes"]["db"].update(incremental=True),
+    lambda r: r.update(parent="29991231T235959Z-abcdef"),
+    lambda r: r.update(trees=[{"name": "db.tree.zst", "volume": "db", "size": 1, "sha256": "0" * 64, "entries": 1}] * 2),
+    lambda r: r.update(trees=[{"name": "other.tree.zst", "volume": "other", "size": 1, "sha256": "0" * 64,
+                               "entries": 1}]),
     lambda r: r["objects"][0].update(sha256="xyz"),
     lambda r: r["objects"][0].update(size=-1),
     lambda r: r["objects"][0].update(acls=-1),
@@ -65,7 +70,8 @@ def test_acl_counts_round_trip_and_older_manifests_have_none():
     lambda r: r["objects"][0].update(sha256=r["objects"][0]["sha256"] + "\n"),
     lambda r: r.update(extra="field"),
     lambda r: r.pop("objects"),
-], ids=["format", "traversal-name", "bad-sha", "negative-size", "negative-acls", "foreign-volume", "duplicate", "bad-id",
+], ids=["format", "traversal-name", "incremental-without-parent", "parent-not-older", "two-trees",
+        "foreign-tree", "bad-sha", "negative-size", "negative-acls", "foreign-volume", "duplicate", "bad-id",
         "sha-with-newline", "extra-field", "missing-objects"])
 def test_malformed_manifest_is_an_integrity_error(mutate):
     raw = manifest().to_json()
