@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """migrator benchmark harness: ratios against tar|zstd (and restic/borg when installed) on the same data.
 
-    .venv/bin/python bench/run.py [--size-gb 1] [--runs 3] [--only backup,restore,rss,downtime]
+    .venv/bin/python bench/run.py [--size-gb 1] [--runs 3] [--only backup,restore,rss,downtime,incremental]
 
 Prints a table of medians over --runs and writes bench/out/results.json. See bench/README.md for what each
 number means. Not part of the test suite; nothing here asserts a wall-clock time (DESIGN §8).
@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dataset  # noqa: E402
+import incremental  # noqa: E402
 from fs import GIB, LoopFS  # noqa: E402
 from load import Load  # noqa: E402
 from measure import du_bytes, median, run, run_stamped, shell, sync  # noqa: E402
@@ -35,7 +36,7 @@ try:  # migrator's own tar argv: the "same flags" peers run GNU tar exactly as m
 except ImportError:  # renamed upstream: those informational peers are skipped
     tar_create_argv = tar_extract_argv = None
 
-STAGES = ("backup", "restore", "rss", "downtime")
+STAGES = ("backup", "restore", "rss", "downtime", "incremental")
 BASE = Path("/var/tmp/migrator-bench")
 OUT = REPO / "bench" / "out"
 MIB = 1024 * 1024
@@ -361,6 +362,11 @@ class Bench:
         self.vsn.teardown()
         rmtree(self.work / "dt")
 
+    # -- incremental snapshots: 2nd backup vs restic and tar -g; restore at the end of a chain (incremental.py)
+
+    def stage_incremental(self) -> None:
+        incremental.Stage(self, incremental.Helpers(log, warm, loadavg, rotate, RACY_WAIT_S)).run()
+
     # -- the whole run -------------------------------------------------------------------------------------
 
     def run(self, stages: list[str]) -> dict:
@@ -534,6 +540,8 @@ def summarize(b: Bench, stages: list[str]) -> list[dict]:
                 cells = " / ".join(f"{median([st[k] for st in steps]):.2f}" for k in DOWNTIME_STEPS)
                 add(f"  {variant}: {' / '.join(DOWNTIME_STEPS)} (s, from backup --json) (info)", cells, "", None,
                     "info", None)
+    if "incremental" in stages and b.raw["incremental"]:
+        incremental.summarize(b.raw["incremental"], add, data_mib)
     return rows
 
 
@@ -554,6 +562,8 @@ def main() -> int:
     ap.add_argument("--size-gb", type=float, default=1.0, help="data set size scale (1 = ~1.04 GiB)")
     ap.add_argument("--runs", type=int, default=3, help="runs per measurement; the table shows medians")
     ap.add_argument("--only", default=",".join(STAGES), help="comma-separated stages: " + ",".join(STAGES))
+    ap.add_argument("--chain", type=int, default=30,
+                    help="incremental stage: daily incrementals in the chain whose newest is restored")
     ap.add_argument("--base", default=str(BASE), help="work and data set directory (disk-backed, short path)")
     ap.add_argument("--fs", choices=("loop", "host"), default="loop",
                     help="loop (default): a journaled ext4 image loop-mounted on --base (see bench/fs.py); "
@@ -561,8 +571,8 @@ def main() -> int:
     args = ap.parse_args()
     stages = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = [s for s in stages if s not in STAGES]
-    if bad or args.runs < 1:
-        ap.error(f"unknown stage(s) {bad}" if bad else "--runs must be >= 1")
+    if bad or args.runs < 1 or args.chain < 1:
+        ap.error(f"unknown stage(s) {bad}" if bad else "--runs and --chain must be >= 1")
     if os.geteuid() != 0:
         ap.error("run as root (podman VSN engine, restore preserves owners)")
 
