@@ -43,7 +43,10 @@ from migrator.errors import ArchiveError, IntegrityError
 # the last 2 s before the scan; being too small would lose changes.
 RACY_SLACK_NS = 2_000_000_000
 FORMAT = "migrator-treestate"
-VERSION = 3  # 2 added block digests (sha256), 3 made them xxh3-128; 1 (no digests) is still read
+VERSION = 4  # 2 added block digests (sha256), 3 made them xxh3-128, 4 64 KiB blocks; 1 (no digests) is still read
+# Block digests are kept per BLOCK_SIZE block (patch.py explains the choice), DIGEST_SIZE bytes each.
+BLOCK_SIZE = 64 * 1024
+DIGEST_SIZE = 16
 # Placeholder type for a path phase 1 archived but its scan did not see: never equal to a real entry.
 UNKNOWN = "?"
 TYPES = frozenset("dflo?")
@@ -53,8 +56,6 @@ MAX_ENTRIES = 20_000_000
 MAX_LINE = 64 * 1024
 MAX_TREE_BYTES = 8 * 1024 * 1024 * 1024
 _INT_LOW, _INT_HIGH = -(1 << 63), 1 << 64
-# Size of one block digest and of a block (patch.py's; repeated here to keep this module below patch).
-_DIGEST_SIZE, _BLOCK_SIZE = 16, 1024 * 1024
 
 
 class Entry(NamedTuple):
@@ -129,7 +130,7 @@ class TreeState:
         with zstandard.ZstdCompressor(level=3).stream_writer(fh, closefd=False) as zw:
             text = io.TextIOWrapper(zw, encoding="utf-8", write_through=False)
             header = {"format": FORMAT, "version": VERSION, "root": self.root, "started_ns": self.started_ns,
-                      "count": len(self.entries), "blocks": len(self.blocks)}
+                      "count": len(self.entries), "blocks": len(self.blocks), "block_size": BLOCK_SIZE}
             text.write(json.dumps(header) + "\n")
             for p, e in self.entries.items():
                 text.write(json.dumps([p, *e], separators=(",", ":")) + "\n")
@@ -226,8 +227,9 @@ def _load_checked(reader, where) -> TreeState:
         header = json.loads(next(it))
     except (StopIteration, ValueError):
         raise _bad(where, "no header line") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") != VERSION:
-        raise _bad(where, f"not a {FORMAT} v{VERSION} file")
+    if (not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") != VERSION
+            or header.get("block_size") != BLOCK_SIZE):
+        raise _bad(where, f"not a {FORMAT} v{VERSION} file with {BLOCK_SIZE}-byte blocks")
     count, nblocks, started = header.get("count"), header.get("blocks"), header.get("started_ns")
     if not (_is_int(count) and 0 <= count <= MAX_ENTRIES and _is_int(nblocks) and 0 <= nblocks <= count
             and _is_int(started) and isinstance(header.get("root", ""), str)):
@@ -259,7 +261,7 @@ def _load_checked(reader, where) -> TreeState:
                 raise _bad(where, "more block lists than its header says, or one of the wrong shape")
             p, size, digests = _checked_path(row[0], where), row[1], row[2]
             if not (_is_int(size) and size >= 0 and isinstance(digests, str)
-                    and len(digests) == 2 * _DIGEST_SIZE * -(-size // _BLOCK_SIZE)):
+                    and len(digests) == 2 * DIGEST_SIZE * -(-size // BLOCK_SIZE)):
                 raise _bad(where, f"the block list of {p[:80]!r} does not fit its size")
             if getattr(entries.get(p), "type", None) != "f" or p in blocks:
                 raise _bad(where, f"block list for {p[:80]!r}, which is not a listed file (or twice)")
@@ -393,3 +395,20 @@ def _minimal(paths: list[str]) -> list[str]:
             continue
         out.append(path)
     return out
+
+
+def compare(snapshot: TreeState, live: TreeState) -> tuple[list[str], list[str], list[str]]:
+    """What restoring `snapshot` would do to the tree `live` describes: (added, removed, changed) paths,
+    sorted parents-first; `removed` is minimal. Changed = another type, size, mtime, mode, owner or
+    symlink target (a directory's size is the filesystem's business, not the data's)."""
+    want, have = snapshot.entries, live.entries
+    added, removed, changed = [], [], []
+    for path, e in want.items():
+        cur = have.get(path)
+        if cur is None:
+            added.append(path)
+        elif e.type == UNKNOWN or e.type != cur.type or (e.mtime_ns, e.mode, e.uid, e.gid, e.target) != (
+                cur.mtime_ns, cur.mode, cur.uid, cur.gid, cur.target) or (e.type != "d" and e.size != cur.size):
+            changed.append(path)
+    removed = [p for p in have if p not in want]
+    return sorted(added, key=_tree_order), _minimal(removed), sorted(changed, key=_tree_order)

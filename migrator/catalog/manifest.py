@@ -26,9 +26,17 @@ MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_PLAN_BYTES = 1024 * 1024
 
 
-def new_snapshot_id(now: float | None = None) -> str:
+def new_snapshot_id(now: float | None = None, after: str | None = None) -> str:
+    """A new id; with `after`, one that sorts after it (an incremental's id must sort after its parent's,
+    also when both are taken within one second)."""
     stamp = datetime.fromtimestamp(now if now is not None else time.time(), UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"{stamp}-{secrets.token_hex(3)}"
+    sid = f"{stamp}-{secrets.token_hex(3)}"
+    if after is None or sid > after:
+        return sid
+    low = int(after[17:], 16) + 1
+    if after[:16] >= stamp and low <= 0xFFFFFF:
+        return f"{after[:16]}-{secrets.randbelow(0x1000000 - low) + low:06x}"
+    return new_snapshot_id(snapshot_time(after) + 1)
 
 
 def snapshot_time(snapshot_id: str) -> float:
@@ -105,7 +113,8 @@ class Manifest:
 
     @property
     def size(self) -> int:
-        return sum(o.size for o in self.objects)
+        """Bytes this snapshot added to the store: its archive objects and tree states."""
+        return sum(o.size for o in self.objects) + sum(t.size for t in self.trees)
 
     def objects_of(self, volume: str) -> list[ObjectEntry]:
         return sorted((o for o in self.objects if o.volume == volume), key=lambda o: o.phase)

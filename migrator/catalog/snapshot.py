@@ -12,8 +12,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
-from migrator.catalog.manifest import (MANIFEST, MAX_MANIFEST_BYTES, MAX_PLAN_BYTES, PLAN_COPY, Manifest,
-                                       ObjectEntry, TreeEntry, is_snapshot_id)
+from migrator.catalog.manifest import (
+    MANIFEST,
+    MAX_MANIFEST_BYTES,
+    MAX_PLAN_BYTES,
+    PLAN_COPY,
+    Manifest,
+    ObjectEntry,
+    TreeEntry,
+    is_snapshot_id,
+)
 from migrator.errors import IntegrityError
 
 if TYPE_CHECKING:
@@ -84,6 +92,9 @@ class Snapshot:
         return self.store.get_bytes(self.key(PLAN_COPY), MAX_PLAN_BYTES)
 
     def delete(self) -> None:
+        """Uncommit (the manifest goes first), then remove every object: a run killed in between leaves
+        debris that prune removes, never a listed snapshot with objects missing."""
+        self.store.delete(self.key(MANIFEST))
         self.store.delete_prefix(self.prefix)
 
     # -- the chain ------------------------------------------------------------------------------------------

@@ -41,11 +41,14 @@ def register(app: typer.Typer) -> None:
     def backup(to: list[str] = typer.Option(None, "--to", help="Target store URL; repeat for several. "
                                                                "Default: the plan's backup.targets."),
                tag: list[str] = typer.Option(None, "--tag", help="Tag the snapshot (repeatable), e.g. pre-update."),
+               full: bool = typer.Option(False, "--full", help="Capture every volume whole, starting a new chain."),
                plan: Path = PlanOpt, secrets: Path = SecretsOpt, wait: float = WaitOpt,
                json_out: bool = JsonOpt) -> None:
         """Snapshot every volume of the deployed plan to every target (one capture, all targets).
 
         Writers stop only for phase 2 of a two-phase capture (or the whole archive with quiesce "stop").
+        When the targets already hold a snapshot of this VSN, only what changed since it is stored
+        (incremental); a new full is taken every backup.full_every days, or with --full.
 
         Example: migrator backup --to s3://backups/vsn --to file:///var/backups/migrator --tag nightly
         """
@@ -56,11 +59,14 @@ def register(app: typer.Typer) -> None:
             with operation("backup", wait, report):
                 from migrator.ops.backup import backup as backup_op
 
-                return backup_op(p, to, list(tag or []), report, progress=report.bytes)
+                return backup_op(p, to, list(tag or []), report, progress=report.bytes, full=full)
 
         def human(r: dict) -> None:
-            print(f"snapshot {r['snapshot_id']}: {len(r['objects'])} objects, {format_size(r['size'])} "
+            kind = f"incremental on {r['parent']}" if r["kind"] == "incremental" else "full"
+            print(f"snapshot {r['snapshot_id']} ({kind}): {len(r['objects'])} objects, {format_size(r['size'])} "
                   f"({format_size(r['uncompressed'])} uncompressed) in {r['duration']}s")
+            for volume, why in sorted(r["full_reasons"].items()):
+                print(f"  {volume} whole: {why}")
             for svc, secs in r["downtime"].items():
                 print(f"  downtime {svc}: {secs}s")
             for t in r["targets"]:
@@ -70,7 +76,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def snapshots(store: str = FromOpt, vsn: str = VsnOpt, json_out: bool = JsonOpt) -> None:
-        """List committed snapshots (id, time, tags, size, volumes); uncommitted debris is not shown.
+        """List committed snapshots: id, time, full or incremental (and its parent), bytes it added, bytes a
+        restore of it reads, volumes, tags. Uncommitted debris is not shown.
 
         Example: migrator snapshots --from s3://backups/vsn --json
         """
@@ -84,9 +91,13 @@ def register(app: typer.Typer) -> None:
         def human(r: dict) -> None:
             import datetime as dt
 
+            if r["snapshots"]:
+                print(f"{'id':23}  {'time (UTC)':19}  {'kind':11}  {'parent':23}  {'added':>8}  {'restore':>8}  volumes")
             for row in r["snapshots"]:
                 when = dt.datetime.fromtimestamp(row["time"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-                print(f"{row['id']}  {when}  {format_size(row['size']):>8}  {','.join(row['volumes'])}"
+                reads = format_size(row["restore_size"]) if row["restore_size"] is not None else "BROKEN"
+                print(f"{row['id']}  {when}  {row['kind']:11}  {row['parent'] or '-':23}  "
+                      f"{format_size(row['added']):>8}  {reads:>8}  {','.join(row['volumes'])}"
                       f"  {' '.join('#' + t for t in row['tags'])}")
             if not r["snapshots"]:
                 print(f"no snapshots of {r['vsn']} in {r['store']}")
@@ -94,13 +105,17 @@ def register(app: typer.Typer) -> None:
         run(json_out, action, human)
 
     @app.command()
-    def verify(snapshot: str = typer.Argument("latest", help="Snapshot id or 'latest'."), store: str = FromOpt,
-               vsn: str = VsnOpt, read_data: bool = typer.Option(False, "--read-data",
-                                                                 help="Recompute every object's sha256."),
+    def verify(snapshot: str = typer.Argument("latest", help="Snapshot id, 'latest' or 'all'."),
+               store: str = FromOpt, vsn: str = VsnOpt,
+               read_data: bool = typer.Option(False, "--read-data", help="Recompute every object's sha256."),
+               read_data_subset: str = typer.Option(None, "--read-data-subset", metavar="P%",
+                                                    help="Recompute the sha256 of a random P% of the objects."),
                json_out: bool = JsonOpt) -> None:
-        """Check a snapshot's objects exist with the right sizes (and checksums with --read-data); exit 6 if not.
+        """Check every object a snapshot's restore reads (its whole chain) exists with the right size, and
+        checksums with --read-data (all) or --read-data-subset P% (a random share); exit 6 if not.
 
         Example: migrator verify latest --from s3://backups/vsn --read-data
+        Example (weekly cron on a large store): migrator verify all --read-data-subset 10%
         """
         report = progress_printer(json_out)
 
@@ -108,10 +123,11 @@ def register(app: typer.Typer) -> None:
             s, name, _ = _store_and_vsn(store, vsn, None)
             from migrator.ops import snapshots as snap_ops
 
-            return snap_ops.verify(s, name, snapshot, read_data, report)
+            return snap_ops.verify(s, name, snapshot, read_data, report,
+                                   subset=snap_ops.parse_subset(read_data_subset))
 
-        run(json_out, action, lambda r: print(f"snapshot {r['snapshot_id']} ok: {r['objects']} objects"
-                                              f"{' re-hashed' if r['read_data'] else ''}"))
+        run(json_out, action, lambda r: print(f"{r['snapshot_id']} ok: {r['objects']} objects present"
+                                              + (f", {r['read']} re-hashed" if r["read_data"] else "")))
 
     @app.command()
     def prune(store: str = FromOpt, vsn: str = VsnOpt,
@@ -162,27 +178,45 @@ def register(app: typer.Typer) -> None:
                 into: Path = typer.Option(None, "--into", help="Restore into this directory; touch no container."),
                 identity: Path = typer.Option(None, "--identity", help="age identity file for encrypted snapshots."),
                 keep_old: bool = typer.Option(False, "--keep-old", help="Keep the replaced data as <dir>.pre-restore-<ts>."),
+                dry_run: bool = typer.Option(False, "--dry-run", help="Show what the restore would add, remove "
+                                                                       "and change in each data dir; change nothing."),
                 plan: Path = PlanOpt, secrets: Path = SecretsOpt, wait: float = WaitOpt,
                 json_out: bool = JsonOpt) -> None:
         """Restore volumes from a snapshot: verified before anything is touched, swapped atomically.
 
-        Works on a machine where the plan was never deployed (the snapshot carries its plan).
+        Works on a machine where the plan was never deployed (the snapshot carries its plan). An
+        incremental snapshot is rebuilt from its whole chain, every object verified first.
 
         Example: migrator restore latest --from s3://backups/vsn --volume dbdata
+        Example: migrator restore latest --dry-run
         """
         report = progress_printer(json_out)
 
         def action() -> dict:
             s, name, p = _store_and_vsn(store, vsn, plan)
+            from migrator.ops.restore import restore as restore_op
+
+            args = dict(plan=p, volumes=list(volume or []) or None, into=into, identity=identity,
+                        keep_old=keep_old, report=report, progress=report.bytes, dry_run=dry_run)
+            if dry_run:  # reads only: no lock, no journal
+                return restore_op(s, name, snapshot, **args)
             with operation("restore", wait, report):
-                from migrator.ops.restore import restore as restore_op
+                return restore_op(s, name, snapshot, **args)
 
-                return restore_op(s, name, snapshot, plan=p, volumes=list(volume or []) or None, into=into,
-                                  identity=identity, keep_old=keep_old, report=report,
-                                  progress=report.bytes)
+        def human(r: dict) -> None:
+            if not r.get("dry_run"):
+                print(f"restored {', '.join(r['volumes'])} from {r['snapshot_id']} into {r['into']} "
+                      f"({r['files']} files) in {r['duration']}s")
+                return
+            print(f"restoring {r['snapshot_id']} ({r['kind']}, reads {format_size(r['bytes'])}) would:")
+            for volume, v in r["volumes"].items():
+                print(f"  {volume} ({v['live']}): add {v['added']}, remove {v['removed']}, change {v['changed']}, "
+                      f"keep {v['unchanged']}")
+                for what in ("added", "removed", "changed"):
+                    for path in v["paths"][what]:
+                        print(f"    {what[0].upper()} {path}")
 
-        run(json_out, action, lambda r: print(f"restored {', '.join(r['volumes'])} from {r['snapshot_id']} "
-                                              f"into {r['into']} ({r['files']} files) in {r['duration']}s"))
+        run(json_out, action, human)
 
     @app.command()
     def drill(store: str = FromOpt, vsn: str = VsnOpt,

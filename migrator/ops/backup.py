@@ -3,7 +3,12 @@
 Per volume the capture mode follows its writers' `quiesce`: "two-phase" (default: phase 1 archives the
 live tree; writers stop; phase 2 archives only what changed since phase 1's scan, spooled locally so
 writers restart before uploads finish), "stop" (writers stopped for the whole archive), "none" (hooks
-only). The manifest is written last to each store: its presence commits the snapshot."""
+only). The manifest is written last to each store: its presence commits the snapshot.
+
+Incremental: a volume whose parent chain checks out (catalog/parents.py) is captured as deltas on the
+parent's tree state instead of whole: the live first pass and the stopped second pass are both delta
+passes (archive/twophase.capture_delta). Every snapshot stores each volume's final tree state (sealed
+like the data) for the next one, and this VSN keeps a local record of it (state/chainrecord.py)."""
 
 from __future__ import annotations
 
@@ -15,14 +20,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from migrator import __version__
-from migrator.archive import TreeState, capture_phase2, phase1_hooks, scan, write_archive
-from migrator.catalog.manifest import MANIFEST, PLAN_COPY, Manifest, ObjectEntry, new_snapshot_id, object_name
+from migrator.archive import TreeState, capture_delta, capture_phase1, capture_phase2
+from migrator.archive.treeobject import seal
+from migrator.catalog.manifest import (
+    MANIFEST,
+    PLAN_COPY,
+    Manifest,
+    ObjectEntry,
+    TreeEntry,
+    new_snapshot_id,
+    object_name,
+    tree_name,
+)
+from migrator.catalog.parents import ChainPolicy, ParentChoice, choose_parent
+from migrator.catalog.snapshot import Snapshot
 from migrator.errors import MigratorError, PreflightFailed, UsageError
 from migrator.faults import checkpoint
 from migrator.ops.quiesce import Quiesce, writers_of
 from migrator.ops.stack import Report, Stack, quiet
 from migrator.plan.model import Plan, canonical_json
-from migrator.state import deployed
+from migrator.state import chainrecord, conforming, deployed
 from migrator.state.files import write_json
 from migrator.state.journal import open_journal
 from migrator.state.paths import state_dir
@@ -37,6 +54,8 @@ class VolumePlan:
     root: Path
     mode: str  # two-phase | stop | none
     writers: list
+    base: TreeState | None = None  # the parent's tree state this volume continues (None: whole)
+    final: TreeState | None = None  # the tree as restore will hold it after this snapshot
 
 
 def volume_modes(plan: Plan) -> list[VolumePlan]:
@@ -61,10 +80,12 @@ class FileSink:
 
 
 class Backup:
-    def __init__(self, plan: Plan, stores, tags: list[str], report: Report, progress=None):
+    def __init__(self, plan: Plan, stores, tags: list[str], report: Report, progress=None, full: bool = False):
         self.plan = plan
         self.stores = stores
         self.tags = tags
+        self.policy = ChainPolicy.from_backup(plan.backup, force_full=full)
+        self.choice = ParentChoice()
         self.report = report
         self.progress = progress
         self.downtime_steps: dict[str, dict[str, float]] = {}
@@ -77,26 +98,33 @@ class Backup:
             migrator_version=__version__, plan_sha256=plan.sha256(), tags=tags, volumes={},
             encrypted=bool(self.recipients))
         self.spool = state_dir() / "spool" / self.snapshot_id
+        self.handles = [Snapshot(store, plan.vsn.name, self.snapshot_id, self.manifest) for store in stores]
 
-    def key(self, name: str) -> str:
-        return f"{self.plan.vsn.name}/{self.snapshot_id}/{name}"
+    def _options(self, **extra) -> dict:
+        return {"level": self.level, "recipients": self.recipients, **extra}
 
-    def _archive_to_stores(self, vol: VolumePlan, phase: int, two_phase: bool, **kwargs):
+    def _capture(self, vol: VolumePlan, sinks: list, live: bool, base: TreeState | None, **extra):
+        """One pass over `vol`: a delta on `base`, or the whole tree. Returns (stats, state after it)."""
+        if base is not None:
+            return capture_delta(vol.root, sinks, base, live=live, **self._options(**extra))
+        return capture_phase1(vol.root, sinks, **self._options(**extra))
+
+    def _archive_to_stores(self, vol: VolumePlan, phase: int, two_phase: bool, live: bool) -> TreeState:
         name = object_name(vol.name, phase, two_phase, bool(self.recipients))
-        self.report(f"archiving {vol.name} phase {phase} -> {name}")
+        kind = "changes of " if vol.base is not None else ""
+        self.report(f"archiving {kind}{vol.name} phase {phase} -> {name}")
         with ExitStack() as cleanup:
             writers = []
-            for store in self.stores:
-                w = store.open_writer(self.key(name))
+            for handle in self.handles:
+                w = handle.open_writer(name)
                 cleanup.callback(_abort_quietly, w)
                 writers.append(w)
-            stats = write_archive(vol.root, writers, level=self.level, recipients=self.recipients,
-                                  progress=self.progress, **kwargs)
+            stats, state = self._capture(vol, writers, live, vol.base, progress=self.progress)
             for w in writers:
                 w.commit()
             cleanup.pop_all()
         self._record(vol, name, phase, stats)
-        return stats
+        return state
 
     def _record(self, vol: VolumePlan, name: str, phase: int, stats) -> None:
         self.manifest.objects.append(ObjectEntry(name=name, volume=vol.name, phase=phase, size=stats.size,
@@ -109,16 +137,16 @@ class Backup:
         path = self.spool / name
         sink = FileSink(path)
         try:
-            stats, _after = capture_phase2(vol.root, [sink], before, level=self.level, recipients=self.recipients)
+            stats, vol.final = capture_phase2(vol.root, [sink], before, **self._options())
         finally:
             sink.close()
         patched = f" ({stats.patched} as block patches)" if stats.patched else ""
         self.report(f"phase 2 of {vol.name}: {stats.files} member(s) changed{patched}")
         return path, stats, name
 
-    def _upload_spooled(self, vol: VolumePlan, path: Path, stats, name: str) -> None:
-        for store in self.stores:
-            w = store.open_writer(self.key(name))
+    def _upload(self, path: Path, name: str) -> None:
+        for handle in self.handles:
+            w = handle.open_writer(name)
             try:
                 with open(path, "rb") as fh:
                     while chunk := fh.read(SPOOL_CHUNK):
@@ -127,7 +155,47 @@ class Backup:
             except BaseException:
                 _abort_quietly(w)
                 raise
+
+    def _upload_spooled(self, vol: VolumePlan, path: Path, stats, name: str) -> None:
+        self._upload(path, name)
         self._record(vol, name, 2, stats)
+
+    def _choose_parents(self, volumes: list[VolumePlan]) -> None:
+        ident = (self.plan.backup.get("encryption") or {}).get("identity_file")
+        self.choice = choose_parent(self.stores, self.plan.vsn.name, [v.name for v in volumes], self.policy,
+                                    chainrecord.load(self.plan.vsn.name), Path(ident) if ident else None,
+                                    self.spool / "parent", conforming.remembered())
+        for vol in volumes:
+            vol.base = self.choice.base(vol.name)
+            if vol.base is not None:
+                self.report(f"{vol.name}: incremental on {self.choice.parent} "
+                            f"(tree state from the {self.choice.sources[vol.name]})")
+            else:
+                self.report(f"{vol.name}: full ({self.choice.reasons.get(vol.name, 'no parent')})")
+            self.manifest.volumes[vol.name]["incremental"] = vol.base is not None
+        if self.choice.parent is not None:
+            self.manifest.parent = self.choice.parent
+            if self.snapshot_id <= self.choice.parent:  # taken within the parent's second: sort after it
+                self.snapshot_id = self.manifest.snapshot_id = new_snapshot_id(after=self.choice.parent)
+                self.handles = [Snapshot(s, self.plan.vsn.name, self.snapshot_id, self.manifest) for s in self.stores]
+
+    def _store_trees(self, volumes: list[VolumePlan]) -> None:
+        """Each volume's final tree state, sealed like the data, to every store (the next snapshot's base)."""
+        for vol in volumes:
+            name = tree_name(vol.name, bool(self.recipients))
+            sealed = seal(vol.final, self.spool / name, self.recipients)
+            self._upload(sealed.path, name)
+            self.manifest.trees.append(TreeEntry(name=name, volume=vol.name, size=sealed.size, sha256=sealed.sha256,
+                                                 entries=sealed.entries))
+
+    def remember_chain(self, volumes: list[VolumePlan]) -> None:
+        """After the commit: this VSN's record of the snapshot, so the next backup needs no store read."""
+        states = {v.name: (v.final, self.manifest.tree_of(v.name).sha256) for v in volumes}
+        try:
+            chainrecord.save(self.plan.vsn.name, self.snapshot_id, [s.url for s in self.stores], states)
+        except OSError as exc:
+            self.report(f"could not record the chain locally ({exc.strerror}); the next backup reads the "
+                        f"parent's tree state from the store")
 
     def run(self, stack: Stack, journal) -> dict:
         started = time.monotonic()
@@ -142,18 +210,18 @@ class Backup:
             self.manifest.volumes[vol.name] = {"mounts": [m.name for m in self.plan.volume(vol.name).mounts],
                                                "mode": effective}
             vol.mode = effective
+        self._choose_parents(volumes)
         hook_services = quiesce.running([s for v in volumes for s in v.writers]) if live else []
         hook_services = list({s.name: s for s in hook_services}.values())
         quiesce.run_hooks(hook_services, "pre_backup")
         phase1: dict[str, TreeState] = {}
         for vol in volumes:
+            # Every pass scans before tar starts and notes what tar archives beyond the scan: the next
+            # pass's diff against its state then cannot miss a change (twophase wires that order).
             if vol.mode == "two-phase":
-                # Scan before tar starts and note what tar archives beyond the scan: phase 2's diff against
-                # this state then cannot miss a change (capture_phase1 wires that order).
-                phase1[vol.name] = scan(vol.root)
-                self._archive_to_stores(vol, 1, True, **phase1_hooks(phase1[vol.name]))
+                phase1[vol.name] = self._archive_to_stores(vol, 1, True, live=True)
             elif vol.mode == "none":
-                self._archive_to_stores(vol, 1, False)
+                vol.final = self._archive_to_stores(vol, 1, False, live=True)
         checkpoint("backup.phase1-done")
         spooled = []
         with quiesce:
@@ -161,23 +229,25 @@ class Backup:
             checkpoint("backup.services-stopped")
             for vol in volumes:
                 if vol.mode == "stop":
-                    self._archive_to_stores(vol, 1, False)
+                    vol.final = self._archive_to_stores(vol, 1, False, live=False)
                 elif vol.mode == "two-phase":
                     spooled.append((vol, *self._spool_phase2(vol, phase1[vol.name])))
         capture = round(time.monotonic() - started, 3)
         quiesce.run_hooks(hook_services, "post_backup")
         for vol, path, stats, name in spooled:
             self._upload_spooled(vol, path, stats, name)
+        self._store_trees(volumes)
         checkpoint("backup.before-manifest")
         shutil.rmtree(self.spool, ignore_errors=True)
         self.manifest.timings = {"capture": capture, "downtime": quiesce.downtime,
                                  "total": round(time.monotonic() - started, 3)}
         self.downtime_steps = quiesce.steps
         plan_copy = canonical_json(self.plan.raw)
-        for store in self.stores:
-            store.put_bytes(self.key(PLAN_COPY), plan_copy)
-        for store in self.stores:  # last: the manifest's presence commits the snapshot
-            store.put_bytes(self.key(MANIFEST), self.manifest.to_bytes())
+        for handle in self.handles:
+            handle.put_bytes(PLAN_COPY, plan_copy)
+        for handle in self.handles:  # last: the manifest's presence commits the snapshot
+            handle.put_bytes(MANIFEST, self.manifest.to_bytes())
+        self.remember_chain(volumes)
         return self.summary()
 
     def summary(self) -> dict:
@@ -190,16 +260,17 @@ class Backup:
             "downtime": m.timings["downtime"], "downtime_steps": self.downtime_steps,
             "duration": m.timings["total"], "capture": m.timings["capture"],
             "volumes": m.volumes, "encrypted": m.encrypted,
+            "kind": m.kind, "parent": m.parent, "full_reasons": self.choice.reasons,
         }
 
     def discard(self) -> None:
         """A failed run leaves no listed snapshot: the manifest was never written; remove the debris."""
         shutil.rmtree(self.spool, ignore_errors=True)
-        for store in self.stores:
+        for handle in self.handles:
             try:
-                store.delete_prefix(f"{self.plan.vsn.name}/{self.snapshot_id}")
+                handle.delete()
             except MigratorError as exc:
-                self.report(f"could not remove partial snapshot from {store.url}: {exc.message} "
+                self.report(f"could not remove partial snapshot from {handle.store.url}: {exc.message} "
                             f"(`migrator prune` removes such debris)")
 
 
@@ -210,7 +281,8 @@ def _abort_quietly(writer) -> None:
         pass
 
 
-def backup(plan: Plan, targets: list[str] | None, tags: list[str], report: Report = quiet, progress=None) -> dict:
+def backup(plan: Plan, targets: list[str] | None, tags: list[str], report: Report = quiet, progress=None,
+           full: bool = False) -> dict:
     moved = deployed.moved_away()
     if moved:
         raise PreflightFailed(f"the stack moved to {moved.get('to')}; this VSN's data is a stale copy",
@@ -221,7 +293,7 @@ def backup(plan: Plan, targets: list[str] | None, tags: list[str], report: Repor
                          hint="migrator backup --to file:///var/backups/migrator")
     stores = open_stores(urls, plan.backup)
     stack = Stack.for_plan(plan, report)
-    job = Backup(plan, stores, tags, report, progress)
+    job = Backup(plan, stores, tags, report, progress, full=full)
     with open_journal("backup") as journal:
         try:
             result = job.run(stack, journal)

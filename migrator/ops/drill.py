@@ -14,7 +14,7 @@ import socket
 import time
 from pathlib import Path
 
-from migrator.catalog.listing import read_manifest
+from migrator.catalog.listing import open_snapshot
 from migrator.errors import MigratorError
 from migrator.ops.deploy import deploy
 from migrator.ops.probes import probe_once
@@ -78,18 +78,19 @@ def drill(store, vsn: str, snapshot_id: str, *, plan: Plan | None, secrets: Secr
           scratch: Path | None = None, report: Report = quiet) -> dict:
     started = time.monotonic()
     verdicts = conforming.remembered()
-    manifest = read_manifest(store, vsn, snapshot_id, verdicts)
-    source_plan = plan or snapshot_plan(store, manifest, verdicts)
+    snap = open_snapshot(store, vsn, snapshot_id, verdicts)
+    manifest = snap.manifest
+    source_plan = plan or snapshot_plan(snap, verdicts)
     tag = pysecrets.token_hex(2)
     scratch = Path(scratch) if scratch else state_dir() / "drill" / f"{manifest.snapshot_id}-{tag}"
     scratch.mkdir(parents=True, exist_ok=False, mode=0o700)
     result = {"snapshot_id": manifest.snapshot_id, "store": store.url, "scratch": str(scratch), "ok": False,
-              "bytes": manifest.size, "services": {}}
+              "bytes": snap.restore_size(), "kind": manifest.kind, "services": {}}
     stack = None
     try:
         report(f"drill: restoring {manifest.snapshot_id} into {scratch}")
         restored = restore(store, vsn, manifest.snapshot_id, plan=source_plan, into=scratch / "restored",
-                           identity=identity, report=report)
+                           identity=identity, report=report, snapshot=snap)
         raw, renames = drill_plan(source_plan.raw, scratch / "data", tag)
         (scratch / "data").mkdir(mode=0o755)
         for original, renamed in renames.items():

@@ -2,12 +2,14 @@
 
 1. read and validate the manifest; every object must exist with the manifest's size;
 2. stream each object into a staging dir beside the live dir (same filesystem), verifying sha256 as it
-   streams and applying phase-2 deltas (with deletions) in order;
+   streams and applying deltas (with deletions) in order: for an incremental snapshot, every link of the
+   volume's chain from the snapshot that holds it whole on, each link's phases in order;
 3. only when every volume is staged and verified: stop the services that mount them, swap staging and
    live dir by rename (the old one kept as <dir>.pre-restore-<ts>), start the services and probe health;
    on failure swap back. The journal records each swap so a killed restore is finished or undone by
    `recover`: a live dir is always entirely old or entirely new.
-`--into DIR` restores into another tree and touches no container."""
+`--into DIR` restores into another tree and touches no container; `--dry-run` compares the snapshot's
+tree state with each live data dir and changes nothing."""
 
 from __future__ import annotations
 
@@ -17,9 +19,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from migrator.archive import extract_archive
-from migrator.catalog.listing import read_manifest
-from migrator.catalog.manifest import MAX_PLAN_BYTES, PLAN_COPY, Manifest
+from migrator.archive import TreeState, extract_archive, scan
+from migrator.archive.treeobject import unseal
+from migrator.archive.treestate import compare
+from migrator.catalog.listing import open_snapshot
+from migrator.catalog.snapshot import Snapshot
 from migrator.durable import fsync_dir, sync_filesystem
 from migrator.errors import IntegrityError, MigratorError, PlanInvalid, PreflightFailed, UsageError
 from migrator.faults import checkpoint, failpoint
@@ -33,6 +37,7 @@ from migrator.plan.sizes import format_size
 from migrator.state import conforming
 from migrator.state.conforming import ConformingDocs
 from migrator.state.journal import open_journal
+from migrator.state.paths import state_dir
 
 JOURNAL_KEY = "restore_swaps"
 STAGING_KEY = "restore_staging"
@@ -53,48 +58,48 @@ class Swap:
         return {"volume": self.volume, "live": str(self.live), "staging": str(self.staging), "old": str(self.old)}
 
 
-def snapshot_plan(store, manifest: Manifest, verdicts: ConformingDocs) -> Plan:
+def snapshot_plan(snap: Snapshot, verdicts: ConformingDocs) -> Plan:
     """The plan copy stored with the snapshot (untrusted: validated like a user's plan). A VSN's snapshots
     mostly carry the same plan bytes, so a schema verdict in `verdicts` is reused, as for manifests."""
     import json
 
-    key = f"{manifest.vsn}/{manifest.snapshot_id}/{PLAN_COPY}"
-    data = store.get_bytes(key, MAX_PLAN_BYTES)
+    data = snap.plan_bytes()
     try:
         raw = json.loads(data)
     except ValueError as exc:
-        raise IntegrityError(f"plan copy {key} in {store.url} is not JSON") from exc
+        raise IntegrityError(f"the plan copy of {snap.id} in {snap.store.url} is not JSON") from exc
     problems = (known_schema_problems("plan", data, raw, verdicts)
                 or special_checks(raw, Secrets(), secrets_given=True))
     problems = [p for p in problems if "secret" not in p]  # secrets are not part of a snapshot
     if problems:
-        raise PlanInvalid(f"plan copy in snapshot {manifest.snapshot_id} is invalid", details=problems)
+        raise PlanInvalid(f"plan copy in snapshot {snap.id} is invalid", details=problems)
     return Plan.from_json(raw)
 
 
-def check_objects(store, manifest: Manifest, volumes: list[str]) -> None:
-    for vol in volumes:
-        for obj in manifest.objects_of(vol):
-            key = f"{manifest.vsn}/{manifest.snapshot_id}/{obj.name}"
-            size = store.size(key)
-            if size is None:
-                raise IntegrityError(f"object {obj.name} of snapshot {manifest.snapshot_id} is missing from {store.url}")
-            if size != obj.size:
-                raise IntegrityError(f"object {obj.name} is {size} bytes in {store.url}, the manifest says {obj.size}")
+def check_objects(snap: Snapshot, volumes: list[str]) -> None:
+    """Every object a restore of `volumes` reads (the whole chain) is there with the manifest's size."""
+    for link, obj in snap.chain_objects(volumes):
+        size = link.object_size(obj.name)
+        if size is None:
+            raise IntegrityError(f"object {obj.name} of snapshot {link.id} is missing from {snap.store.url}"
+                                 + (f" (snapshot {snap.id} needs it)" if link.id != snap.id else ""))
+        if size != obj.size:
+            raise IntegrityError(f"object {link.id}/{obj.name} is {size} bytes in {snap.store.url}, "
+                                 f"the manifest says {obj.size}")
 
 
-def stage_volume(store, manifest: Manifest, volume: str, staging: Path, identity: Path | None, report: Report,
+def stage_volume(snap: Snapshot, volume: str, staging: Path, identity: Path | None, report: Report,
                  progress=None) -> int:
     staging.mkdir(mode=0o700)
     files = 0
-    objects = manifest.objects_of(volume)
+    objects = list(snap.chain_objects([volume]))
     # tar's --acls costs a setxattr per file: only when some object of the volume has ACLs (a directory's
     # default ACL from phase 1 must not be inherited by phase 2's files); `acls` is None before 0.3.
-    acls = any(obj.acls != 0 for obj in objects)
-    for obj in objects:
-        key = f"{manifest.vsn}/{manifest.snapshot_id}/{obj.name}"
-        report(f"restoring {obj.name} ({format_size(obj.size)})")
-        with store.open_reader(key) as reader:
+    acls = any(obj.acls != 0 for _link, obj in objects)
+    for link, obj in objects:
+        report(f"restoring {obj.name}" + (f" of {link.id}" if link.id != snap.id else "")
+               + f" ({format_size(obj.size)})")
+        with link.open_reader(obj.name) as reader:
             stats = extract_archive(reader, staging, expected_sha256=obj.sha256, expected_size=obj.size,
                                     identity_file=identity, encrypted=obj.name.endswith(".age"),
                                     max_uncompressed=obj.uncompressed + BOMB_SLACK, progress=progress,
@@ -122,18 +127,20 @@ def swap_back(s: Swap) -> None:
 
 def restore(store, vsn: str, snapshot_id: str, *, plan: Plan | None, volumes: list[str] | None = None,
             into: Path | None = None, identity: Path | None = None, keep_old: bool = False,
-            touch_containers: bool = True, report: Report = quiet, progress=None) -> dict:
+            touch_containers: bool = True, report: Report = quiet, progress=None,
+            snapshot: Snapshot | None = None, dry_run: bool = False) -> dict:
     started = time.monotonic()
     verdicts = conforming.remembered()
-    manifest = read_manifest(store, vsn, snapshot_id, verdicts)
+    snap = snapshot or open_snapshot(store, vsn, snapshot_id, verdicts)
+    manifest = snap.manifest
     chosen = volumes or sorted(manifest.volumes)
     unknown = [v for v in chosen if v not in manifest.volumes]
     if unknown:
         raise UsageError(f"snapshot {manifest.snapshot_id} has no volume {unknown[0]!r}",
                          hint="volumes in it: " + ", ".join(sorted(manifest.volumes)))
-    check_objects(store, manifest, chosen)
+    check_objects(snap, chosen)
     if plan is None:
-        plan = snapshot_plan(store, manifest, verdicts)
+        plan = snapshot_plan(snap, verdicts)
         touch_containers = False  # never deployed here: there is nothing to stop
     if manifest.encrypted and identity is None:
         ident = (plan.backup.get("encryption") or {}).get("identity_file")
@@ -141,8 +148,11 @@ def restore(store, vsn: str, snapshot_id: str, *, plan: Plan | None, volumes: li
         if identity is None:
             raise UsageError("the snapshot is encrypted: pass --identity FILE (an age identity)")
     base = Path(into) if into else Path(plan.vsn.data_root)
+    if dry_run:
+        return preview(snap, chosen, base, identity, report)
     base.mkdir(parents=True, exist_ok=True)
-    needed = sum(o.uncompressed for v in chosen for o in manifest.objects_of(v))
+    # An upper bound: a chain's later links rewrite some of what earlier ones wrote.
+    needed = sum(o.uncompressed for _link, o in snap.chain_objects(chosen))
     free = shutil.disk_usage(base).free
     if needed + FREE_MARGIN > free:
         raise PreflightFailed(f"not enough space under {base}: need {format_size(needed + FREE_MARGIN)}, "
@@ -159,7 +169,7 @@ def restore(store, vsn: str, snapshot_id: str, *, plan: Plan | None, volumes: li
         files = 0
         try:
             for s in swaps:
-                files += stage_volume(store, manifest, s.volume, s.staging, identity, report, progress)
+                files += stage_volume(snap, s.volume, s.staging, identity, report, progress)
             if not into:
                 make_durable(swaps, report)
         except BaseException:
@@ -173,10 +183,44 @@ def restore(store, vsn: str, snapshot_id: str, *, plan: Plan | None, volumes: li
             for s in swaps:
                 os.rename(s.staging, s.live)
             journal.forget(STAGING_KEY)
-            return _result(manifest, store, chosen, into, files, data_restored, started, {}, [])
+            return _result(snap, chosen, into, files, data_restored, started, {}, [])
         downtime, kept = _swap_into_live(plan, swaps, writers_for(plan, chosen), touch_containers, keep_old,
                                          journal, report)
-    return _result(manifest, store, chosen, base, files, data_restored, started, downtime, kept)
+    return _result(snap, chosen, base, files, data_restored, started, downtime, kept)
+
+
+# Paths listed per kind of change in a preview (the counts are always complete).
+PREVIEW_PATHS = 20
+
+
+def preview(snap: Snapshot, volumes: list[str], base: Path, identity: Path | None, report: Report) -> dict:
+    """restore --dry-run: per volume, what restoring `snap` would add, remove and change in the live data
+    dir, from the snapshot's tree state and a scan of the dir. Nothing is written outside the state dir."""
+    out = {}
+    for volume in volumes:
+        tree = snap.tree(volume)
+        if tree is None:
+            raise UsageError(f"snapshot {snap.id} has no tree state of {volume}: it was taken before incremental "
+                             f"snapshots, and --dry-run compares against one",
+                             hint="restore it --into an empty DIR and compare that instead")
+        report(f"reading the tree state of {volume} in {snap.id}")
+        work = state_dir() / "spool" / f"preview-{os.getpid()}"
+        try:
+            with snap.open_reader(tree.name) as reader:
+                wanted = unseal(reader, size=tree.size, sha256=tree.sha256, encrypted=tree.name.endswith(".age"),
+                                identity_file=identity, workdir=work, where=f"{snap.store.url}/{snap.key(tree.name)}")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        live_dir = base / volume
+        live = scan(live_dir) if live_dir.is_dir() else TreeState({}, 0)
+        added, removed, changed = compare(wanted, live)
+        out[volume] = {"live": str(live_dir), "exists": live_dir.is_dir(), "entries": len(wanted),
+                       "added": len(added), "removed": len(removed), "changed": len(changed),
+                       "unchanged": len(wanted) - len(added) - len(changed),
+                       "paths": {"added": added[:PREVIEW_PATHS], "removed": removed[:PREVIEW_PATHS],
+                                 "changed": changed[:PREVIEW_PATHS]}}
+    return {"snapshot_id": snap.id, "store": snap.store.url, "dry_run": True, "kind": snap.manifest.kind,
+            "bytes": snap.restore_size(volumes), "volumes": out}
 
 
 def make_durable(swaps: list[Swap], report: Report) -> None:
@@ -238,9 +282,10 @@ def _swap_into_live(plan: Plan, swaps: list[Swap], writers: list, touch_containe
     return quiesce.downtime, kept
 
 
-def _result(manifest, store, volumes, base, files, data_restored, started, downtime, kept) -> dict:
-    return {"snapshot_id": manifest.snapshot_id, "store": store.url, "volumes": volumes, "into": str(base),
-            "files": files, "bytes": sum(o.size for v in volumes for o in manifest.objects_of(v)),
+def _result(snap: Snapshot, volumes, base, files, data_restored, started, downtime, kept) -> dict:
+    return {"snapshot_id": snap.id, "store": snap.store.url, "volumes": volumes, "into": str(base),
+            "files": files, "bytes": snap.restore_size(volumes), "kind": snap.manifest.kind,
+            "chain": {v: [link.id for link in snap.chain(v)] for v in volumes},
             "data_restored_s": data_restored, "duration": round(time.monotonic() - started, 3),
             "downtime": downtime, "kept_old": kept}
 

@@ -1,70 +1,139 @@
-"""`snapshots`, `verify` and `prune`: what a store holds for a VSN, whether it is intact, and retention."""
+"""`snapshots`, `verify` and `prune`: what a store holds for a VSN, whether it is intact, and retention.
+
+All three know chains: a row shows whether a snapshot is full or incremental, its parent, the bytes it
+added and the bytes a restore of it reads; verify checks every object a snapshot's restore reads (its
+whole chain); prune keeps every snapshot a kept one needs and deletes children before parents."""
 
 from __future__ import annotations
 
 import hashlib
+import math
+import random
 import time
 
-from migrator.catalog.listing import list_snapshots, read_manifest
+from migrator.catalog.listing import list_snapshots, open_snapshot
 from migrator.catalog.manifest import snapshot_time
 from migrator.catalog.retention import Policy, decide
-from migrator.errors import IntegrityError
+from migrator.catalog.snapshot import Snapshot
+from migrator.errors import IntegrityError, UsageError
 from migrator.ops.stack import Report, quiet
 from migrator.state import conforming
+from migrator.storage.base import SnapshotStore
 
 READ_CHUNK = 1024 * 1024
 # Uncommitted snapshot dirs younger than this may belong to a backup still uploading: leave them.
 DEBRIS_MIN_AGE = 24 * 3600
 
 
-def snapshot_row(m) -> dict:
-    return {"id": m.snapshot_id, "time": m.created, "tags": m.tags, "size": m.size,
-            "uncompressed": sum(o.uncompressed for o in m.objects), "volumes": sorted(m.volumes),
-            "encrypted": m.encrypted, "downtime": m.timings.get("downtime", {})}
+def snapshot_row(snap: Snapshot) -> dict:
+    m = snap.manifest
+    row = {"id": m.snapshot_id, "time": m.created, "tags": m.tags, "size": m.size,
+           "uncompressed": sum(o.uncompressed for o in m.objects), "volumes": sorted(m.volumes),
+           "encrypted": m.encrypted, "downtime": m.timings.get("downtime", {}),
+           "kind": m.kind, "parent": m.parent, "added": m.size}
+    try:
+        row["restore_size"] = snap.restore_size()
+    except IntegrityError as exc:
+        row["restore_size"] = None
+        row["broken"] = exc.message
+    return row
 
 
-def snapshots(store, vsn: str) -> dict:
+def snapshots(store: SnapshotStore, vsn: str) -> dict:
     listing = list_snapshots(store, vsn, conforming.remembered())
-    return {"store": store.url, "vsn": vsn, "snapshots": [snapshot_row(m) for m in listing.snapshots],
+    return {"store": store.url, "vsn": vsn, "snapshots": [snapshot_row(h) for h in listing.handles()],
             "uncommitted": len(listing.debris)}
 
 
-def verify(store, vsn: str, snapshot_id: str, read_data: bool, report: Report = quiet) -> dict:
-    manifest = read_manifest(store, vsn, snapshot_id, conforming.remembered())
-    problems = []
-    checked = 0
-    for obj in manifest.objects:
-        key = f"{vsn}/{manifest.snapshot_id}/{obj.name}"
-        size = store.size(key)
-        if size is None:
-            problems.append(f"{obj.name}: missing")
-            continue
-        if size != obj.size:
-            problems.append(f"{obj.name}: size {size} != {obj.size} in the manifest")
-            continue
-        if read_data:
-            report(f"reading {obj.name} ({obj.size} bytes)")
-            digest = hashlib.sha256()
-            with store.open_reader(key) as fh:
-                while chunk := fh.read(READ_CHUNK):
-                    digest.update(chunk)
-            if digest.hexdigest() != obj.sha256:
-                problems.append(f"{obj.name}: sha256 {digest.hexdigest()} != {obj.sha256} in the manifest")
-                continue
-        checked += 1
+def parse_subset(text: str | None) -> float | None:
+    """`--read-data-subset P%` (or a fraction like 0.1) -> a share in (0, 1]."""
+    if text is None:
+        return None
+    raw = text.strip()
+    try:
+        share = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        share = math.nan
+    if not 0 < share <= 1:
+        raise UsageError(f"--read-data-subset takes a percentage in (0, 100]: {text!r}", hint="e.g. 10%")
+    return share
+
+
+def verify(store: SnapshotStore, vsn: str, snapshot_id: str, read_data: bool, report: Report = quiet,
+           subset: float | None = None, rng: random.Random | None = None) -> dict:
+    """Every object the snapshot's restore reads (its chain), and its tree states, present with the
+    manifest's size; with `read_data` every sha256 recomputed; with `subset` those of a random share."""
+    verdicts = conforming.remembered()
+    if snapshot_id == "all":
+        listing = list_snapshots(store, vsn, verdicts)
+        scope = listing.handles()
+    else:
+        scope = [open_snapshot(store, vsn, snapshot_id, verdicts)]
+    problems: list[str] = []
+    objects: dict[str, tuple[Snapshot, str, int, str]] = {}
+    for snap in scope:
+        try:
+            for link, obj in snap.chain_objects():
+                objects.setdefault(link.key(obj.name), (link, obj.name, obj.size, obj.sha256))
+        except IntegrityError as exc:
+            problems.append(exc.message)
+        for tree in snap.manifest.trees:
+            objects.setdefault(snap.key(tree.name), (snap, tree.name, tree.size, tree.sha256))
+    present = []
+    for key, (link, name, size, _sha) in sorted(objects.items()):
+        got = link.object_size(name)
+        if got is None:
+            problems.append(f"{key}: missing")
+        elif got != size:
+            problems.append(f"{key}: size {got} != {size} in the manifest")
+        else:
+            present.append(key)
+    to_read = present if read_data else []
+    if subset is not None and present:
+        count = max(1, math.ceil(len(present) * subset))
+        to_read = sorted((rng or random.SystemRandom()).sample(present, min(count, len(present))))
+    for key in to_read:
+        link, name, size, sha256 = objects[key]
+        report(f"reading {key} ({size} bytes)")
+        digest = hashlib.sha256()
+        with link.open_reader(name) as fh:
+            while chunk := fh.read(READ_CHUNK):
+                digest.update(chunk)
+        if digest.hexdigest() != sha256:
+            problems.append(f"{key}: sha256 {digest.hexdigest()} != {sha256} in the manifest")
+    label = "the store" if snapshot_id == "all" else f"snapshot {scope[0].id}"
     if problems:
-        raise IntegrityError(f"snapshot {manifest.snapshot_id} in {store.url} is damaged: {problems[0]}",
-                             details=problems)
-    return {"store": store.url, "snapshot_id": manifest.snapshot_id, "objects": checked, "read_data": read_data,
-            "size": manifest.size, "ok": True}
+        raise IntegrityError(f"{label} in {store.url} is damaged: {problems[0]}", details=problems)
+    result = {"store": store.url, "snapshot_id": scope[0].id if snapshot_id != "all" else "all",
+              "snapshots": len(scope), "objects": len(present), "read": len(to_read),
+              "read_data": bool(read_data or subset), "subset": subset,
+              "size": sum(objects[k][2] for k in present), "ok": True}
+    return result
 
 
-def prune(store, vsn: str, policy: Policy, dry_run: bool, report: Report = quiet, now: float | None = None) -> dict:
+def _needed(listing, keep: list[str]) -> dict[str, str]:
+    """Snapshots a kept one's chain reads, with the first kept snapshot that needs each (by parent links)."""
+    manifests = {m.snapshot_id: m for m in listing.snapshots}
+    needed: dict[str, str] = {}
+    for sid in keep:
+        parent = manifests[sid].parent if sid in manifests else None
+        while parent is not None and parent not in needed and parent in manifests:
+            needed[parent] = sid
+            parent = manifests[parent].parent
+    return needed
+
+
+def prune(store: SnapshotStore, vsn: str, policy: Policy, dry_run: bool, report: Report = quiet,
+          now: float | None = None) -> dict:
     listing = list_snapshots(store, vsn, conforming.remembered())
     decision = decide([(m.snapshot_id, m.created, m.tags) for m in listing.snapshots], policy)
     if policy.empty and not dry_run:
         # Refuse to delete everything because no --keep option was given.
         decision.remove = []
+    needed = _needed(listing, list(decision.keep))
+    for sid, child in needed.items():
+        decision.keep.setdefault(sid, []).append(f"parent of {child}")
+    remove = [sid for sid in decision.remove if sid not in needed]
     now = now if now is not None else time.time()
     debris = []
     for sid in listing.debris:
@@ -72,8 +141,13 @@ def prune(store, vsn: str, policy: Policy, dry_run: bool, report: Report = quiet
         if now - mtime >= DEBRIS_MIN_AGE:
             debris.append(sid)
     if not dry_run:
-        for sid in decision.remove + debris:
+        # Newest first, children before their parents: a prune killed half-way never leaves a listed
+        # snapshot whose chain lost a link.
+        for sid in sorted(remove, reverse=True):
             report(f"removing {sid}")
+            listing.handle(sid).delete()
+        for sid in debris:
+            report(f"removing debris {sid}")
             store.delete_prefix(f"{vsn}/{sid}")
     return {"store": store.url, "vsn": vsn, "dry_run": dry_run, "keep": decision.keep,
-            "remove": decision.remove, "debris_removed": debris}
+            "remove": remove, "debris_removed": debris}

@@ -163,6 +163,10 @@ class SnapshotStore(ABC):
     def delete_prefix(self, prefix: str) -> None:
         """Remove every object under `prefix` (a snapshot directory), partials included. Missing = no-op."""
 
+    def delete(self, key: str) -> None:
+        """Remove one object. Missing = no-op. (A file-like store's delete_prefix takes a single file too.)"""
+        self.delete_prefix(key)
+
     @abstractmethod
     def check(self) -> None:
         """Raise Unreachable unless the store answers and accepts a write (probe object written and removed)."""

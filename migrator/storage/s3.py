@@ -294,6 +294,9 @@ class S3Store(SnapshotStore):
         stamps: list[datetime] = [o["LastModified"] for o in self._iter_objects(self._dir(key_or_prefix))]
         return max(stamps).timestamp() if stamps else None
 
+    def delete(self, key: str) -> None:
+        self.call("DeleteObject", key, self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
+
     def delete_prefix(self, prefix: str) -> None:
         s3_prefix = self._dir(prefix)
         if s3_prefix == "" or not prefix.strip("/"):

@@ -103,6 +103,7 @@ def test_a_verdict_of_older_validator_rules_is_validated_again(tmp_path, plan_fi
 def test_a_snapshot_plan_copy_is_validated_once_and_never_trusted_when_changed(tmp_path, good, schema_calls):
     """restore reads the plan copy a snapshot carries (untrusted); the same bytes again skip the schema."""
     from migrator.catalog.manifest import PLAN_COPY, Manifest
+    from migrator.catalog.snapshot import Snapshot
     from migrator.ops.restore import snapshot_plan
     from migrator.storage import get_store
 
@@ -113,11 +114,12 @@ def test_a_snapshot_plan_copy_is_validated_once_and_never_trusted_when_changed(t
     manifest = Manifest(snapshot_id="snap-1", vsn="demo", created=0.0, hostname="h", migrator_version="0",
                         plan_sha256="", tags=[], volumes={})
     store = get_store(f"file://{store_dir}")
-    first = snapshot_plan(store, manifest, ConformingDocs(tmp_path))
-    assert snapshot_plan(store, manifest, ConformingDocs(tmp_path)) == first  # a new process
+    snap = Snapshot(store, "demo", "snap-1", manifest)
+    first = snapshot_plan(snap, ConformingDocs(tmp_path))
+    assert snapshot_plan(snap, ConformingDocs(tmp_path)) == first  # a new process
     assert schema_calls == ["plan"]
     good["volumes"][0]["name"] = "Not A Name!"
     copy.write_text(json.dumps(good))
     with pytest.raises(PlanInvalid):
-        snapshot_plan(store, manifest, ConformingDocs(tmp_path))
+        snapshot_plan(snap, ConformingDocs(tmp_path))
     assert schema_calls == ["plan", "plan"]

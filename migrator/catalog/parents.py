@@ -1,0 +1,175 @@
+"""Which snapshot a backup continues, per volume, and from which tree state — or why it takes a full one.
+
+Owns the rule that keeps incremental snapshots safe across machines. The parent is the newest snapshot
+committed in EVERY target store (the new objects go to all of them alike). A volume continues it only
+when:
+- the parent lists the volume and a tree state of it;
+- its chain (back to the snapshot that holds it whole) is intact in every store: manifests valid, every
+  object present with the manifest's size, and the same objects (name, size, sha256) in each store;
+- the policy allows it: the chain's full is younger than `full_every` days and the deltas since it are
+  at most `full_when_deltas_exceed` of its size (bounding what a restore reads and what one lost
+  object costs);
+- its tree state can be had: from this VSN's local record when that names the parent with the same
+  object sha256 (no store read), else from the store (sha256-checked against the manifest, decrypted
+  with the plan's identity when encrypted, loaded untrusted).
+Otherwise the volume is captured whole, and `reasons` says why. Nothing here writes to a store.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from migrator.archive.treeobject import unseal
+from migrator.archive.treestate import TreeState
+from migrator.catalog.listing import Listing, list_snapshots
+from migrator.catalog.snapshot import MAX_CHAIN, Snapshot
+from migrator.errors import IntegrityError, MigratorError
+
+if TYPE_CHECKING:
+    from migrator.state.chainrecord import ChainRecord
+    from migrator.state.conforming import ConformingDocs
+    from migrator.storage.base import SnapshotStore
+
+DAY = 86400.0
+# A new full every 30 days: a monthly full matches GFS's monthly keep (each kept month pins one chain),
+# and 30 dailies of ~1 % change keep a restore within ~1.3x of a full's bytes.
+DEFAULT_FULL_EVERY_DAYS = 30
+# ...or sooner, when the deltas since the full add up to half its size: a restore then never reads more
+# than 1.5x a full, whatever the daily change rate.
+DEFAULT_FULL_WHEN_DELTAS_EXCEED = 0.5
+
+
+@dataclass(frozen=True)
+class ChainPolicy:
+    full_every_days: float = DEFAULT_FULL_EVERY_DAYS  # 0: every snapshot is full
+    full_when_deltas_exceed: float = DEFAULT_FULL_WHEN_DELTAS_EXCEED
+    force_full: bool = False
+
+    @classmethod
+    def from_backup(cls, backup: dict, force_full: bool = False) -> ChainPolicy:
+        return cls(float(backup.get("full_every", DEFAULT_FULL_EVERY_DAYS)),
+                   float(backup.get("full_when_deltas_exceed", DEFAULT_FULL_WHEN_DELTAS_EXCEED)), force_full)
+
+
+@dataclass
+class ParentChoice:
+    parent: str | None = None  # the snapshot incremental volumes continue
+    states: dict[str, TreeState] = field(default_factory=dict)  # volume -> the tree state it continues
+    sources: dict[str, str] = field(default_factory=dict)  # volume -> "local record" | "store"
+    reasons: dict[str, str] = field(default_factory=dict)  # volume -> why it is captured whole
+
+    def base(self, volume: str) -> TreeState | None:
+        return self.states.get(volume)
+
+
+def choose_parent(stores: list[SnapshotStore], vsn: str, volumes: list[str], policy: ChainPolicy,
+                  record: ChainRecord | None, identity_file: Path | None, workdir: Path,
+                  conforming: ConformingDocs | None = None, now: float | None = None) -> ParentChoice:
+    choice = ParentChoice()
+
+    def whole(why: str) -> ParentChoice:
+        choice.reasons = dict.fromkeys(volumes, why)
+        return choice
+
+    if policy.force_full:
+        return whole("a full snapshot was asked for (--full)")
+    if policy.full_every_days <= 0:
+        return whole("backup.full_every is 0: every snapshot is full")
+    try:
+        listings = [list_snapshots(store, vsn, conforming) for store in stores]
+    except MigratorError as exc:
+        return whole(f"the stores could not be listed ({exc.message})")
+    common = set.intersection(*({m.snapshot_id for m in listing.snapshots} for listing in listings))
+    if not common:
+        return whole("no earlier snapshot of this VSN is committed in every target store")
+    parent_id = max(common)
+    handles = [listing.handle(parent_id) for listing in listings]
+    now = time.time() if now is None else now
+    if record is not None and record.snapshot_id != parent_id:
+        note = (f"this VSN's record names {record.snapshot_id}, the stores' newest common snapshot is "
+                f"{parent_id}: its tree state is read from the store")
+    else:
+        note = ""
+    for volume in volumes:
+        why = _why_not(handles, listings, volume, policy, now)
+        if why:
+            choice.reasons[volume] = why
+            continue
+        state, source = _tree_state(handles[0], volume, record, identity_file, workdir / volume)
+        if state is None:
+            choice.reasons[volume] = source
+            continue
+        choice.states[volume] = state
+        choice.sources[volume] = source if not note or source != "store" else f"store ({note})"
+    if choice.states:
+        choice.parent = parent_id
+    return choice
+
+
+def _why_not(handles: list[Snapshot], listings: list[Listing], volume: str, policy: ChainPolicy,
+             now: float) -> str | None:
+    """Why `volume` cannot continue the parent (None: it can)."""
+    parent = handles[0]
+    if volume not in parent.manifest.volumes:
+        return f"{parent.id} has no volume {volume} (new volume)"
+    if parent.tree(volume) is None:
+        return f"{parent.id} has no tree state of {volume} (taken before incremental snapshots)"
+    try:
+        chains = [h.chain(volume) for h in handles]
+        reference = [[(o.name, o.size, o.sha256) for o in link.manifest.objects_of(volume)] for link in chains[0]]
+        for handle, chain in zip(handles, chains, strict=True):
+            objects = [[(o.name, o.size, o.sha256) for o in link.manifest.objects_of(volume)] for link in chain]
+            if objects != reference:
+                return f"the stores disagree on the chain of {parent.id} for {volume}"
+            for link in chain:
+                for obj in link.manifest.objects_of(volume):
+                    size = link.object_size(obj.name)
+                    if size != obj.size:
+                        state = "missing" if size is None else f"{size} bytes, not {obj.size}"
+                        return f"the chain of {parent.id} is broken in {handle.store.url}: {link.id}/{obj.name} is {state}"
+            tree = handle.tree(volume)
+            if tree is None or handle.object_size(tree.name) != tree.size:
+                return f"the tree state of {volume} in {parent.id} is missing from {handle.store.url}"
+    except IntegrityError as exc:
+        return f"the chain of {parent.id} is broken: {exc.message}"
+    except MigratorError as exc:
+        return f"the chain of {parent.id} could not be checked ({exc.message})"
+    chain = chains[0]
+    full, deltas = chain[0], chain[1:]
+    age_days = (now - full.manifest.created) / DAY
+    if age_days >= policy.full_every_days:
+        return (f"its full snapshot {full.id} is {age_days:.1f} days old "
+                f"(backup.full_every is {policy.full_every_days:g})")
+    full_size = sum(o.size for o in full.manifest.objects_of(volume))
+    delta_size = sum(o.size for link in deltas for o in link.manifest.objects_of(volume))
+    if delta_size > policy.full_when_deltas_exceed * full_size:
+        return (f"the {len(deltas)} incremental(s) since its full add up to {delta_size} bytes, more than "
+                f"{policy.full_when_deltas_exceed:g} of the full's {full_size}")
+    if len(chain) >= MAX_CHAIN:
+        return f"its chain has {len(chain)} links (at most {MAX_CHAIN})"
+    return None
+
+
+def _tree_state(parent: Snapshot, volume: str, record: ChainRecord | None, identity_file: Path | None,
+                workdir: Path) -> tuple[TreeState | None, str]:
+    """(state, "local record" | "store") or (None, why not)."""
+    tree = parent.tree(volume)
+    assert tree is not None
+    if record is not None and record.snapshot_id == parent.id and record.tree_sha256(volume) == tree.sha256:
+        state = record.state(volume)
+        if state is not None:
+            return state, "local record"
+    encrypted = tree.name.endswith(".age")
+    if encrypted and (identity_file is None or not Path(identity_file).is_file()):
+        return None, (f"no local record of {parent.id} here and no age identity to read the store's encrypted "
+                      f"tree state of {volume}")
+    try:
+        with parent.open_reader(tree.name) as reader:
+            state = unseal(reader, size=tree.size, sha256=tree.sha256, encrypted=encrypted,
+                           identity_file=identity_file, workdir=workdir, where=f"{parent.store.url}/{parent.key(tree.name)}")
+    except MigratorError as exc:
+        return None, f"the tree state of {volume} in {parent.id} is unusable: {exc.message}"
+    return state, "store"

@@ -1,0 +1,79 @@
+"""The local record of this VSN's newest snapshot: its id, stores, and each volume's tree state.
+
+Owns `<state dir>/chain/<vsn>/`. The next backup continues the chain from here without reading (or, with
+encryption, being able to read) the store's copy; it uses the record only when the stores' newest
+snapshot is the one recorded and lists tree states with the recorded sha256s. The tree states here are
+plaintext: the VSN holds the live data anyway, and the state dir is root's (0700).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from migrator.archive.treestate import TreeState
+from migrator.errors import ArchiveError
+from migrator.state.files import read_json, write_json
+from migrator.state.paths import state_dir
+
+RECORD = "record.json"
+
+
+def _dir(vsn: str) -> Path:
+    return state_dir() / "chain" / vsn
+
+
+@dataclass
+class ChainRecord:
+    vsn: str
+    snapshot_id: str
+    stores: list[str]
+    trees: dict[str, dict]  # volume -> {"file": local file name, "sha256": the object's sha256 in the manifest}
+
+    def tree_sha256(self, volume: str) -> str | None:
+        return (self.trees.get(volume) or {}).get("sha256")
+
+    def state(self, volume: str) -> TreeState | None:
+        """The recorded tree state of `volume`, or None when there is none or it cannot be read."""
+        meta = self.trees.get(volume)
+        if not meta:
+            return None
+        try:
+            return TreeState.load(_dir(self.vsn) / meta["file"])
+        except ArchiveError:
+            return None
+
+
+def load(vsn: str) -> ChainRecord | None:
+    raw = read_json(_dir(vsn) / RECORD)
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return ChainRecord(vsn, str(raw["snapshot_id"]), list(raw["stores"]), dict(raw["trees"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def save(vsn: str, snapshot_id: str, stores: list[str], states: dict[str, tuple[TreeState, str]]) -> None:
+    """Record `snapshot_id` (committed to `stores`) with per volume (tree state, its object's sha256).
+    Files of earlier records are removed once the new record is in place."""
+    where = _dir(vsn)
+    where.mkdir(parents=True, exist_ok=True, mode=0o700)
+    trees = {}
+    for volume, (state, sha256) in states.items():
+        name = f"{snapshot_id}.{volume}.tree"
+        state.save(where / name)
+        trees[volume] = {"file": name, "sha256": sha256}
+    write_json(where / RECORD, {"snapshot_id": snapshot_id, "stores": stores, "trees": trees})
+    keep = {RECORD, *(t["file"] for t in trees.values())}
+    for path in where.iterdir():
+        if path.name not in keep:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def forget(vsn: str) -> None:
+    shutil.rmtree(_dir(vsn), ignore_errors=True)
