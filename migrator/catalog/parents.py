@@ -60,6 +60,7 @@ class ParentChoice:
     states: dict[str, TreeState] = field(default_factory=dict)  # volume -> the tree state it continues
     sources: dict[str, str] = field(default_factory=dict)  # volume -> "local record" | "store"
     reasons: dict[str, str] = field(default_factory=dict)  # volume -> why it is captured whole
+    newest: str | None = None  # the newest snapshot id in any target store: a new id must sort after it
 
     def base(self, volume: str) -> TreeState | None:
         return self.states.get(volume)
@@ -74,14 +75,16 @@ def choose_parent(stores: list[SnapshotStore], vsn: str, volumes: list[str], pol
         choice.reasons = dict.fromkeys(volumes, why)
         return choice
 
-    if policy.force_full:
-        return whole("a full snapshot was asked for (--full)")
-    if policy.full_every_days <= 0:
-        return whole("backup.full_every is 0: every snapshot is full")
     try:
         listings = [list_snapshots(store, vsn, conforming) for store in stores]
     except MigratorError as exc:
         return whole(f"the stores could not be listed ({exc.message})")
+    ids = [{m.snapshot_id for m in listing.snapshots} | set(listing.debris) for listing in listings]
+    choice.newest = max(set().union(*ids), default=None)
+    if policy.force_full:
+        return whole("a full snapshot was asked for (--full)")
+    if policy.full_every_days <= 0:
+        return whole("backup.full_every is 0: every snapshot is full")
     common = set.intersection(*({m.snapshot_id for m in listing.snapshots} for listing in listings))
     if not common:
         return whole("no earlier snapshot of this VSN is committed in every target store")

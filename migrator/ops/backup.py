@@ -175,9 +175,11 @@ class Backup:
             self.manifest.volumes[vol.name]["incremental"] = vol.base is not None
         if self.choice.parent is not None:
             self.manifest.parent = self.choice.parent
-            if self.snapshot_id <= self.choice.parent:  # taken within the parent's second: sort after it
-                self.snapshot_id = self.manifest.snapshot_id = new_snapshot_id(after=self.choice.parent)
-                self.handles = [Snapshot(s, self.plan.vsn.name, self.snapshot_id, self.manifest) for s in self.stores]
+        newest = self.choice.newest
+        if newest is not None and self.snapshot_id <= newest:
+            # Taken within the second of the newest snapshot: sort after it ("latest", parents older).
+            self.snapshot_id = self.manifest.snapshot_id = new_snapshot_id(after=newest)
+            self.handles = [Snapshot(s, self.plan.vsn.name, self.snapshot_id, self.manifest) for s in self.stores]
 
     def _store_trees(self, volumes: list[VolumePlan]) -> None:
         """Each volume's final tree state, sealed like the data, to every store (the next snapshot's base)."""
