@@ -51,7 +51,7 @@ DB_SHARE, BLOB_SHARE = 0.50, 0.35  # of a step's bytes; the rest are new small f
 PAGE = 4096
 PAGES_MIN, PAGES_MAX = 1, 4  # one rewritten run: 4-16 KiB
 # The chain must not be cut by the full-snapshot policy: no time-based full, no full for big deltas.
-CHAIN_BACKUP = {"full_every": 400, "full_when_deltas_exceed": 100}
+CHAIN_BACKUP = {"full_every": 366, "full_when_deltas_exceed": 100}  # the schema's maxima
 UNSUPPORTED_CHAIN_MAX = 2  # without incremental snapshots each "incremental" is a full one: keep it small
 TARGETS = {"second_vs_restic": 2.0, "growth_vs_restic": 1.0, "chain_restore": 1.2, "rss_mb": 150.0}
 TOOLS = ("migrator", "restic", "tar-g1")
@@ -61,7 +61,10 @@ def migrator_has_incremental() -> bool:
     """The plan schema knows backup.full_every once incremental snapshots exist (it rejects unknown fields)."""
     try:
         schema = json.loads((REPO / "migrator" / "schemas" / "plan.schema.json").read_text())
-        return "full_every" in schema["properties"]["backup"]["properties"]
+        backup = schema["properties"]["backup"]
+        if "$ref" in backup:  # "#/$defs/backup"
+            backup = schema["$defs"][backup["$ref"].rsplit("/", 1)[-1]]
+        return "full_every" in backup["properties"]
     except (OSError, ValueError, KeyError):
         return False
 
@@ -193,7 +196,7 @@ class Stage:
         return {"wall_s": res.wall_s, "cpu_s": res.cpu_s, "rss_mb": res.maxrss_mb,
                 "growth": du_bytes(str(store)) - before, "size": out["size"], "uncompressed": out["uncompressed"],
                 "internal_s": out["duration"], "id": out["snapshot_id"], "kind": out.get("kind"),
-                "parent": out.get("parent")}
+                "parent": out.get("parent"), "full_reasons": out.get("full_reasons")}
 
     def _restic(self, *args: str):
         return run(["restic", "-r", str(self.dir / "restic-repo"), *args], env=self.restic_env)
