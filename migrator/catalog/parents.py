@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from migrator.archive.treeobject import unseal
 from migrator.archive.treestate import TreeState
-from migrator.catalog.listing import Listing, list_snapshots
+from migrator.catalog.manifest import is_snapshot_id
 from migrator.catalog.snapshot import MAX_CHAIN, Snapshot
 from migrator.errors import IntegrityError, MigratorError
 
@@ -40,6 +40,8 @@ DEFAULT_FULL_EVERY_DAYS = 30
 # ...or sooner, when the deltas since the full add up to half its size: a restore then never reads more
 # than 1.5x a full, whatever the daily change rate.
 DEFAULT_FULL_WHEN_DELTAS_EXCEED = 0.5
+# Uncommitted or damaged snapshot dirs skipped before giving up on a parent (a run of killed backups).
+MAX_CANDIDATES = 20
 
 
 @dataclass(frozen=True)
@@ -76,20 +78,29 @@ def choose_parent(stores: list[SnapshotStore], vsn: str, volumes: list[str], pol
         return choice
 
     try:
-        listings = [list_snapshots(store, vsn, conforming) for store in stores]
+        ids = [{n for n in store.list_dir(vsn) if is_snapshot_id(n)} for store in stores]
     except MigratorError as exc:
         return whole(f"the stores could not be listed ({exc.message})")
-    ids = [{m.snapshot_id for m in listing.snapshots} | set(listing.debris) for listing in listings]
     choice.newest = max(set().union(*ids), default=None)
     if policy.force_full:
         return whole("a full snapshot was asked for (--full)")
     if policy.full_every_days <= 0:
         return whole("backup.full_every is 0: every snapshot is full")
-    common = set.intersection(*({m.snapshot_id for m in listing.snapshots} for listing in listings))
-    if not common:
+    # The newest id committed (with a valid manifest) in every store; ids of killed backups are skipped.
+    # Only manifests along the way and along the chain are read, however many snapshots a store holds.
+    handles: list[Snapshot] = []
+    for candidate in sorted(set.intersection(*ids), reverse=True)[:MAX_CANDIDATES]:
+        trial = [Snapshot(store, vsn, candidate, conforming=conforming) for store in stores]
+        try:
+            for handle in trial:
+                handle.manifest  # noqa: B018 - read and validated here
+        except MigratorError:
+            continue
+        handles = trial
+        break
+    if not handles:
         return whole("no earlier snapshot of this VSN is committed in every target store")
-    parent_id = max(common)
-    handles = [listing.handle(parent_id) for listing in listings]
+    parent_id = handles[0].id
     now = time.time() if now is None else now
     if record is not None and record.snapshot_id != parent_id:
         note = (f"this VSN's record names {record.snapshot_id}, the stores' newest common snapshot is "
@@ -97,7 +108,7 @@ def choose_parent(stores: list[SnapshotStore], vsn: str, volumes: list[str], pol
     else:
         note = ""
     for volume in volumes:
-        why = _why_not(handles, listings, volume, policy, now)
+        why = _why_not(handles, volume, policy, now)
         if why:
             choice.reasons[volume] = why
             continue
@@ -112,8 +123,7 @@ def choose_parent(stores: list[SnapshotStore], vsn: str, volumes: list[str], pol
     return choice
 
 
-def _why_not(handles: list[Snapshot], listings: list[Listing], volume: str, policy: ChainPolicy,
-             now: float) -> str | None:
+def _why_not(handles: list[Snapshot], volume: str, policy: ChainPolicy, now: float) -> str | None:
     """Why `volume` cannot continue the parent (None: it can)."""
     parent = handles[0]
     if volume not in parent.manifest.volumes:

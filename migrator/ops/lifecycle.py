@@ -20,11 +20,12 @@ from migrator.ops.stack import Report, Stack, quiet
 from migrator.ops.teardown import teardown
 from migrator.plan import validate_files
 from migrator.plan.model import Plan
-from migrator.state import deployed, stackstate
+from migrator.state import chainrecord, deployed, stackstate
 from migrator.state.paths import state_dir
 
 FINAL_TAG = "final"
-# What the state dir remembers about a stack; cleanup forgets it (history and metrics stay).
+# What the state dir remembers about a stack; cleanup forgets it, and its chain record (history and
+# metrics stay).
 STACK_STATE_FILES = ("plan.json", "deployment.json", "last_backup.json", "last_drill.json", "notify_state.json",
                      "health_last.json", "cron.json")
 
@@ -71,7 +72,8 @@ def _remove_data(plan: Plan, report: Report) -> list[str]:
     return removed
 
 
-def _forget_stack() -> None:
+def _forget_stack(plan: Plan) -> None:
+    chainrecord.forget(plan.vsn.name)
     for name in STACK_STATE_FILES:
         try:
             (state_dir() / name).unlink()
@@ -94,6 +96,6 @@ def cleanup(plan: Plan, *, snapshot: bool = True, targets: list[str] | None = No
         result["removed_containers"] = Stack.for_plan(plan, report).drop_all()
         result["removed_data"] = _remove_data(plan, report)
         result["removed_schedules"] = cron.remove_all_installed()
-        _forget_stack()
+        _forget_stack(plan)
     result["stack_state"] = stackstate.current()
     return result
