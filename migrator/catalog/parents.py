@@ -171,8 +171,13 @@ def _tree_state(parent: Snapshot, volume: str, record: ChainRecord | None, ident
     """(state, "local record" | "store") or (None, why not)."""
     tree = parent.tree(volume)
     assert tree is not None
-    if record is not None and record.snapshot_id == parent.id and record.tree_sha256(volume) == tree.sha256:
-        state = record.state(volume)
+    if record is not None and record.snapshot_id == parent.id:
+        recorded = record.tree_sha256(volume)
+        if recorded is not None and recorded != tree.sha256:
+            # This VSN wrote that snapshot: a manifest that now says otherwise was changed in the store.
+            return None, (f"the store's manifest of {parent.id} lists another tree state of {volume} than "
+                          f"this VSN recorded when it took it")
+        state = record.state(volume) if recorded is not None else None
         if state is not None:
             return state, "local record"
     encrypted = tree.name.endswith(".age")

@@ -225,6 +225,18 @@ def test_a_tampered_tree_state_in_the_store_costs_a_full_snapshot_never_a_wrong_
     assert _restored(root, second["snapshot_id"], "e") == fingerprint(tree.parent)
 
 
+def test_a_manifest_that_disagrees_with_the_local_record_costs_a_full_snapshot(lab):
+    root, tree = lab
+    _seed(tree, random.Random(12))
+    first = _backup(root)
+    manifest = root / "store" / VSN / first["snapshot_id"] / "manifest.json"
+    raw = json.loads(manifest.read_text())
+    raw["trees"][0]["sha256"] = "0" * 64  # a forger would also replace the object: the record catches both
+    manifest.write_text(json.dumps(raw))
+    second = _backup(root)
+    assert second["kind"] == "full" and "this VSN recorded" in second["full_reasons"]["vol"]
+
+
 def test_without_the_local_record_the_chain_continues_from_the_store(lab):
     root, tree = lab
     _seed(tree, random.Random(4))
