@@ -50,6 +50,7 @@ DIGEST_SIZE = 16
 # Placeholder type for a path phase 1 archived but its scan did not see: never equal to a real entry.
 UNKNOWN = "?"
 TYPES = frozenset("dflo?")
+WRITE_BATCH = 4096  # lines encoded per write
 # Limits on a tree state read from a store (untrusted): ~20 million paths (a 200 GB volume of 10 KiB
 # files), lines no longer than a path and a symlink target can be, and the decompressed stream bounded.
 MAX_ENTRIES = 20_000_000
@@ -126,18 +127,22 @@ class TreeState:
                 self.blocks[p] = rec
 
     def write(self, fh) -> None:
-        """Serialise as zstd-compressed JSON lines into the binary file object `fh`."""
+        """Serialise as zstd-compressed JSON lines into the binary file object `fh`. Lines are encoded and
+        written in batches: a backup seals one of these per volume (~3 us a path)."""
+        encode = json.JSONEncoder(separators=(",", ":")).encode
+        header = {"format": FORMAT, "version": VERSION, "root": self.root, "started_ns": self.started_ns,
+                  "count": len(self.entries), "blocks": len(self.blocks), "block_size": BLOCK_SIZE}
         with zstandard.ZstdCompressor(level=3).stream_writer(fh, closefd=False) as zw:
-            text = io.TextIOWrapper(zw, encoding="utf-8", write_through=False)
-            header = {"format": FORMAT, "version": VERSION, "root": self.root, "started_ns": self.started_ns,
-                      "count": len(self.entries), "blocks": len(self.blocks), "block_size": BLOCK_SIZE}
-            text.write(json.dumps(header) + "\n")
-            for p, e in self.entries.items():
-                text.write(json.dumps([p, *e], separators=(",", ":")) + "\n")
-            for p, (size, digests) in self.blocks.items():
-                text.write(json.dumps([p, size, digests.hex()], separators=(",", ":")) + "\n")
-            text.flush()
-            text.detach()
+            zw.write(json.dumps(header).encode() + b"\n")
+            for rows in (self.entries.items(), ((p, (size, digests.hex())) for p, (size, digests) in self.blocks.items())):
+                batch: list[str] = []
+                for p, fields in rows:
+                    batch.append(encode([p, *fields]))
+                    if len(batch) == WRITE_BATCH:
+                        zw.write(("\n".join(batch) + "\n").encode("utf-8", "surrogateescape"))
+                        batch = []
+                if batch:
+                    zw.write(("\n".join(batch) + "\n").encode("utf-8", "surrogateescape"))
 
     def save(self, path: Path) -> None:
         """Write atomically (temp file, fsync, rename) as zstd-compressed JSON lines."""
