@@ -270,7 +270,8 @@ class Stage:
         sync()
         res, out = self.b.vsn.migrator_json("restore", snapshot, "--from", f"file://{store}", "--into", str(dest))
         return {"wall_s": res.wall_s, "cpu_s": res.cpu_s, "rss_mb": res.maxrss_mb, "files": out.get("files"),
-                "internal_s": out.get("duration"), "id": out.get("snapshot_id")}
+                "internal_s": out.get("duration"), "id": out.get("snapshot_id"), "kind": out.get("kind"),
+                "bytes": out.get("bytes"), "links": len((out.get("chain") or {}).get("vol") or []) or None}
 
     def part_chain(self) -> None:
         chain, full = self.dir / "store-chain", self.dir / "store-full"
@@ -391,6 +392,15 @@ def summarize(rows: list[dict], add, data_mib: float) -> None:
             str(same.get("full")), None, "True", ok)
         add("  CPU seconds, chain / full restore (info)", s(median([r["chain"]["cpu_s"] for r in restores])),
             s(median([r["full"]["cpu_s"] for r in restores])), None, "info", None)
+        add("  migrator's own 'duration', chain / full restore (info)",
+            s(median([r["chain"]["internal_s"] for r in restores])),
+            s(median([r["full"]["internal_s"] for r in restores])),
+            median([r["chain"]["internal_s"] / r["full"]["internal_s"] for r in restores
+                    if r["chain"]["internal_s"] and r["full"]["internal_s"]]), "info", None)
+        last = restores[-1]
+        if last["chain"].get("bytes") is not None:
+            add(f"  restore JSON 'bytes' (chain: {last['chain'].get('links')} links) (info)",
+                mib(last["chain"]["bytes"]), mib(last["full"]["bytes"] or 0), None, "info", None)
         steps = build["steps"]
         if steps:
             add(f"  chain: per daily backup, median time / store growth (info; {build['build_s']:.0f} s to build)",
