@@ -69,6 +69,12 @@ def _restored(root: Path, sid: str, name: str) -> dict:
         shutil.rmtree(out)
 
 
+def _continues(root: Path, tree: Path, result: dict, parent: str) -> None:
+    """`result` is an incremental on `parent`, and restores to exactly the live tree."""
+    assert result["kind"] == "incremental" and result["parent"] == parent
+    assert _restored(root, result["snapshot_id"], result["snapshot_id"]) == fingerprint(tree.parent)
+
+
 # -- the change steps ------------------------------------------------------------------------------------
 
 
@@ -243,9 +249,7 @@ def test_without_the_local_record_the_chain_continues_from_the_store(lab):
     first = _backup(root)
     shutil.rmtree(root / "state")  # a fresh state dir (another machine, after move)
     (tree / "sub" / "f5").write_bytes(b"new content")
-    second = _backup(root)
-    assert second["kind"] == "incremental" and second["parent"] == first["snapshot_id"]
-    assert _restored(root, second["snapshot_id"], "f") == fingerprint(tree.parent)
+    _continues(root, tree, _backup(root), first["snapshot_id"])
 
 
 def test_a_copied_tree_continues_the_chain_with_block_patches_not_whole_files(lab):
@@ -334,9 +338,7 @@ def test_a_failed_incremental_leaves_no_snapshot_and_the_chain_intact(lab, monke
     store = get_store(f"file://{root / 'store'}")
     assert [m.snapshot_id for m in list_snapshots(store, VSN).snapshots] == [first["snapshot_id"]]
     assert chainrecord.load(VSN).snapshot_id == first["snapshot_id"]
-    again = _backup(root)
-    assert again["kind"] == "incremental" and again["parent"] == first["snapshot_id"]
-    assert _restored(root, again["snapshot_id"], "h") == fingerprint(tree.parent)
+    _continues(root, tree, _backup(root), first["snapshot_id"])
 
 
 def test_verify_reads_a_subset_of_the_chain(lab):
