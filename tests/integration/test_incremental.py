@@ -543,6 +543,30 @@ def test_tampered_tree_state_with_local_record_is_not_read(vsn, secrets, tmp_pat
     check_restore(vsn, last["snapshot_id"], tmp_path / "last")
 
 
+def test_manifest_rewritten_with_another_tree_state_disagrees_with_the_record(vsn, secrets, tmp_path):
+    """Someone with write access to the store replays an older genuine tree state in the newest snapshot
+    and rewrites its manifest to match (size, sha256): the store is self-consistent, but this VSN's record
+    of that snapshot names another tree state, so the volume is captured whole."""
+    store = f"file://{tmp_path}/store"
+    deploy(vsn, secrets, tmp_path, [store])
+    www = vsn.data_root / "webdata" / "www"
+    full = backup(vsn, kind="full")
+    change(www, 1)
+    inc = backup(vsn, kind="incremental", parent=full["snapshot_id"])
+    older, newest = store_dir(tmp_path, full["snapshot_id"]), store_dir(tmp_path, inc["snapshot_id"])
+    shutil.copyfile(older / "webdata.tree.zst", newest / "webdata.tree.zst")
+    manifest = json.loads((newest / "manifest.json").read_text())
+    replayed = next(t for t in json.loads((older / "manifest.json").read_text())["trees"] if t["volume"] == "webdata")
+    manifest["trees"] = [replayed if t["volume"] == "webdata" else t for t in manifest["trees"]]
+    (newest / "manifest.json").write_text(json.dumps(manifest))
+    assert run_json(vsn, "verify", "latest", "--read-data")["ok"] is True  # nothing in the store tells
+    change(www, 2)
+    out = backup(vsn, parent=inc["snapshot_id"])
+    assert out["volumes"]["webdata"]["incremental"] is False and out["volumes"]["dbdata"]["incremental"] is True
+    assert "another tree state" in out["full_reasons"]["webdata"], out["full_reasons"]
+    check_restore(vsn, out["snapshot_id"], tmp_path / "back")
+
+
 def test_encrypted_chain_read_from_the_store_needs_the_identity(vsn, secrets, tmp_path):
     """Encrypted snapshots: without the local record the tree state comes from the store, decrypted with
     backup.encryption.identity_file; a plan without an identity cannot read it and takes a full."""
