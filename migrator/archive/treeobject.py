@@ -55,9 +55,11 @@ def seal(state: TreeState, path: Path, recipients: Sequence[str] = ()) -> Sealed
 
 
 def unseal(reader: BinaryIO, *, size: int, sha256: str, encrypted: bool, identity_file: Path | None,
-           workdir: Path, where: str) -> TreeState:
+           workdir: Path, where: str, owner: str | None = None) -> TreeState:
     """Read a tree-state object of `size` bytes from `reader` into `workdir`, check its sha256, decrypt
-    and load it untrusted. Any mismatch or malformation is an IntegrityError; the files are removed."""
+    and load it untrusted; with `owner`, it must name that "<vsn>/<snapshot id>/<volume>" (an older tree
+    state replayed into a newer snapshot is refused). Any mismatch or malformation is an IntegrityError;
+    the files are removed."""
     workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     raw = workdir / "tree.object"
     plain = workdir / "tree.plain"
@@ -78,7 +80,10 @@ def unseal(reader: BinaryIO, *, size: int, sha256: str, encrypted: bool, identit
             _age(["age", "--decrypt", "--identity", os.fspath(identity_file), "--output", os.fspath(plain),
                   os.fspath(raw)], "decrypt", IntegrityError)
             raw.unlink()
-        return TreeState.load(plain if encrypted else raw, untrusted=True)
+        state = TreeState.load(plain if encrypted else raw, untrusted=True)
+        if owner is not None and state.owner != owner:
+            raise IntegrityError(f"tree state {where} is the tree of {state.owner[:200]!r}, not of {owner!r}")
+        return state
     finally:
         raw.unlink(missing_ok=True)
         plain.unlink(missing_ok=True)

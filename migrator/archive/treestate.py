@@ -90,8 +90,10 @@ class TreeState:
     """Per relative path ("." is the root; "/"-separated) the metadata that any change moves."""
 
     def __init__(self, entries: dict[str, Entry], started_ns: int, root: str = "",
-                 blocks: dict[str, tuple[int, bytes]] | None = None):
+                 blocks: dict[str, tuple[int, bytes]] | None = None, owner: str = ""):
         self.entries = entries
+        # what this state is the tree of, when sealed into a snapshot: "<vsn>/<snapshot id>/<volume>"
+        self.owner = owner
         self.started_ns = started_ns  # wall clock just before the first lstat
         self.root = root
         # path -> (size as archived, concatenated block digests of the archived bytes); see patch.py
@@ -131,7 +133,8 @@ class TreeState:
         written in batches: a backup seals one of these per volume (~3 us a path)."""
         encode = json.JSONEncoder(separators=(",", ":")).encode
         header = {"format": FORMAT, "version": VERSION, "root": self.root, "started_ns": self.started_ns,
-                  "count": len(self.entries), "blocks": len(self.blocks), "block_size": BLOCK_SIZE}
+                  "count": len(self.entries), "blocks": len(self.blocks), "block_size": BLOCK_SIZE,
+                  "owner": self.owner}
         with zstandard.ZstdCompressor(level=3).stream_writer(fh, closefd=False) as zw:
             zw.write(json.dumps(header).encode() + b"\n")
             for rows in (self.entries.items(), ((p, (size, digests.hex())) for p, (size, digests) in self.blocks.items())):
@@ -237,7 +240,8 @@ def _load_checked(reader, where) -> TreeState:
         raise _bad(where, f"not a {FORMAT} v{VERSION} file with {BLOCK_SIZE}-byte blocks")
     count, nblocks, started = header.get("count"), header.get("blocks"), header.get("started_ns")
     if not (_is_int(count) and 0 <= count <= MAX_ENTRIES and _is_int(nblocks) and 0 <= nblocks <= count
-            and _is_int(started) and isinstance(header.get("root", ""), str)):
+            and _is_int(started) and isinstance(header.get("root", ""), str)
+            and isinstance(header.get("owner", ""), str)):
         raise _bad(where, "its header is out of range")
     entries: dict[str, Entry] = {}
     blocks: dict[str, tuple[int, bytes]] = {}
@@ -278,7 +282,7 @@ def _load_checked(reader, where) -> TreeState:
         raise _bad(where, "it is truncated")
     if "." not in entries or entries["."].type != "d":
         raise _bad(where, "it does not list its root directory")
-    return TreeState(entries, started, header.get("root", ""), blocks)
+    return TreeState(entries, started, header.get("root", ""), blocks, header.get("owner", ""))
 
 
 # How a directory is opened for the walk: never through a symlink (one swapped in meanwhile is skipped).

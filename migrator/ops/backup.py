@@ -186,6 +186,7 @@ class Backup:
         """Each volume's final tree state, sealed like the data, to every store (the next snapshot's base)."""
         for vol in volumes:
             name = tree_name(vol.name, bool(self.recipients))
+            vol.final.owner = f"{self.plan.vsn.name}/{self.snapshot_id}/{vol.name}"
             sealed = seal(vol.final, self.spool / name, self.recipients)
             self._upload(sealed.path, name)
             self.manifest.trees.append(TreeEntry(name=name, volume=vol.name, size=sealed.size, sha256=sealed.sha256,

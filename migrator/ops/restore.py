@@ -208,7 +208,8 @@ def preview(snap: Snapshot, volumes: list[str], base: Path, identity: Path | Non
         try:
             with snap.open_reader(tree.name) as reader:
                 wanted = unseal(reader, size=tree.size, sha256=tree.sha256, encrypted=tree.name.endswith(".age"),
-                                identity_file=identity, workdir=work, where=f"{snap.store.url}/{snap.key(tree.name)}")
+                                identity_file=identity, workdir=work, where=f"{snap.store.url}/{snap.key(tree.name)}",
+                                owner=snap.key(volume))
         finally:
             shutil.rmtree(work, ignore_errors=True)
         live_dir = base / volume

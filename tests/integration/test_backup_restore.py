@@ -79,7 +79,9 @@ def test_backup_two_phase_then_restore_round_trip(vsn, stack):
     listed = run_json(vsn, "snapshots", "--from", store)
     assert [s["id"] for s in listed["snapshots"]] == [snap["snapshot_id"]]
     assert listed["snapshots"][0]["tags"] == ["nightly"]
-    assert run_json(vsn, "verify", "latest", "--from", store, "--read-data")["objects"] == len(snap["objects"])
+    # every archive object and each volume's tree state, all re-hashed
+    checked = run_json(vsn, "verify", "latest", "--from", store, "--read-data")
+    assert checked["objects"] == checked["read"] == len(snap["objects"]) + len(snap["volumes"])
     snap_dir = Path(store[len("file://"):]) / raw["vsn"]["name"] / snap["snapshot_id"]
     plan_copy = (snap_dir / "plan.json").read_text()
     assert "db_password" in plan_copy and "pa55-w0rd" not in plan_copy  # references only

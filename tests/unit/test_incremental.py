@@ -5,6 +5,7 @@ os-update, S3, SSH and kill points."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -241,6 +242,25 @@ def test_a_manifest_that_disagrees_with_the_local_record_costs_a_full_snapshot(l
     manifest.write_text(json.dumps(raw))
     second = _backup(root)
     assert second["kind"] == "full" and "this VSN recorded" in second["full_reasons"]["vol"]
+
+
+def test_an_older_tree_state_replayed_into_a_newer_snapshot_costs_a_full_snapshot(lab):
+    # Replaying an older genuine tree state would hide a block changed and changed back since then.
+    root, tree = lab
+    _seed(tree, random.Random(13))
+    first = _backup(root)
+    (tree / "sub" / "f0").write_bytes(b"changed")
+    second = _backup(root)
+    chainrecord.forget(VSN)
+    old = root / "store" / VSN / first["snapshot_id"] / "vol.tree.zst"
+    new = root / "store" / VSN / second["snapshot_id"] / "vol.tree.zst"
+    new.write_bytes(old.read_bytes())
+    manifest = new.with_name("manifest.json")
+    raw = json.loads(manifest.read_text())
+    raw["trees"][0].update(size=old.stat().st_size, sha256=hashlib.sha256(old.read_bytes()).hexdigest())
+    manifest.write_text(json.dumps(raw))
+    third = _backup(root)
+    assert third["kind"] == "full" and f"tree of '{VSN}/{first['snapshot_id']}/vol'" in third["full_reasons"]["vol"]
 
 
 def test_without_the_local_record_the_chain_continues_from_the_store(lab):
