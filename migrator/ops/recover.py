@@ -1,15 +1,18 @@
 """`migrator recover` — finish or undo what a killed run left behind, from the journal: a half-done deploy
 or teardown goes to the containerless state, a half-done upgrade gets its old container back, services a
-backup stopped are started again. Also run automatically before any operation that takes the lock."""
+backup stopped are started again, and the local spools of killed backups are removed. Also run
+automatically before any operation that takes the lock."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 
 from migrator.ops.stack import Report, Stack, quiet
 from migrator.plan.model import Plan
 from migrator.state import deployed, journal
+from migrator.state.paths import state_dir
 
 Handler = Callable[[dict, Report], str]
 HANDLERS: dict[str, Handler] = {}
@@ -74,22 +77,40 @@ def pending() -> dict | None:
     return entry
 
 
+def remove_dead_spools() -> list[str]:
+    """Remove `<state dir>/spool/<snapshot id>/` left by backups killed before their clean-up; return
+    their names. Every caller holds the operation lock, so no live backup owns one; restore --dry-run's
+    preview-* dirs (it takes no lock) are left."""
+    from migrator.catalog.manifest import is_snapshot_id
+
+    removed = []
+    for path in sorted((state_dir() / "spool").glob("*")):
+        if is_snapshot_id(path.name):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    return removed
+
+
 def recover(report: Report = quiet) -> dict:
     entry = pending()
-    if entry is None:
-        return {"recovered": False, "actions": []}
-    _load_handlers()
     actions = []
-    unknown = []
-    for key, fact in list(entry.get("undo", {}).items()):
-        fn = HANDLERS.get(key)
-        if fn is None:
-            unknown.append(key)
-            actions.append(f"unknown journal entry {key!r} left in the journal (written by another migrator version?)")
-            continue
-        actions.append(fn(fact, report))
+    if entry is not None:
+        _load_handlers()
+        unknown = []
+        for key, fact in list(entry.get("undo", {}).items()):
+            fn = HANDLERS.get(key)
+            if fn is None:
+                unknown.append(key)
+                actions.append(f"unknown journal entry {key!r} left in the journal (written by another migrator version?)")
+                continue
+            actions.append(fn(fact, report))
+            report(actions[-1])
+        if not unknown:
+            journal.clear()
+    spools = remove_dead_spools()
+    if spools:
+        actions.append(f"removed the local spool of {len(spools)} killed backup(s): {', '.join(spools)}")
         report(actions[-1])
-    if not unknown:
-        journal.clear()
-    return {"recovered": True, "verb": entry.get("verb"), "actions": actions}
-
+    if entry is None:
+        return {"recovered": False, "actions": actions, "spools_removed": spools}
+    return {"recovered": True, "verb": entry.get("verb"), "actions": actions, "spools_removed": spools}
