@@ -24,7 +24,8 @@ from migrator.state import deployed, history
 # the human output says UNHEALTHY, so a crash (also 1, "unexpected error") is not mistaken for it.
 UNHEALTHY_EXIT = 1
 
-CronFileOpt = typer.Option(None, "--file", help="Cron file (default $MIGRATOR_CRON_FILE or /etc/cron.d/migrator).")
+CronFileOpt = typer.Option(None, "--file", help="Cron file (default $MIGRATOR_CRON_FILE; for show and remove "
+                                                 "the one install wrote; else /etc/cron.d/migrator).")
 SystemdOpt = typer.Option(None, "--systemd", help="Write systemd .service/.timer units into this directory "
                                                   "instead of a cron file (e.g. /etc/systemd/system).")
 
@@ -129,6 +130,8 @@ def register(app: typer.Typer) -> None:
                   json_out: bool = JsonOpt) -> None:
         """Show the installed cron file and whether it matches the plan.
 
+        Without --file: the file `cron install` wrote (remembered in the state dir), else the default.
+
         Example: migrator cron show
         """
 
@@ -147,6 +150,10 @@ def register(app: typer.Typer) -> None:
             if r["expected"] is not None and not r["in_sync"]:
                 print("# `migrator cron install` would write:")
                 print(r["expected"], end="")
+            for other in r["other_files"]:
+                print(f"# also installed: {other} (`migrator cron show --file {other}`)")
+            for directory in r["systemd_dirs"]:
+                print(f"# systemd timers installed in {directory}")
 
         run(json_out, action, human)
 

@@ -50,6 +50,23 @@ def cron_file(path: str | os.PathLike | None = None) -> Path:
     return Path(path or os.environ.get("MIGRATOR_CRON_FILE") or DEFAULT_CRON_FILE)
 
 
+def _remembered(kind: str) -> list[str]:
+    """Schedule files (`cron`) or unit dirs (`systemd`) that `install` wrote, from the state dir."""
+    return list((read_json(state_dir() / "cron.json", {}) or {}).get(kind, []))
+
+
+def installed_file(path: str | os.PathLike | None = None) -> tuple[Path, list[str]]:
+    """The cron file `show` and `remove` act on, and the other installed ones: --file, else
+    $MIGRATOR_CRON_FILE, else the file `install` wrote (the state dir remembers it), else the default."""
+    if path or os.environ.get("MIGRATOR_CRON_FILE"):
+        return cron_file(path), []
+    files = _remembered("cron")
+    if not files:
+        return cron_file(), []
+    chosen = DEFAULT_CRON_FILE if DEFAULT_CRON_FILE in files else files[0]
+    return Path(chosen), [f for f in files if f != chosen]
+
+
 def valid_expression(expr: str) -> bool:
     return len(expr.split()) == 5 and croniter.is_valid(expr)
 
@@ -154,18 +171,19 @@ def install(plan: Plan, path: str | os.PathLike | None = None) -> dict:
 
 
 def show(plan: Plan | None, path: str | os.PathLike | None = None) -> dict:
-    target = cron_file(path)
+    target, others = installed_file(path)
     try:
         installed = target.read_text()
     except FileNotFoundError:
         installed = None
     expected = render_cron(plan) if plan else None
     return {"file": str(target), "installed": installed, "expected": expected,
-            "in_sync": installed is not None and installed == expected}
+            "in_sync": installed is not None and installed == expected,
+            "other_files": others, "systemd_dirs": _remembered("systemd")}
 
 
 def remove(path: str | os.PathLike | None = None) -> dict:
-    target = cron_file(path)
+    target, _others = installed_file(path)
     try:
         target.unlink()
         removed = True

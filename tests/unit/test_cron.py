@@ -155,3 +155,26 @@ def test_systemd_units(tmp_path):
     assert "Environment=" in service and "Type=oneshot" in service
     assert not cron.install_systemd(plan(), tmp_path)["changed"]
     assert len(cron.remove_systemd(tmp_path)["removed"]) == 8
+
+
+def test_show_and_remove_find_the_file_install_wrote(tmp_path, secrets_file):
+    """`cron install --file F` is remembered in the state dir: `cron show` and `cron remove` without
+    --file act on F, not on the default /etc/cron.d/migrator (issue 22, item 5)."""
+    from typer.testing import CliRunner
+
+    from migrator.cli.app import app
+
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(plan().raw))
+    target = tmp_path / "cron.d" / "nightly"
+    runner = CliRunner()
+    args = ["--plan", str(plan_file), "--secrets", str(secrets_file)]
+    assert runner.invoke(app, ["cron", "install", *args, "--file", str(target)]).exit_code == 0
+    shown = runner.invoke(app, ["cron", "show", *args])
+    assert shown.exit_code == 0 and "not installed" not in shown.stdout
+    assert shown.stdout.startswith(f"# {target} (matches the plan)")
+    as_json = json.loads(runner.invoke(app, ["cron", "show", *args, "--json"]).stdout)
+    assert as_json["file"] == str(target) and as_json["in_sync"]
+    removed = runner.invoke(app, ["cron", "remove"])
+    assert removed.exit_code == 0 and f"{target}: removed" in removed.stdout and not target.exists()
+    assert "not installed" in runner.invoke(app, ["cron", "show", *args]).stdout
