@@ -20,6 +20,8 @@ from migrator.storage import open_stores
 
 FromOpt = typer.Option(None, "--from", help="Store URL (file:///…, s3://bucket/prefix, ssh://host/path). "
                                             "Default: the deployed plan's first backup target.")
+ListFromOpt = typer.Option(None, "--from", help="Store URL (file:///…, s3://bucket/prefix, ssh://host/path). "
+                                                "Default: every backup target of the deployed plan.")
 VsnOpt = typer.Option(None, "--vsn", help="VSN name the snapshots are filed under. Default: the deployed plan's.")
 
 
@@ -34,6 +36,23 @@ def _store_and_vsn(url: str | None, vsn: str | None, plan_file: Path | None, wri
     if not name:
         raise UsageError("no VSN name: pass --vsn NAME (no plan is deployed here)")
     return open_stores([url], p.backup if p else None, writable=writable)[0], name, p
+
+
+def _stores_and_vsn(urls: list[str], vsn: str | None, writable: bool = False):
+    """The stores a command that reads or prunes several acts on: `urls`, else every plan target."""
+    p, _ = load_plan_args(None, None, required=False)
+    urls = urls or (p.backup.get("targets", []) if p else [])
+    if not urls:
+        raise UsageError("no store: pass --from URL (or --to URL) (the plan has no backup targets)")
+    name = vsn or (p.vsn.name if p else None)
+    if not name:
+        raise UsageError("no VSN name: pass --vsn NAME (no plan is deployed here)")
+    return open_stores(urls, p.backup if p else None, writable=writable), name, p
+
+
+def _other_targets(url: str | None, p) -> list[str]:
+    """Plan targets a single-store command did not read because none was named (--from)."""
+    return list(p.backup.get("targets", []))[1:] if url is None and p else []
 
 
 def register(app: typer.Typer) -> None:
@@ -75,32 +94,37 @@ def register(app: typer.Typer) -> None:
         run(json_out, action, human)
 
     @app.command()
-    def snapshots(store: str = FromOpt, vsn: str = VsnOpt, json_out: bool = JsonOpt) -> None:
+    def snapshots(store: str = ListFromOpt, vsn: str = VsnOpt, json_out: bool = JsonOpt) -> None:
         """List committed snapshots: id, time, full or incremental (and its parent), bytes it added, bytes a
         restore of it reads, volumes, tags. Uncommitted debris is not shown.
+
+        Without --from, every backup target of the plan, one after the other (--json: "stores", one
+        entry each; the top-level fields are the first target's).
 
         Example: migrator snapshots --from s3://backups/vsn --json
         """
 
         def action() -> dict:
-            s, name, _ = _store_and_vsn(store, vsn, None)
+            stores, name, _ = _stores_and_vsn([store] if store else [], vsn)
             from migrator.ops import snapshots as snap_ops
 
-            return snap_ops.snapshots(s, name)
+            return snap_ops.per_store([snap_ops.snapshots(s, name) for s in stores])
 
         def human(r: dict) -> None:
             import datetime as dt
 
-            if r["snapshots"]:
-                print(f"{'id':23}  {'time (UTC)':19}  {'kind':11}  {'parent':23}  {'added':>8}  {'restore':>8}  volumes")
-            for row in r["snapshots"]:
-                when = dt.datetime.fromtimestamp(row["time"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-                reads = format_size(row["restore_size"]) if row["restore_size"] is not None else "BROKEN"
-                print(f"{row['id']}  {when}  {row['kind']:11}  {row['parent'] or '-':23}  "
-                      f"{format_size(row['added']):>8}  {reads:>8}  {','.join(row['volumes'])}"
-                      f"  {' '.join('#' + t for t in row['tags'])}")
-            if not r["snapshots"]:
-                print(f"no snapshots of {r['vsn']} in {r['store']}")
+            for n, listed in enumerate(r["stores"]):
+                rows = listed["snapshots"]
+                print(("\n" if n else "") + f"{len(rows)} snapshot(s) of {listed['vsn']} in {listed['store']}"
+                      + (f" ({listed['uncommitted']} uncommitted)" if listed["uncommitted"] else ""))
+                if rows:
+                    print(f"{'id':23}  {'time (UTC)':19}  {'kind':11}  {'parent':23}  {'added':>8}  {'restore':>8}  volumes")
+                for row in rows:
+                    when = dt.datetime.fromtimestamp(row["time"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+                    reads = format_size(row["restore_size"]) if row["restore_size"] is not None else "BROKEN"
+                    print(f"{row['id']}  {when}  {row['kind']:11}  {row['parent'] or '-':23}  "
+                          f"{format_size(row['added']):>8}  {reads:>8}  {','.join(row['volumes'])}"
+                          f"  {' '.join('#' + t for t in row['tags'])}")
 
         run(json_out, action, human)
 
@@ -114,23 +138,35 @@ def register(app: typer.Typer) -> None:
         """Check every object a snapshot's restore reads (its whole chain) exists with the right size, and
         checksums with --read-data (all) or --read-data-subset P% (a random share); exit 6 if not.
 
+        Without --from it reads the plan's first target and names the others it did not read.
+
         Example: migrator verify latest --from s3://backups/vsn --read-data
         Example (weekly cron on a large store): migrator verify all --read-data-subset 10%
         """
         report = progress_printer(json_out)
 
         def action() -> dict:
-            s, name, _ = _store_and_vsn(store, vsn, None)
+            s, name, p = _store_and_vsn(store, vsn, None)
             from migrator.ops import snapshots as snap_ops
 
-            return snap_ops.verify(s, name, snapshot, read_data, report,
-                                   subset=snap_ops.parse_subset(read_data_subset))
+            result = snap_ops.verify(s, name, snapshot, read_data, report,
+                                     subset=snap_ops.parse_subset(read_data_subset))
+            return {**result, "not_verified": _other_targets(store, p)}
 
-        run(json_out, action, lambda r: print(f"{r['snapshot_id']} ok: {r['objects']} objects present"
-                                              + (f", {r['read']} re-hashed" if r["read_data"] else "")))
+        def human(r: dict) -> None:
+            print(f"{r['snapshot_id']} ok in {r['store']}: {r['objects']} objects present"
+                  + (f", {r['read']} re-hashed" if r["read_data"] else ""))
+            for url in r["not_verified"]:
+                print(f"not verified: {url} (another target of the plan: migrator verify --from {url})")
+
+        run(json_out, action, human)
 
     @app.command()
-    def prune(store: str = FromOpt, vsn: str = VsnOpt,
+    def prune(store: str = typer.Option(None, "--from", help="One store URL. Default: every backup target of "
+                                                             "the deployed plan."),
+              to: list[str] = typer.Option(None, "--to", help="Store URL, repeatable (the backup's word); "
+                                                              "instead of --from."),
+              vsn: str = VsnOpt,
               keep_last: int = typer.Option(None, "--keep-last", min=0), keep_daily: int = typer.Option(None, "--keep-daily", min=0),
               keep_weekly: int = typer.Option(None, "--keep-weekly", min=0),
               keep_monthly: int = typer.Option(None, "--keep-monthly", min=0),
@@ -139,14 +175,17 @@ def register(app: typer.Typer) -> None:
               wait: float = WaitOpt, json_out: bool = JsonOpt) -> None:
         """Apply GFS retention (like restic forget) and remove uncommitted debris older than a day.
 
-        Without --keep-* options the plan's backup.retention is used.
+        Without --keep-* options the plan's backup.retention is used. Without --from or --to, every
+        backup target of the plan is pruned.
 
         Example: migrator prune --keep-last 3 --keep-daily 7 --keep-weekly 4 --keep-monthly 6 --dry-run
         """
         report = progress_printer(json_out)
 
         def action() -> dict:
-            s, name, p = _store_and_vsn(store, vsn, None, writable=True)
+            if store and to:
+                raise UsageError("pass --from URL (one store) or --to URL (repeatable), not both")
+            stores, name, p = _stores_and_vsn([store] if store else list(to or []), vsn, writable=True)
             given = {"keep_last": keep_last, "keep_daily": keep_daily, "keep_weekly": keep_weekly,
                      "keep_monthly": keep_monthly}
             if all(v is None for v in given.values()):
@@ -159,16 +198,22 @@ def register(app: typer.Typer) -> None:
             with operation("prune", wait, report):
                 from migrator.ops import snapshots as snap_ops
 
-                return snap_ops.prune(s, name, policy, dry_run, report)
+                results = []
+                for s in stores:
+                    report(f"pruning {s.url}")
+                    results.append(snap_ops.prune(s, name, policy, dry_run, report))
+                return snap_ops.per_store(results)
 
         def human(r: dict) -> None:
             verb = "would remove" if r["dry_run"] else "removed"
-            for sid, why in sorted(r["keep"].items()):
-                print(f"keep   {sid}  ({', '.join(why)})")
-            for sid in r["remove"]:
-                print(f"{verb} {sid}")
-            for sid in r["debris_removed"]:
-                print(f"{verb} {sid} (uncommitted debris)")
+            for pruned in r["stores"]:
+                print(f"{pruned['store']}:")
+                for sid, why in sorted(pruned["keep"].items()):
+                    print(f"  keep   {sid}  ({', '.join(why)})")
+                for sid in pruned["remove"]:
+                    print(f"  {verb} {sid}")
+                for sid in pruned["debris_removed"]:
+                    print(f"  {verb} {sid} (uncommitted debris)")
 
         run(json_out, action, human)
 

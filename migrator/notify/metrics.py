@@ -112,10 +112,11 @@ def apply(values: dict, verb: str, ended: float, duration: float, exit_code: int
         for url in result.get("targets", []):
             if url in values.get("snapshots", {}):
                 values["snapshots"][url] += 1
-    if verb == "snapshots" and exit_code == 0 and "store" in result:
-        values.setdefault("snapshots", {})[result["store"]] = len(result.get("snapshots", []))
-    if verb == "prune" and exit_code == 0 and "store" in result and not result.get("dry_run"):
-        values.setdefault("snapshots", {})[result["store"]] = len(result.get("keep", {}))
+    for listed in result.get("stores", [result]):  # snapshots and prune: one result per store
+        if verb == "snapshots" and exit_code == 0 and "store" in listed:
+            values.setdefault("snapshots", {})[listed["store"]] = len(listed.get("snapshots", []))
+        if verb == "prune" and exit_code == 0 and "store" in listed and not result.get("dry_run"):
+            values.setdefault("snapshots", {})[listed["store"]] = len(listed.get("keep", {}))
     if verb == "health" and "checks" in result:
         values["health"] = {"time": ended, "ok": int(bool(result.get("healthy"))),
                             "checks": {c["name"]: int(c["ok"]) for c in result["checks"] if c.get("ok") is not None}}

@@ -45,6 +45,12 @@ def snapshots(store: SnapshotStore, vsn: str) -> dict:
             "uncommitted": len(listing.debris)}
 
 
+def per_store(results: list[dict]) -> dict:
+    """One result per store: the first store's at the top level (the shape of a single-store run), every
+    store's under "stores"."""
+    return {**results[0], "stores": results}
+
+
 def parse_subset(text: str | None) -> float | None:
     """`--read-data-subset P%` (or a fraction like 0.1) -> a share in (0, 1]."""
     if text is None:
