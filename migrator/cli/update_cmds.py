@@ -17,6 +17,15 @@ ToOpt = typer.Option(None, "--to", help="Snapshot target (repeatable). Default: 
 RestoreOpt = typer.Option(False, "--restore-on-mismatch", help="Restore the pre-update snapshot if the data changed.")
 
 
+def data_outcome(finished: dict) -> str:
+    """What finish did to the data: nothing, or restored the pre-update snapshot over a changed one."""
+    if not finished["restored"]:
+        return "data unchanged"
+    count = len(finished["differences"])
+    return (f"the data differed from the pre-update fingerprint ({count} difference(s)): restored the pre-update "
+            f"snapshot {finished['snapshot_id']}, now identical")
+
+
 @os_update.command()
 def prepare(plan: Path = PlanOpt, secrets: Path = SecretsOpt, to: list[str] = ToOpt, wait: float = WaitOpt,
             json_out: bool = JsonOpt) -> None:
@@ -49,7 +58,7 @@ def finish(restore_on_mismatch: bool = RestoreOpt,
         with operation("os-update", wait, report):
             return osupdate.finish(restore_on_mismatch, identity, report)
 
-    run(json_out, action, lambda r: print(f"OS update finished: data unchanged, stack redeployed "
+    run(json_out, action, lambda r: print(f"OS update finished: {data_outcome(r)}; stack redeployed "
                                           f"({', '.join(r['health'])} healthy)"))
 
 
@@ -69,7 +78,7 @@ def run_cmd(command: str = typer.Option(..., "--command", help="The update comma
             return osupdate.run_update(p, s, command, list(to or []) or None, restore_on_mismatch, report)
 
     run(json_out, action, lambda r: print(f"OS update done (command exit {r['command_exit']}); "
-                                          f"data unchanged, stack redeployed"))
+                                          f"{data_outcome(r['finished'])}; stack redeployed"))
 
 
 def register(app: typer.Typer) -> None:

@@ -108,7 +108,9 @@ def run_update(plan: Plan, secrets: Secrets, command: str, targets: list[str] | 
     result = {"prepared": prepared, "command": command, "command_exit": proc.returncode,
               "command_output": (proc.stdout + proc.stderr)[-4000:], "finished": finished}
     if proc.returncode != 0:
+        data = (f"data restored from the pre-update snapshot {finished['snapshot_id']}" if finished["restored"]
+                else "unchanged data")
         raise MigratorError(f"the update command exited {proc.returncode}; the stack was redeployed on the "
-                            f"unchanged data: {(proc.stderr or proc.stdout).strip()[-300:]}",
+                            f"{data}: {(proc.stderr or proc.stdout).strip()[-300:]}",
                             hint="fix the update and run `migrator os-update run` again")
     return result
