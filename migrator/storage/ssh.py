@@ -6,7 +6,8 @@ Owns: the SSH connection to the store and SFTP I/O, and translating paramiko/soc
 - Host keys are verified against known_hosts (`known_hosts_file` option, else the config's
   UserKnownHostsFile, else ~/.ssh/known_hosts, plus /etc/ssh/ssh_known_hosts) and the plan's pinned
   `known_host_keys`. Unknown or changed keys are REFUSED with Unreachable (exit 8), never added.
-- Auth: identity files (option `identity_file`, config IdentityFile), the agent, default keys.
+- Auth: identity files (option `identity_file`: the plan's backup.ssh.identity_file, for cron jobs
+  without an agent; then the config's IdentityFile), the agent, default keys.
 - Writes go to `<name>.partial-<pid>-<hex>` with pipelined 1 MiB writes on an SFTP channel of the
   writer's own, then fsync (if the server offers fsync@openssh.com) and posix-rename over the final
   name: atomic on the remote filesystem.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 import posixpath
 import secrets
 import stat
@@ -91,6 +93,11 @@ class SSHStore(SnapshotStore):
         return resolve(self.address, self.options, f"store {self.url}")
 
     def _connect(self) -> paramiko.SFTPClient:
+        identity = self.options.get("identity_file")
+        if isinstance(identity, str) and not os.access(identity, os.R_OK):
+            # paramiko would skip an unreadable key and report an auth failure naming none of it.
+            raise Unreachable(f"store {self.url}: backup.ssh.identity_file {identity} is not a readable file",
+                              hint="point backup.ssh.identity_file at the store's private key (absolute path)")
         client, self.target = connect(self.address, self.options, f"store {self.url}", self.policy)
         try:
             sftp = client.open_sftp()
