@@ -4,6 +4,7 @@ Input is raw JSON that already passed the schema. Each problem is one string "<j
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from urllib.parse import urlparse
@@ -103,8 +104,8 @@ def _cycles(raw: dict) -> list[str]:
 def _volumes(raw: dict) -> list[str]:
     problems = []
     data_root = Path(raw["vsn"]["data_root"])
-    if str(data_root) == "/":
-        problems.append("vsn.data_root: the data root cannot be /")
+    if not [part for part in raw["vsn"]["data_root"].split("/") if part not in ("", ".")]:
+        problems.append(f"vsn.data_root: {raw['vsn']['data_root']!r} names /; the data root cannot be /")
     if ".." in data_root.parts:
         problems.append("vsn.data_root: must not contain '..'")
     real_root = data_root.resolve() if data_root.exists() else None
@@ -198,9 +199,21 @@ def _secret_refs(raw: dict, secrets, secrets_given: bool) -> list[str]:
     return problems
 
 
+def _port_problem(parsed) -> str | None:
+    """Why the URL's port is unusable (not a number, 0, above 65535), or None."""
+    try:
+        port = parsed.port
+    except ValueError as exc:
+        return f"bad port: {exc}"
+    return "port 0 is not a usable port" if port == 0 else None
+
+
 def _engine(raw: dict) -> list[str]:
     v = raw["vsn"]
     if v.get("socket", "").startswith("tcp://"):
+        bad_port = _port_problem(urlparse(v["socket"]))
+        if bad_port:
+            return [f"vsn.socket: {bad_port}"]
         if v["engine"] != "docker":
             return ["vsn.socket: tcp:// engine sockets are supported for docker only (TLS, seed 002)"]
         if "tls" not in v:
@@ -214,14 +227,46 @@ def _targets(raw: dict) -> list[str]:
         parsed = urlparse(url)
         if parsed.scheme in ("file", "ssh") and (".." in Path(parsed.path).parts or not parsed.path.startswith("/")):
             problems.append(f"backup.targets[{j}]: path must be absolute without '..'")
+        if parsed.scheme == "s3" and {".", ".."} & set(parsed.path.split("/")):
+            problems.append(f"backup.targets[{j}]: an s3:// prefix may not have '.' or '..' segments")
         if parsed.scheme == "ssh" and not parsed.hostname:
             problems.append(f"backup.targets[{j}]: ssh:// URL needs a host")
+        bad_port = _port_problem(parsed) if parsed.scheme == "ssh" else None
+        if bad_port:
+            problems.append(f"backup.targets[{j}]: {bad_port}")
     return problems
+
+
+def _network(raw: dict) -> list[str]:
+    """The subnet must parse as the engines will parse it (host bits are allowed: podman clears them)."""
+    if "network_subnet" not in raw:
+        return []
+    try:
+        ipaddress.IPv4Network(raw["network_subnet"], strict=False)
+    except ValueError as exc:
+        return [f"network_subnet: {exc}"]
+    return []
+
+
+def _schedules(raw: dict) -> list[str]:
+    """Every cron expression as `cron install` will read it (the same function), so the two agree."""
+    backup = raw.get("backup", {})
+    found = [("backup.schedule", backup.get("schedule")), ("backup.drill_schedule", backup.get("drill_schedule")),
+             ("backup.retention.schedule", backup.get("retention", {}).get("schedule")),
+             ("health.schedule", raw.get("health", {}).get("schedule"))]
+    found = [(path, expr) for path, expr in found if expr is not None]
+    if not found:
+        return []
+    from migrator.ops.cron import valid_expression  # croniter: only for plans with schedules
+
+    return [f"{path}: {expr!r} is not a valid five-field cron expression (fields out of range, a step of 0, "
+            f"or not five fields)" for path, expr in found if not valid_expression(expr)]
 
 
 def special_checks(raw: dict, secrets, secrets_given: bool) -> list[str]:
     problems: list[str] = []
-    for check in (_unique_names, _references, _cycles, _volumes, _ports, _engine, _targets):
+    for check in (_unique_names, _references, _cycles, _volumes, _ports, _engine, _targets, _network,
+                  _schedules):
         problems += check(raw)
     problems += _secret_refs(raw, secrets, secrets_given)
     return problems

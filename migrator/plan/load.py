@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from migrator import jsonschemas
+from migrator import jsonschemas, strictjson
 from migrator.errors import PlanInvalid
 from migrator.plan.checks import special_checks
 from migrator.plan.model import Plan, Secrets
+from migrator.strictjson import json_path
 
 if TYPE_CHECKING:
     from migrator.state.conforming import ConformingDocs
@@ -22,25 +22,9 @@ if TYPE_CHECKING:
 MAX_FILE_BYTES = 1024 * 1024
 
 
-_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
-
-
-def json_path(parts) -> str:
-    """['services', 2, 'volumes_from', 0] -> 'services[2].volumes_from[0]'. A key that is not a plain name
-    is quoted as JSON (env["A;B"]), so a hostile key can neither blur the path nor inject a line."""
-    out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif _PLAIN_KEY.match(str(part)):
-            out += f".{part}" if out else str(part)
-        else:
-            out += f"[{json.dumps(str(part)[:64])}]"
-    return out or "(root)"
-
-
 def _read_doc(path: str | os.PathLike, what: str) -> tuple[bytes, object]:
-    """A JSON document's bytes and value."""
+    """A JSON document's bytes and value, parsed strictly (strictjson: no NaN, no duplicate keys, no
+    runaway nesting or digits); any problem is PlanInvalid naming its JSON path."""
     p = Path(path)
     try:
         with p.open("rb") as fh:
@@ -50,7 +34,10 @@ def _read_doc(path: str | os.PathLike, what: str) -> tuple[bytes, object]:
     if len(data) > MAX_FILE_BYTES:
         raise PlanInvalid(f"{what} {p} is larger than {MAX_FILE_BYTES} bytes", details=["(root): file too large"])
     try:
-        return data, json.loads(data.decode("utf-8"))
+        return data, strictjson.loads(data)
+    except strictjson.Refused as exc:
+        details = [_in_secrets(p) for p in exc.problems] if what == "secrets file" else exc.problems
+        raise PlanInvalid(f"{what} {p} is refused: {details[0]}", details=details) from None
     except UnicodeDecodeError as exc:
         raise PlanInvalid(f"{what} {p} is not UTF-8", details=[f"(root): {exc}"]) from exc
     except json.JSONDecodeError as exc:
@@ -60,10 +47,28 @@ def _read_doc(path: str | os.PathLike, what: str) -> tuple[bytes, object]:
         ) from exc
 
 
+def _in_secrets(problem: str) -> str:
+    """A problem's path as a path in the secrets file: (root) -> (secrets), key -> (secrets).key."""
+    if problem.startswith("(root)"):
+        return problem.replace("(root)", "(secrets)", 1)
+    return f"(secrets){problem}" if problem.startswith("[") else f"(secrets).{problem}"
+
+
+def _rule_only(err) -> str:
+    """What a secrets file breaks, by the rule alone: jsonschema's own message quotes the value (a secret).
+    A key is a name, not a secret, so a bad key is quoted."""
+    rule, limit = err.validator, err.validator_value
+    if rule == "pattern" and "propertyNames" in err.schema_path:
+        return f"key {json.dumps(str(err.instance)[:64])} does not match {limit!r}"
+    return {"type": f"must be of type {limit} (the value is not shown)",
+            "maxLength": f"is longer than {limit} characters (the value is not shown)",
+            "maxProperties": f"has more than {limit} keys"}.get(rule, f"breaks the schema rule {rule!r}")
+
+
 def schema_problems(name: str, doc: object) -> list[str]:
     problems = []
     for err in jsonschemas.errors(name, doc, check_formats=True):
-        message = err.message
+        message = _rule_only(err) if name == "secrets" else err.message
         if len(message) > 300:  # a huge bad value must not flood the terminal
             message = message[:300] + "…"
         problems.append(f"{json_path(err.absolute_path)}: {message}")
@@ -113,9 +118,7 @@ def validate_files(plan_path: str | os.PathLike, secrets_path: str | os.PathLike
         else:
             secrets_data, raw_secrets = _read_doc(sp, "secrets file")
             secret_schema_problems = known_schema_problems("secrets", secrets_data, raw_secrets, conforming)
-            problems += [p.replace("(root)", "(secrets)", 1) if p.startswith("(root)")
-                         else f"(secrets){p}" if p.startswith("[") else f"(secrets).{p}"
-                         for p in secret_schema_problems]
+            problems += [_in_secrets(p) for p in secret_schema_problems]
             if not secret_schema_problems:
                 secrets = Secrets(values=dict(raw_secrets), path=str(sp))
     if not problems:

@@ -21,9 +21,10 @@ from migrator.plan import validate_files
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 GOOD = json.loads((EXAMPLES / "demo-plan.json").read_text())
-# A JSON path: (root) | name, then .name | [index] | ["quoted key"] segments; then ": " and the problem.
+# A JSON path: (root) | name | [index] | ["quoted key"], then .name | [index] | ["quoted key"] segments; then
+# ": " and the problem.
 SEGMENT = r'(\.[A-Za-z_][\w-]*|\[\d+\]|\["(?:[^"\\\n]|\\.)*"\])'
-PATH_LINE = re.compile(rf'^(\(root\)|\(secrets\){SEGMENT}*|[A-Za-z_][\w-]*{SEGMENT}*|\[".*?"\]{SEGMENT}*): ')
+PATH_LINE = re.compile(rf'^(\(root\)|\(secrets\){SEGMENT}*|[A-Za-z_][\w-]*{SEGMENT}*|(\[\d+\]|\[".*?"\]){SEGMENT}*): ')
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats(allow_nan=False)
