@@ -68,7 +68,11 @@ def emit_json(obj: dict) -> None:
 
 def fail(exc: MigratorError, json_out: bool) -> None:
     if json_out:
-        emit_json({"ok": False, **exc.to_json()})
+        try:
+            emit_json({"ok": False, **exc.to_json()})
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _discard_stdout()
     print(f"migrator: error: {exc.message}", file=sys.stderr)
     for line in exc.details[:200]:
         print(f"  {line}", file=sys.stderr)
@@ -136,9 +140,21 @@ def run(json_out: bool, action: Callable[[], dict], human: Callable[[dict], None
         raise typer.Exit(1) from None
     code = exit_code(result) if exit_code else 0
     _after(around, code, result=result)
-    if json_out:
-        emit_json({"ok": code == 0, **result})
-    elif human:
-        human(result)
+    try:
+        if json_out:
+            emit_json({"ok": code == 0, **result})
+        elif human:
+            human(result)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
     if code:
         raise typer.Exit(code)
+
+
+def _discard_stdout() -> None:
+    """The reader of stdout went away (`migrator status | head -1`): that is not a failure of the
+    command. What is left to write goes nowhere, also the flush at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

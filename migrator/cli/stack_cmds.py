@@ -11,6 +11,7 @@ from migrator.cli.output import progress_printer, run
 from migrator.ops import recover as recover_op
 from migrator.ops.deploy import deploy as deploy_op
 from migrator.ops.session import operation
+from migrator.ops.status import container_ok
 from migrator.ops.status import status as status_op
 from migrator.ops.teardown import teardown as teardown_op
 from migrator.ops.upgrade import upgrade as upgrade_op
@@ -81,7 +82,7 @@ def register(app: typer.Typer) -> None:
         def human(r: dict) -> None:
             print(f"stack {r['vsn']}: {r['state']} (stack state {r.get('stack_state') or 'absent'})")
             for c in r["containers"]:
-                mark = "ok " if c["state"] == c["expected"] else "   "
+                mark = "ok " if container_ok(c) else "   "
                 print(f"  {mark}{c['role']:8} {c['name']:24} {c['state']:10} (expected {c['expected']}) {c['image']}")
             if r.get("last_snapshot"):
                 print(f"last snapshot: {r['last_snapshot']['snapshot_id']} -> {', '.join(r['last_snapshot']['targets'])}")

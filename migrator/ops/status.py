@@ -22,35 +22,43 @@ def container_ok(row: dict) -> bool:
 
 def status(plan: Plan) -> dict:
     stack = Stack.for_plan(plan)
+    lifecycle = stackstate.load()
+    history = recent_history()
+    # An archived stack (also the source of a finished move) is containerless on purpose.
+    gone = lifecycle["state"] == stackstate.ARCHIVED or history["moved_to"] is not None
+
+    def expect(state: str) -> str:
+        return "absent" if gone else state
+
     rows = []
     host = stack.host_info() if plan.host else None
     if plan.host:
-        rows.append({"name": plan.host.name, "role": "host", "expected": "running",
+        rows.append({"name": plan.host.name, "role": "host", "expected": expect("running"),
                      "state": host.state if host else "missing", "image": host.image if host else plan.host.image})
     present = {}
     reachable = stack.rest_reachable()
     if reachable:
         present = {c.name: c for c in stack.rest_engine().list({LABEL_STACK: plan.vsn.name})}
+    # Without a Host container its REST containers do not exist; a Host that is there but does not
+    # answer may still hold them.
+    absent = "missing" if reachable or (plan.host and host is None) else "unknown"
     for vol in plan.volumes:
         c = present.get(vol.name)
-        rows.append({"name": vol.name, "role": "volume", "expected": "created",
-                     "state": c.state if c else ("missing" if reachable else "unknown"), "image": vol.image})
+        rows.append({"name": vol.name, "role": "volume", "expected": expect("created"),
+                     "state": c.state if c else absent, "image": vol.image})
     for svc in plan.services:
         c = present.get(svc.name)
-        expected = "running" if svc.enabled else "absent"
+        expected = expect("running") if svc.enabled else "absent"
         rows.append({"name": svc.name, "role": "service", "expected": expected,
-                     "state": c.state if c else ("missing" if reachable else "unknown"),
-                     "image": c.image if c else svc.image})
+                     "state": c.state if c else absent, "image": c.image if c else svc.image})
         if svc.netns_holder:
             h = present.get(svc.netns_holder)
             rows.append({"name": svc.netns_holder, "role": "netns", "expected": expected,
-                         "state": h.state if h else ("missing" if reachable else "unknown"),
+                         "state": h.state if h else absent,
                          "image": h.image if h else plan.volume(svc.volumes_from[0]).image})
     ok = all(container_ok(r) for r in rows)
     containerless = not stack.stack_containers()
     info = deployed.current() or {}
-    lifecycle = stackstate.load()
-    history = recent_history()
     return {
         "stack_state": lifecycle["state"],
         "stack_state_since": lifecycle["since"],
