@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from migrator import jsonschemas
+from migrator import jsonschemas, strictjson
 from migrator.errors import IntegrityError
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ class Manifest:
         return out
 
     def to_bytes(self) -> bytes:
-        return json.dumps(self.to_json(), indent=2, sort_keys=True).encode() + b"\n"
+        return json.dumps(self.to_json(), indent=2, sort_keys=True, allow_nan=False).encode() + b"\n"
 
     @property
     def size(self) -> int:
@@ -135,9 +135,12 @@ class Manifest:
         """Parse and validate a manifest read from a store. Anything off -> IntegrityError (exit 6).
         With `conforming`, the schema check of bytes already seen to pass is skipped (not the others)."""
         try:
-            raw = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise IntegrityError(f"manifest {where} is not valid JSON: {exc}") from exc
+            raw = strictjson.loads(data)
+        except strictjson.Refused as exc:  # NaN, a duplicate key, runaway digits or nesting
+            raise IntegrityError(f"manifest {where} is malformed at {exc.problems[0]}",
+                                 details=exc.problems[:50]) from None
+        except ValueError as exc:  # not UTF-8, not JSON
+            raise IntegrityError(f"manifest {where} is not valid JSON: {exc}") from None
         schema = jsonschemas.schema_bytes("manifest")
         known = conforming is not None and conforming.knows(schema, data)
         errors = [] if known else jsonschemas.errors("manifest", raw)

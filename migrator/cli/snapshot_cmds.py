@@ -125,6 +125,8 @@ def register(app: typer.Typer) -> None:
                     print(f"{row['id']}  {when}  {row['kind']:11}  {row['parent'] or '-':23}  "
                           f"{format_size(row['added']):>8}  {reads:>8}  {','.join(row['volumes'])}"
                           f"  {' '.join('#' + t for t in row['tags'])}")
+                for bad in listed.get("damaged", []):
+                    print(f"{bad['id']}  DAMAGED, not usable: {bad['why'][:300]}")
 
         run(json_out, action, human)
 
@@ -214,6 +216,8 @@ def register(app: typer.Typer) -> None:
                     print(f"  {verb} {sid}")
                 for sid in pruned["debris_removed"]:
                     print(f"  {verb} {sid} (uncommitted debris)")
+                for bad in pruned.get("damaged", []):
+                    print(f"  left   {bad['id']}  (damaged, not counted: {bad['why'][:200]})")
 
         run(json_out, action, human)
 

@@ -39,10 +39,21 @@ def snapshot_row(snap: Snapshot) -> dict:
     return row
 
 
+def damaged(listing) -> list[dict]:
+    """Snapshots whose manifest exists but was refused (malformed, hostile): listed, never counted by
+    retention nor removed as debris, so one bad manifest costs only its own snapshot."""
+    return [{"id": sid, "why": why} for sid, why in sorted(listing.broken.items())]
+
+
+def uncommitted(listing) -> list[str]:
+    """Snapshot dirs without a manifest: a backup that did not commit (or is still uploading)."""
+    return [sid for sid in listing.debris if sid not in listing.broken]
+
+
 def snapshots(store: SnapshotStore, vsn: str) -> dict:
     listing = list_snapshots(store, vsn, conforming.remembered())
     return {"store": store.url, "vsn": vsn, "snapshots": [snapshot_row(h) for h in listing.handles()],
-            "uncommitted": len(listing.debris)}
+            "uncommitted": len(uncommitted(listing)), "damaged": damaged(listing)}
 
 
 def per_store(results: list[dict]) -> dict:
@@ -70,12 +81,13 @@ def verify(store: SnapshotStore, vsn: str, snapshot_id: str, read_data: bool, re
     """Every object the snapshot's restore reads (its chain), and its tree states, present with the
     manifest's size; with `read_data` every sha256 recomputed; with `subset` those of a random share."""
     verdicts = conforming.remembered()
+    problems: list[str] = []
     if snapshot_id == "all":
         listing = list_snapshots(store, vsn, verdicts)
         scope = listing.handles()
+        problems += [f"snapshot {d['id']}: {d['why']}" for d in damaged(listing)]
     else:
         scope = [open_snapshot(store, vsn, snapshot_id, verdicts)]
-    problems: list[str] = []
     objects: dict[str, tuple[Snapshot, str, int, str]] = {}
     for snap in scope:
         try:
@@ -142,7 +154,7 @@ def prune(store: SnapshotStore, vsn: str, policy: Policy, dry_run: bool, report:
     remove = [sid for sid in decision.remove if sid not in needed]
     now = now if now is not None else time.time()
     debris = []
-    for sid in listing.debris:
+    for sid in uncommitted(listing):  # a damaged snapshot stays for a human to look at
         mtime = store.mtime(f"{vsn}/{sid}") or snapshot_time(sid)
         if now - mtime >= DEBRIS_MIN_AGE:
             debris.append(sid)
@@ -156,4 +168,4 @@ def prune(store: SnapshotStore, vsn: str, policy: Policy, dry_run: bool, report:
             report(f"removing debris {sid}")
             store.delete_prefix(f"{vsn}/{sid}")
     return {"store": store.url, "vsn": vsn, "dry_run": dry_run, "keep": decision.keep,
-            "remove": remove, "debris_removed": debris}
+            "remove": remove, "debris_removed": debris, "damaged": damaged(listing)}
