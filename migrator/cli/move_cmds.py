@@ -62,5 +62,11 @@ def register(app: typer.Typer) -> None:
                 print(f"installed migrator on the target: {r['installed']['venv']}")
             print(f"moved to {r['target']}: downtime {r['downtime_s']}s, pre-copy {r['bytes_precopy']} bytes "
                   f"in {r['precopy_s']}s, delta {r['bytes_delta']} bytes; source {r['source']}")
+            there = r.get("target_secrets")
+            if there and there["copy"]:
+                print(f"secrets on the target: {there['path']} (the copy this move sent; edit it there, or "
+                      f"redeploy there with --secrets FILE to remember your own file)")
+            elif there:
+                print(f"secrets on the target: {there['path']} (the file it remembered before)")
 
         run(json_out, action, human)

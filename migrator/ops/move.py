@@ -70,6 +70,9 @@ class MoveResult:
     target_steps: dict = field(default_factory=dict)
     installed: dict | None = None  # what --install put on the target (None: migrator was there)
     images_sent: list = field(default_factory=list)  # images the target lacked, sent before the stop
+    # The secrets file the target remembers: {"path", "copy"}; copy = the one this move sent, under the
+    # target's <state dir>/incoming/ (a move back keeps the operator's file when it holds the same values).
+    target_secrets: dict | None = None
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -291,6 +294,7 @@ def cut_over(remote: RemoteVSN, plan: Plan, stack: Stack, quiesce: Quiesce, jour
         agent.abort()
         raise
     result.health = deployed_there.get("health", {})
+    result.target_secrets = deployed_there.get("secrets")
     result.target_steps.update(deployed_there.get("steps") or {})
     result.target_steps.update({f"deploy.{k}": v for k, v in (deployed_there.get("timings") or {}).items()})
     result.downtime_s = round(time.monotonic() - down_since, 3)

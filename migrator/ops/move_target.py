@@ -155,7 +155,14 @@ def cutover(plan_path: str, secrets_path: str | None, source: str, heartbeat: bo
 
     # Seconds per step, reported back so the source can show what its downtime consisted of.
     timer = StepTimer()
-    plan, secrets = validate_files(plan_path, secrets_path)
+    remembered = operators_secrets(secrets_path)
+    try:
+        plan, secrets = validate_files(plan_path, remembered or secrets_path)
+    except MigratorError:
+        if not remembered:
+            raise
+        remembered = None  # the operator's file changed mode or owner since: the copy will do
+        plan, secrets = validate_files(plan_path, secrets_path)
     data_root = plan.vsn.data_root
     volumes = [v.name for v in plan.volumes]
     # Everything that costs time but changes nothing happens before `ready`, while the source still runs.
@@ -221,4 +228,19 @@ def cutover(plan_path: str, secrets_path: str | None, source: str, heartbeat: bo
     mark_moved(source)
     timer.lap("finish")
     return {**result, "committed": committed["committed"], "kept_aside": committed["kept_aside"],
-            "steps": timer.durations}
+            "steps": timer.durations,
+            "secrets": {"path": str(secrets.path), "copy": not remembered} if secrets_path else None}
+
+
+def operators_secrets(incoming: str | None) -> str | None:
+    """On a move back: the secrets file this VSN remembered from before the stack left, when it holds
+    the values the source sent. Remembering it instead of the copy under <state dir>/incoming/ keeps
+    the operator's later edits of their file in effect. None when there is no such file."""
+    before = (deployed.current() or {}).get("secrets")
+    if not incoming or not before or Path(before).resolve() == Path(incoming).resolve():
+        return None
+    try:
+        same = json.loads(Path(before).read_bytes()) == json.loads(Path(incoming).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return before if same else None

@@ -102,3 +102,61 @@ def test_healthy_that_cannot_be_told_rolls_back(agent_env):
                             stdin=io.BytesIO(raw))
     assert agent_env.calls[-1] == "teardown"
     assert not (Path(move_target.state_dir()) / "moved-in.json").exists()
+
+
+def _secrets_file(path: Path, values: dict, text: str | None = None) -> Path:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text if text is not None else json.dumps(values))
+    path.chmod(0o600)
+    return path
+
+
+def test_a_move_back_keeps_the_operators_secrets_file(agent_env, tmp_path, monkeypatch):
+    """Issue 22, item 10: this VSN ran the stack before (it remembers the operator's secrets file); the
+    stack comes back with the same secrets, sent as a copy under <state dir>/incoming/. The operator's
+    file stays the remembered one, so later edits of it count; different values keep the copy, named."""
+    from migrator.state import deployed
+
+    used = []
+    monkeypatch.setattr(deploy, "deploy", lambda p, s, report, checked: (
+        used.append(s.path), SimpleNamespace(to_json=lambda: {"health": {}}))[1])
+    operator = _secrets_file(tmp_path / "etc" / "secrets.json", {}, '{\n  "db_password": "pw"\n}\n')
+    deployed.record({"version": 1}, str(operator))
+    deployed.forget()  # moved away, containerless
+    incoming = _secrets_file(Path(move_target.state_dir()) / move_target.INCOMING / "secrets.json",
+                             {"db_password": "pw"})
+    raw, _sha = _stdin(agent_env, commit=True)
+    result = move_target.cutover("plan.json", str(incoming), "vsn1", emit=lambda e: None,
+                                 confirm=lambda e: None, stdin=io.BytesIO(raw))
+    assert used == [str(operator)] and result["secrets"] == {"path": str(operator), "copy": False}
+
+    _secrets_file(operator, {"db_password": "edited meanwhile"})
+    raw, _sha = _stdin(agent_env, commit=True)
+    result = move_target.cutover("plan.json", str(incoming), "vsn1", emit=lambda e: None,
+                                 confirm=lambda e: None, stdin=io.BytesIO(raw))
+    assert used[-1] == str(incoming) and result["secrets"] == {"path": str(incoming), "copy": True}
+
+
+def test_move_output_says_where_the_target_keeps_the_secrets(tmp_path, monkeypatch, good, secrets_file):
+    import json
+
+    from typer.testing import CliRunner
+
+    from migrator.cli.app import app
+    from migrator.ops import move
+    from migrator.state import deployed
+
+    monkeypatch.setenv("MIGRATOR_STATE_DIR", str(tmp_path / "state"))
+    deployed.record(good, str(secrets_file))
+    copy = "/var/lib/migrator/incoming/secrets.json"
+    reply = {"target": "root@vsn2", "downtime_s": 1.0, "bytes_precopy": 1, "precopy_s": 1.0, "bytes_delta": 1,
+             "source": "containerless", "installed": None, "target_secrets": {"path": copy, "copy": True}}
+    monkeypatch.setattr(move, "move", lambda *a, **kw: reply)
+    result = CliRunner().invoke(app, ["move", "--to", "root@vsn2"])
+    assert result.exit_code == 0, result.output
+    assert f"secrets on the target: {copy}" in result.stdout and "copy" in result.stdout
+    reply["target_secrets"] = {"path": "/etc/migrator/secrets.json", "copy": False}
+    result = CliRunner().invoke(app, ["move", "--to", "root@vsn2", "--json"])
+    assert json.loads(result.stdout)["target_secrets"]["path"] == "/etc/migrator/secrets.json"
