@@ -28,7 +28,6 @@ from migrator.catalog.manifest import (
     Manifest,
     ObjectEntry,
     TreeEntry,
-    is_snapshot_id,
     new_snapshot_id,
     object_name,
     tree_name,
@@ -38,6 +37,7 @@ from migrator.catalog.snapshot import Snapshot
 from migrator.errors import MigratorError, PreflightFailed, UsageError
 from migrator.faults import checkpoint
 from migrator.ops.quiesce import Quiesce, writers_of
+from migrator.ops.recover import remove_dead_spools
 from migrator.ops.stack import Report, Stack, quiet
 from migrator.plan.model import Plan, canonical_json
 from migrator.state import chainrecord, conforming, deployed
@@ -285,14 +285,6 @@ def _abort_quietly(writer) -> None:
         pass
 
 
-def _remove_dead_spools() -> None:
-    """Spools of backups killed before their clean-up (phase-2 objects, sealed tree states). Every caller
-    holds the operation lock, so no other backup is using one; restore --dry-run's preview-* are left."""
-    for path in (state_dir() / "spool").glob("*"):
-        if is_snapshot_id(path.name):
-            shutil.rmtree(path, ignore_errors=True)
-
-
 def backup(plan: Plan, targets: list[str] | None, tags: list[str], report: Report = quiet, progress=None,
            full: bool = False) -> dict:
     moved = deployed.moved_away()
@@ -305,7 +297,7 @@ def backup(plan: Plan, targets: list[str] | None, tags: list[str], report: Repor
                          hint="migrator backup --to file:///var/backups/migrator")
     stores = open_stores(urls, plan.backup)
     stack = Stack.for_plan(plan, report)
-    _remove_dead_spools()
+    remove_dead_spools()  # of backups killed before their clean-up (we hold the lock: none is live)
     job = Backup(plan, stores, tags, report, progress, full=full)
     with open_journal("backup") as journal:
         try:
