@@ -41,8 +41,6 @@ from migrator.state.paths import state_dir
 
 JOURNAL_KEY = "restore_swaps"
 STAGING_KEY = "restore_staging"
-# Decompressed bytes may exceed the manifest's count by tar padding only; anything more is a bomb.
-BOMB_SLACK = 1024 * 1024
 # Keep this much free beyond the restored size: the VSN must not be left with a full disk.
 FREE_MARGIN = 256 * 1024 * 1024
 
@@ -59,13 +57,21 @@ class Swap:
 
 
 def snapshot_plan(snap: Snapshot, verdicts: ConformingDocs) -> Plan:
-    """The plan copy stored with the snapshot (untrusted: validated like a user's plan). A VSN's snapshots
-    mostly carry the same plan bytes, so a schema verdict in `verdicts` is reused, as for manifests."""
-    import json
+    """The plan copy stored with the snapshot (untrusted: validated like a user's plan). Its bytes must
+    hash to the manifest's plan_sha256 (backup stores canonical_json(plan.raw) and hashes the same bytes),
+    so a copy changed in the store cannot decide where data is written. A VSN's snapshots mostly carry
+    the same plan bytes, so a schema verdict in `verdicts` is reused, as for manifests."""
+    import hashlib
+
+    from migrator import strictjson
 
     data = snap.plan_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != snap.manifest.plan_sha256:
+        raise IntegrityError(f"the plan copy of {snap.id} in {snap.store.url} has sha256 {digest}, the manifest's "
+                             f"plan_sha256 is {snap.manifest.plan_sha256}: it was changed in the store")
     try:
-        raw = json.loads(data)
+        raw = strictjson.loads(data)
     except ValueError as exc:
         raise IntegrityError(f"the plan copy of {snap.id} in {snap.store.url} is not JSON") from exc
     problems = (known_schema_problems("plan", data, raw, verdicts)
@@ -102,7 +108,7 @@ def stage_volume(snap: Snapshot, volume: str, staging: Path, identity: Path | No
         with link.open_reader(obj.name) as reader:
             stats = extract_archive(reader, staging, expected_sha256=obj.sha256, expected_size=obj.size,
                                     identity_file=identity, encrypted=obj.name.endswith(".age"),
-                                    max_uncompressed=obj.uncompressed + BOMB_SLACK, progress=progress,
+                                    max_uncompressed=obj.uncompressed, progress=progress,
                                     acls=acls)
         files += getattr(stats, "files", 0)
     # The staged root takes the captured root's metadata (extracted as ".").

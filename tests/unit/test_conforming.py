@@ -3,6 +3,7 @@ change to its bytes is validated again, the special checks (data dirs on disk) a
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -112,7 +113,7 @@ def test_a_snapshot_plan_copy_is_validated_once_and_never_trusted_when_changed(t
     copy.parent.mkdir(parents=True)
     copy.write_text(json.dumps(good))
     manifest = Manifest(snapshot_id="snap-1", vsn="demo", created=0.0, hostname="h", migrator_version="0",
-                        plan_sha256="", tags=[], volumes={})
+                        plan_sha256=hashlib.sha256(copy.read_bytes()).hexdigest(), tags=[], volumes={})
     store = get_store(f"file://{store_dir}")
     snap = Snapshot(store, "demo", "snap-1", manifest)
     first = snapshot_plan(snap, ConformingDocs(tmp_path))
@@ -120,6 +121,7 @@ def test_a_snapshot_plan_copy_is_validated_once_and_never_trusted_when_changed(t
     assert schema_calls == ["plan"]
     good["volumes"][0]["name"] = "Not A Name!"
     copy.write_text(json.dumps(good))
+    manifest.plan_sha256 = hashlib.sha256(copy.read_bytes()).hexdigest()  # a manifest that vouches for it
     with pytest.raises(PlanInvalid):
         snapshot_plan(snap, ConformingDocs(tmp_path))
     assert schema_calls == ["plan", "plan"]

@@ -149,3 +149,52 @@ def test_a_damaged_parent_fails_its_children_with_exit_6(lab):
     assert code == 6, output
     code, out, output = _cli(lab, "prune", "--keep-last", "1", "--dry-run")
     assert code == 0 and list(out["keep"]) == [child], output
+
+
+# -- 7: an object may not decompress to one byte more than its manifest says ----------------------------------
+
+def test_an_object_expanding_beyond_its_manifest_count_by_one_byte_is_refused(lab):
+    sid = _backup(lab)
+    code, out, output = _cli(lab, "restore", sid, "--into", str(lab / "exact"))
+    assert code == 0, output  # `uncompressed` counts the tar stream exactly as written, padding included
+    path = _manifest(lab, sid)
+    raw = json.loads(path.read_text())
+    raw["objects"][0]["uncompressed"] -= 1
+    path.write_text(json.dumps(raw))
+    code, out, output = _cli(lab, "restore", sid, "--into", str(lab / "restored"))
+    assert code == 6 and "expands beyond" in out["message"], output
+    assert not list((lab / "restored").iterdir())
+
+
+# -- 8: the plan copy must be the one the manifest names ----------------------------------------------------
+
+def _tamper_plan_copy(root: Path, sid: str, **vsn) -> None:
+    path = root / "store" / VSN / sid / "plan.json"
+    raw = json.loads(path.read_text())
+    raw["vsn"].update(vsn)
+    path.write_text(json.dumps(raw))
+
+
+def test_the_plan_copy_restores_where_no_plan_is_deployed(lab):
+    sid = _backup(lab)
+    live = lab / "data" / "vol" / "data"
+    (live / "a").write_bytes(b"changed")
+    code, out, output = _cli(lab, "restore", sid)
+    assert code == 0, output
+    assert (live / "a").read_bytes() == b"a" * 5000
+
+
+def test_a_tampered_plan_copy_is_refused_and_nothing_is_written(lab):
+    sid = _backup(lab)
+    _tamper_plan_copy(lab, sid, data_root=str(lab / "elsewhere"))
+    live = lab / "data" / "vol" / "data"
+    (live / "a").write_bytes(b"changed")
+    before = sorted(p.name for p in (lab / "data" / "vol").iterdir())
+    code, out, output = _cli(lab, "restore", sid)
+    assert code == 6 and "plan_sha256" in out["message"], output
+    assert not (lab / "elsewhere").exists()
+    assert (live / "a").read_bytes() == b"changed"
+    assert sorted(p.name for p in (lab / "data" / "vol").iterdir()) == before
+    assert sorted(p.name for p in (lab / "data").iterdir()) == ["vol"]
+    code, out, output = _cli(lab, "restore", sid, "--dry-run")
+    assert code == 6, output
