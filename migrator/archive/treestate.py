@@ -233,7 +233,7 @@ def _load_checked(reader, where) -> TreeState:
     it = lines()
     try:
         header = json.loads(next(it))
-    except (StopIteration, ValueError):
+    except (StopIteration, ValueError, RecursionError):  # RecursionError: a line of nested brackets
         raise _bad(where, "no header line") from None
     if (not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") != VERSION
             or header.get("block_size") != BLOCK_SIZE):
@@ -249,8 +249,8 @@ def _load_checked(reader, where) -> TreeState:
         if len(raw) > MAX_LINE:
             raise _bad(where, f"a line is longer than {MAX_LINE} bytes")
         try:
-            row = json.loads(raw)
-        except ValueError:
+            row = json.loads(raw)  # NaN and huge numbers fail the type and range checks below
+        except (ValueError, RecursionError):
             raise _bad(where, "a line is not JSON") from None
         if not isinstance(row, list):
             raise _bad(where, "a line is not an array")

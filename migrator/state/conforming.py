@@ -9,9 +9,9 @@ manifest's objects belonging to its volumes) always run."""
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
+from migrator import strictjson
 from migrator.state.files import write_json
 from migrator.state.paths import state_dir
 
@@ -26,7 +26,7 @@ class ConformingDocs:
     def __init__(self, directory: Path) -> None:
         self.path = directory / FILE
         try:
-            keys = json.loads(self.path.read_text())
+            keys = strictjson.loads(self.path.read_bytes())
         except (OSError, ValueError):
             keys = []
         self._keys = [k for k in keys if isinstance(k, str)] if isinstance(keys, list) else []

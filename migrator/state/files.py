@@ -1,4 +1,5 @@
-"""Atomic small-file writes for the state dir: write a temp file, fsync, rename, fsync the dir."""
+"""Atomic small-file writes for the state dir: write a temp file, fsync, rename, fsync the dir. JSON is
+written without NaN/Infinity and read back strictly (strictjson), like every document migrator reads."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from migrator import strictjson
 from migrator.durable import fsync_dir
 
 
@@ -22,11 +24,11 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 
 def write_json(path: Path, obj) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n")
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False).encode() + b"\n")
 
 
 def read_json(path: Path, default=None):
     try:
-        return json.loads(path.read_text())
+        return strictjson.loads(path.read_bytes())
     except FileNotFoundError:
         return default

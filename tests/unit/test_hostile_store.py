@@ -198,3 +198,37 @@ def test_a_tampered_plan_copy_is_refused_and_nothing_is_written(lab):
     assert sorted(p.name for p in (lab / "data").iterdir()) == ["vol"]
     code, out, output = _cli(lab, "restore", sid, "--dry-run")
     assert code == 6, output
+
+
+# -- 2 and 3 for tree states read from a store -----------------------------------------------------------------
+
+@pytest.mark.parametrize("row", [b"[" * 30_000 + b"]" * 30_000, b'["a", "f", NaN, 1, 1, 1, 1, 1, 1, 1, 1, null]',
+                                 b'["a", "f", ' + b"9" * 5000 + b', 1, 1, 1, 1, 1, 1, 1, 1, null]'],
+                         ids=["nested deep", "NaN", "5000 digits"])
+def test_an_untrusted_tree_state_line_is_an_integrity_error(tmp_path, row):
+    import zstandard
+
+    from migrator.archive.treestate import BLOCK_SIZE, FORMAT, VERSION, TreeState
+
+    header = json.dumps({"format": FORMAT, "version": VERSION, "block_size": BLOCK_SIZE, "count": 1, "blocks": 0,
+                         "started_ns": 0}).encode()
+    path = tmp_path / "tree.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(header + b"\n" + row + b"\n"))
+    with pytest.raises(IntegrityError):
+        TreeState.load(path, untrusted=True)
+
+
+# -- 3 for the state dir's own files ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", ['{"age": NaN}', '{"age": -Infinity}', '{"a": 1, "a": 2}'])
+def test_state_files_are_read_as_strict_json(tmp_path, text):
+    from migrator.state.files import read_json, write_json
+
+    (tmp_path / "s.json").write_text(text)
+    with pytest.raises(ValueError):
+        read_json(tmp_path / "s.json")
+    with pytest.raises(ValueError):
+        write_json(tmp_path / "t.json", {"age": float("nan")})
+    assert not (tmp_path / "t.json").exists()
+    write_json(tmp_path / "t.json", {"age": 1.5})
+    assert read_json(tmp_path / "t.json") == {"age": 1.5}
