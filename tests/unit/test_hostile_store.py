@@ -66,6 +66,7 @@ DAMAGE = {
     "5000 digits": lambda text: re.sub(r'"created": [^,]+,', '"created": ' + "9" * 5000 + ",", text),
     "created NaN": lambda text: re.sub(r'"created": [^,]+,', '"created": NaN,', text),
     "created Infinity": lambda text: re.sub(r'"created": [^,]+,', '"created": Infinity,', text),
+    "created 1e300": lambda text: re.sub(r'"created": [^,]+,', '"created": 1e300,', text),
     "duplicate key": lambda text: text.replace('"hostname":', '"vsn": "other", "hostname":'),
 }
 
