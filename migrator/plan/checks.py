@@ -4,7 +4,6 @@ Input is raw JSON that already passed the schema. Each problem is one string "<j
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from urllib.parse import urlparse
@@ -241,6 +240,8 @@ def _network(raw: dict) -> list[str]:
     """The subnet must parse as the engines will parse it (host bits are allowed: podman clears them)."""
     if "network_subnet" not in raw:
         return []
+    import ipaddress  # ~1.5 ms of start-up, only for plans that name a subnet
+
     try:
         ipaddress.IPv4Network(raw["network_subnet"], strict=False)
     except ValueError as exc:
