@@ -12,12 +12,15 @@ from migrator.state.paths import state_dir
 
 # Volume containers are created, never started; engines report that as any of these.
 CREATED_STATES = ("created", "exited", "stopped", "configured")
+NOT_RUNNING = "not running"  # expected of every container of a stack archived or moved away
 
 
 def container_ok(row: dict) -> bool:
-    """A status row is in its expected state (volume containers: any not-started state)."""
+    """A status row is in its expected state (volume containers: any not-started state; a stack archived
+    or moved away: absent, or stopped as `move --keep-source` leaves it)."""
     return (row["state"] == row["expected"] or (row["expected"] == "created" and row["state"] in CREATED_STATES)
-            or (row["expected"] == "absent" and row["state"] == "missing"))
+            or (row["expected"] == "absent" and row["state"] == "missing")
+            or (row["expected"] == NOT_RUNNING and row["state"] in (*CREATED_STATES, "missing")))
 
 
 def status(plan: Plan) -> dict:
@@ -28,7 +31,7 @@ def status(plan: Plan) -> dict:
     gone = lifecycle["state"] == stackstate.ARCHIVED or history["moved_to"] is not None
 
     def expect(state: str) -> str:
-        return "absent" if gone else state
+        return NOT_RUNNING if gone else state
 
     rows = []
     host = stack.host_info() if plan.host else None
@@ -72,10 +75,13 @@ def status(plan: Plan) -> dict:
 
 
 def _state(containerless: bool, ok: bool, moved_to: dict | None) -> str:
-    """running | degraded | containerless | moved-away (containerless because the stack now lives elsewhere)."""
+    """running | degraded | containerless | moved-away (the stack now lives elsewhere; containerless, or
+    its containers kept stopped by `move --keep-source`)."""
+    if moved_to and (containerless or ok):
+        return "moved-away"
     if not containerless:
         return "running" if ok else "degraded"
-    return "moved-away" if moved_to else "containerless"
+    return "containerless"
 
 
 def recent_history() -> dict:

@@ -46,9 +46,40 @@ def test_archived_stack_expects_its_containers_absent(archived):
     out = json.loads(result.stdout)
     assert out["state"] == "containerless" and out["stack_state"] == "Archived"
     rows = {c["name"]: (c["state"], c["expected"]) for c in out["containers"]}
-    assert len(rows) > 3 and set(rows.values()) == {("missing", "absent")}, rows
+    assert len(rows) > 3 and set(rows.values()) == {("missing", "not running"), ("missing", "absent")}, rows
+    assert rows["admin"] == ("missing", "absent")  # disabled in the demo plan: absent in any case
     text = runner.invoke(app, ["status"]).stdout
     assert "unknown" not in text and "expected running" not in text
+
+
+class StoppedContainers(NoContainers):
+    """What `move --keep-source` leaves: every container there, stopped (flat plan: no Host)."""
+
+    def __init__(self, names):
+        self.names = names
+
+    def list(self, labels):
+        from migrator.engine.base import ContainerInfo
+
+        return [ContainerInfo(name=n, image="img", state="exited", labels=labels) for n in self.names]
+
+
+def test_a_source_kept_stopped_by_move_is_moved_away_not_degraded(archived, monkeypatch, secrets_file):
+    from migrator.state.files import write_json
+    from migrator.state.paths import state_dir
+
+    del archived["host"]
+    deployed.record(archived, str(secrets_file))
+    deployed.forget()
+    write_json(state_dir() / "moved-out.json", {"to": "root@vsn2", "at": 1.0})
+    names = [v["name"] for v in archived["volumes"]] + [s["name"] for s in archived["services"]
+                                                        if s.get("enabled", True)]
+    monkeypatch.setattr(stack_mod, "outer_engine", lambda plan: StoppedContainers(names))
+    result = runner.invoke(app, ["status", "--json"])
+    out = json.loads(result.stdout)
+    assert out.get("state") == "moved-away", result.output
+    assert out["moved_to"]["to"] == "root@vsn2"
+    assert {c["expected"] for c in out["containers"]} == {"not running", "absent"}  # admin: disabled
 
 
 def test_a_missing_host_means_missing_containers_not_unknown(archived):
