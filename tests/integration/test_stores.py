@@ -590,3 +590,41 @@ def test_ssh_connection_refused_is_unreachable(ssh_host: SSHHost):
         store.check()
     assert url in info.value.message and f"{ssh_host.address}:2222" in info.value.message
     assert len(sleep.calls) == 1  # refused connections are retried (the host may be booting)
+
+
+@integration
+def test_ssh_identity_file_from_the_plan_without_agent_or_config(ssh_host: SSHHost, tmp_path):
+    """The cron case (issue 22, item 11): no agent, no ~/.ssh/config, no default key; the plan's
+    backup.ssh.identity_file and known_host_keys are all `migrator backup` has to reach the store."""
+    import json
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (tmp_path / "data" / "vol" / "data").mkdir(parents=True)
+    (tmp_path / "data" / "vol" / "data" / "f").write_text("payload")
+    url = f"ssh://root@{ssh_host.address}{ssh_host.remote_root}/identity-test"
+    raw = {"version": 1,
+           "vsn": {"name": "idf", "engine": "podman", "data_root": str(tmp_path / "data"),
+                   "socket": f"unix://{tmp_path}/no-engine.sock"},
+           "volumes": [{"name": "vol", "image": "localhost/busybox", "mounts": [{"name": "data", "path": "/data"}]}],
+           "services": [],
+           "backup": {"targets": [url], "ssh": {"known_host_keys": [ssh_host.host_key_line],
+                                                 "identity_file": str(ssh_host.identity_file)}}}
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(raw))
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "MIGRATOR_STATE_DIR": str(tmp_path / "state")}
+
+    def backup() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "migrator", "backup", "--plan", str(plan), "--json"],
+                              env=env, capture_output=True, text=True, timeout=100)
+
+    done = backup()
+    assert done.returncode == 0, done.stderr
+    sid = json.loads(done.stdout)["snapshot_id"]
+    assert (ssh_host.local_root / "identity-test" / "idf" / sid / "manifest.json").exists()
+    del raw["backup"]["ssh"]["identity_file"]  # the same run without it: nothing to authenticate with
+    plan.write_text(json.dumps(raw))
+    refused = backup()
+    assert refused.returncode == 8, refused.stderr
