@@ -67,6 +67,8 @@ def test_move_host_plan_with_a_writer(vsn, target_vsn, secrets, tmp_path):
     assert "from" in json.loads((target_vsn.state_dir / "moved-in.json").read_text())
     secrets_there = target_vsn.state_dir / "incoming" / "secrets.json"
     assert secrets_there.stat().st_mode & 0o777 == 0o600
+    # The target never held this stack: it remembers the copy the move sent, and the report says so.
+    assert out["target_secrets"]["copy"] is True and out["target_secrets"]["path"].endswith("/incoming/secrets.json")
     assert "pa55-w0rd" not in result.stdout + result.stderr
     # The source's copy is stale now: backing it up is refused; so is a second move onto the busy target.
     stale = vsn.migrator("backup", "--to", f"file://{tmp_path}/store", "--json")
