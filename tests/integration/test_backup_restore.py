@@ -183,6 +183,7 @@ def test_killed_backup_leaves_no_snapshot_and_services_come_back(vsn, stack):
         recovered = run_json(vsn, "recover")
         assert recovered["recovered"] is True
         assert vsn.containers()["db"] == "running" and vsn.containers()["web"] == "running"
+        assert list((vsn.state_dir / "spool").glob("2*")) == [], point  # its local spool is gone too
     # The next backup works and lists exactly one snapshot; prune removes old debris only when asked.
     run_json(vsn, "backup", "--to", store)
     assert len(run_json(vsn, "snapshots", "--from", store)["snapshots"]) == 1
