@@ -277,6 +277,11 @@ def test_stack_states_archive_unarchive_cleanup_round_trip(vsn, secrets, tmp_pat
     assert (vsn.data_root / "webdata" / "www" / "keep.txt").read_text() == "survives archive"
     st = run_json(vsn, "status")
     assert st["stack_state"] == "Archived" and st["state"] == "containerless"
+    # Containerless on purpose: nothing "unknown (expected running)"; a reader that stops early is fine.
+    assert {(c["state"], c["expected"]) for c in st["containers"]} <= {("missing", "not running"), ("missing", "absent")}
+    piped = subprocess.run(["bash", "-c", f"set -o pipefail; {shlex.join(vsn.migrator_argv())} status | head -1"],
+                           env=vsn.env(), capture_output=True, text=True)
+    assert (piped.returncode, piped.stderr) == (0, "") and piped.stdout.startswith("stack ")
     h = health(vsn)  # containerless on purpose: container checks skipped, not failed
     assert {c["name"]: c["ok"] for c in h["checks"]}["containers"] is None
     assert not any(f.startswith("container:") for f in h["failures"])
@@ -289,6 +294,7 @@ def test_stack_states_archive_unarchive_cleanup_round_trip(vsn, secrets, tmp_pat
     # cleanup: refused without --yes or the typed name (exit 2), nothing touched.
     cron_file = tmp_path / "cron"
     assert vsn.migrator("cron", "install", "--file", str(cron_file)).returncode == 0
+    assert run_json(vsn, "cron", "show")["file"] == str(cron_file)  # the file install wrote, not the default
     no = vsn.migrator("cleanup", "--json")
     assert no.returncode == 2 and "not confirmed" in json.loads(no.stdout)["message"]
     assert vsn.containers()["web"] == "running" and (vsn.data_root / "webdata").is_dir()
