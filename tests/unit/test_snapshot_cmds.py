@@ -84,6 +84,11 @@ def test_prune_acts_on_every_target_or_on_to(two_stores):
     assert [(s["store"], s["remove"]) for s in dry["stores"]] == [(first, [ids[0]]), (second, [ids[0]])]
     text = _human("prune", "--keep-last", "2")
     assert first in text and second in text
+    from migrator.state.paths import state_dir
+
+    metrics = (state_dir() / "metrics" / "migrator.prom").read_text()  # the count of every store pruned
+    assert f'migrator_snapshots{{store="{first}"}} 2\n' in metrics
+    assert f'migrator_snapshots{{store="{second}"}} 2\n' in metrics
     assert [r["id"] for r in _json("snapshots", "--from", second)["snapshots"]] == ids[1:]
     assert [r["id"] for r in _json("snapshots", "--from", first)["snapshots"]] == ids[1:]
     out = _json("prune", "--keep-last", "1", "--to", second)
