@@ -232,7 +232,9 @@ def test_second_backup_while_one_runs_exits_5(vsn, stack):
 
 def test_prune_gfs_and_dry_run(vsn, stack):
     raw, store = stack
-    ids = [run_json(vsn, "backup", "--to", store)["snapshot_id"] for _ in range(3)]
+    # Full snapshots: GFS alone (chain-aware prune, which keeps a kept snapshot's parents, is
+    # test_incremental's; whether these small backups went incremental depended on their sizes).
+    ids = [run_json(vsn, "backup", "--to", store, "--full")["snapshot_id"] for _ in range(3)]
     dry = run_json(vsn, "prune", "--from", store, "--keep-last", "1", "--dry-run")
     assert dry["remove"] == [ids[1], ids[0]]
     assert len(run_json(vsn, "snapshots", "--from", store)["snapshots"]) == 3
