@@ -21,7 +21,7 @@ from migrator.archive.capture import ArchiveStats, Sink, write_archive
 from migrator.archive.extract import ExtractStats, extract_archive
 from migrator.archive.tarstream import DELETED_MEMBER
 from migrator.archive.treestate import Entry, TreeState, diff, scan
-from migrator.archive.twophase import capture_delta, capture_phase1, capture_phase2, phase1_hooks
+from migrator.archive.twophase import capture_delta, capture_phase1, capture_phase2, capture_quiet, phase1_hooks
 from migrator.errors import ArchiveError
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "capture_delta",
     "capture_phase1",
     "capture_phase2",
+    "capture_quiet",
     "diff",
     "extract_archive",
     "phase1_hooks",

@@ -35,17 +35,22 @@ class Sealed:
     entries: int
 
 
-def seal(state: TreeState, path: Path, recipients: Sequence[str] = ()) -> Sealed:
-    """Write `state` to `path` as a tree-state object (encrypted when `recipients` are given)."""
+def seal(state: TreeState, path: Path, recipients: Sequence[str] = (), plain: Path | None = None) -> Sealed:
+    """Write `state` to `path` as a tree-state object (encrypted when `recipients` are given). With
+    `plain`, the unencrypted serialisation is also left there (hard-linked to `path` when not encrypted)."""
     path = Path(path)
-    plain = path.with_name(path.name + ".plain") if recipients else path
-    with open(plain, "wb") as fh:
+    source = Path(plain) if plain is not None else path.with_name(path.name + ".plain")
+    with open(source, "wb") as fh:
         state.write(fh)
-    if recipients:
-        try:
-            _age([*age_encrypt_argv(recipients), "--output", os.fspath(path), os.fspath(plain)], "encrypt")
-        finally:
-            plain.unlink(missing_ok=True)
+    try:
+        if recipients:
+            _age([*age_encrypt_argv(recipients), "--output", os.fspath(path), os.fspath(source)], "encrypt")
+        else:
+            path.unlink(missing_ok=True)
+            os.link(source, path)
+    finally:
+        if plain is None:
+            source.unlink(missing_ok=True)
     digest, size = hashlib.sha256(), 0
     with open(path, "rb") as fh:
         while chunk := fh.read(READ_CHUNK):

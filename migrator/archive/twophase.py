@@ -18,9 +18,12 @@ into an empty directory yields exactly the tree as of the last scan.
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 from pathlib import Path
 
 from migrator.archive import patch
+from migrator.archive._proc import Pump
 from migrator.archive.capture import ArchiveStats, Sink, write_archive
 from migrator.archive.treestate import TreeState, diff, scan
 
@@ -36,6 +39,28 @@ def capture_phase1(root: Path, sinks: list[Sink], **options) -> tuple[ArchiveSta
     `options` are write_archive's (level, threads, recipients, progress)."""
     state = scan(root)
     stats = write_archive(root, sinks, **phase1_hooks(state), **options)
+    return stats, state
+
+
+def capture_quiet(root: Path, sinks: list[Sink], **options) -> tuple[ArchiveStats, TreeState]:
+    """capture_phase1 for a tree nobody writes to (its writers stopped, or none run): the scan then runs
+    beside tar instead of before it (measured: ~0.05 s of a 1 GiB backup's 2.3 s), since nothing can change
+    between the two. What tar archived that the scan did not list still becomes an unseen entry."""
+    started = time.time_ns()
+    seen = TreeState({}, started, os.fspath(root))  # collects the hooks' notes and block digests
+    scanned: list[TreeState] = []
+    scanner = Pump("tree-scan", lambda: scanned.append(scan(root)))
+    scanner.start()
+    try:
+        stats = write_archive(root, sinks, **phase1_hooks(seen), **options)
+    finally:
+        scanner.join()
+    if scanner.error is not None:
+        raise scanner.error
+    state = scanned[0]
+    for path, entry in seen.entries.items():
+        state.entries.setdefault(path, entry)
+    state.blocks, state.started_ns = seen.blocks, started
     return stats, state
 
 

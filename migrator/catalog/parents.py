@@ -6,6 +6,8 @@ when:
 - the parent lists the volume and a tree state of it;
 - its chain (back to the snapshot that holds it whole) is intact in every store: manifests valid, every
   object present with the manifest's size, and the same objects (name, size, sha256) in each store;
+- with trusted keys (the plan's backup.trusted_keys), every link of that chain in every store carries a
+  valid signature by one of them (catalog/signing.py): a restore would refuse anything else;
 - the policy allows it: the chain's full is younger than `full_every` days and the deltas since it are
   at most `full_when_deltas_exceed` of its size (bounding what a restore reads and what one lost
   object costs);
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING
 from migrator.archive.treeobject import unseal
 from migrator.archive.treestate import TreeState
 from migrator.catalog.manifest import is_snapshot_id
+from migrator.catalog.signing import TrustedKeys
 from migrator.catalog.snapshot import MAX_CHAIN, Snapshot
 from migrator.errors import IntegrityError, MigratorError
 
@@ -70,8 +73,10 @@ class ParentChoice:
 
 def choose_parent(stores: list[SnapshotStore], vsn: str, volumes: list[str], policy: ChainPolicy,
                   record: ChainRecord | None, identity_file: Path | None, workdir: Path,
-                  conforming: ConformingDocs | None = None, now: float | None = None) -> ParentChoice:
+                  conforming: ConformingDocs | None = None, now: float | None = None,
+                  trusted: TrustedKeys | None = None) -> ParentChoice:
     choice = ParentChoice()
+    trusted = trusted if trusted is not None else TrustedKeys()
 
     def whole(why: str) -> ParentChoice:
         choice.reasons = dict.fromkeys(volumes, why)
@@ -108,7 +113,7 @@ def choose_parent(stores: list[SnapshotStore], vsn: str, volumes: list[str], pol
     else:
         note = ""
     for volume in volumes:
-        why = _why_not(handles, volume, policy, now)
+        why = _why_not(handles, volume, policy, now, trusted)
         if why:
             choice.reasons[volume] = why
             continue
@@ -123,7 +128,8 @@ def choose_parent(stores: list[SnapshotStore], vsn: str, volumes: list[str], pol
     return choice
 
 
-def _why_not(handles: list[Snapshot], volume: str, policy: ChainPolicy, now: float) -> str | None:
+def _why_not(handles: list[Snapshot], volume: str, policy: ChainPolicy, now: float,
+             trusted: TrustedKeys) -> str | None:
     """Why `volume` cannot continue the parent (None: it can)."""
     parent = handles[0]
     if volume not in parent.manifest.volumes:
@@ -132,6 +138,10 @@ def _why_not(handles: list[Snapshot], volume: str, policy: ChainPolicy, now: flo
         return f"{parent.id} has no tree state of {volume} (taken before incremental snapshots)"
     try:
         chains = [h.chain(volume) for h in handles]
+        if trusted:
+            unsigned = _unsigned(parent, chains, trusted)
+            if unsigned:
+                return unsigned
         reference = [[(o.name, o.size, o.sha256) for o in link.manifest.objects_of(volume)] for link in chains[0]]
         for handle, chain in zip(handles, chains, strict=True):
             objects = [[(o.name, o.size, o.sha256) for o in link.manifest.objects_of(volume)] for link in chain]
@@ -167,6 +177,17 @@ def _why_not(handles: list[Snapshot], volume: str, policy: ChainPolicy, now: flo
                 f"{policy.full_when_deltas_exceed:g} of the full's {full_size}")
     if len(chain) >= MAX_CHAIN:
         return f"its chain has {len(chain)} links (at most {MAX_CHAIN})"
+    return None
+
+
+def _unsigned(parent: Snapshot, chains: list[list[Snapshot]], trusted: TrustedKeys) -> str | None:
+    """Why the chains are not all signed by trusted keys (None: they are)."""
+    for chain in chains:
+        for link in chain:
+            try:
+                trusted.check(link)
+            except IntegrityError as exc:
+                return f"the chain of {parent.id} fails its signature check: {exc.message}"
     return None
 
 

@@ -42,6 +42,7 @@ class Snapshot:
         self.vsn = vsn
         self.id = snapshot_id
         self._manifest = manifest
+        self._raw: bytes | None = None  # the manifest's bytes, when this handle read them
         self._conforming = conforming
         # manifests of this store already read (a listing's), shared along a chain
         self._known = known if known is not None else {}
@@ -67,11 +68,25 @@ class Snapshot:
         key = self.key(MANIFEST)
         if self.store.size(key) is None:
             raise IntegrityError(f"snapshot {self.id} has no manifest in {self.store.url} (missing or uncommitted)")
-        manifest = Manifest.parse(self.store.get_bytes(key, MAX_MANIFEST_BYTES), f"{self.store.url}/{key}",
-                                  self._conforming)
+        data = self.store.get_bytes(key, MAX_MANIFEST_BYTES)
+        manifest = Manifest.parse(data, f"{self.store.url}/{key}", self._conforming)
         if manifest.snapshot_id != self.id or manifest.vsn != self.vsn:
             raise IntegrityError(f"manifest of {self.id} names {manifest.vsn}/{manifest.snapshot_id}")
+        self._raw = data
         return manifest
+
+    def manifest_bytes(self) -> bytes:
+        """The manifest exactly as stored (what its signature covers). When this handle's manifest came
+        from elsewhere (a listing), the bytes are read again and must parse to the same manifest."""
+        if self._raw is None:
+            self.manifest  # noqa: B018 - read (and keep the bytes) unless handed in
+        if self._raw is None:
+            key = self.key(MANIFEST)
+            data = self.store.get_bytes(key, MAX_MANIFEST_BYTES)
+            if Manifest.parse(data, f"{self.store.url}/{key}", self._conforming) != self.manifest:
+                raise IntegrityError(f"the manifest of {self.id} in {self.store.url} changed while it was read")
+            self._raw = data
+        return self._raw
 
     # -- objects ------------------------------------------------------------------------------------------
 

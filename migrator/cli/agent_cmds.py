@@ -40,6 +40,8 @@ def cutover(plan: str = typer.Option(..., "--plan", help="The plan the source pu
             secrets: str = typer.Option(None, "--secrets", help="The secrets the source put here (0600)."),
             source: str = typer.Option(..., "--from", help="The source VSN's name (remembered in moved-in.json)."),
             heartbeat: bool = typer.Option(False, "--heartbeat", help="Install incoming/last_backup.json once healthy."),
+            keep_old: bool = typer.Option(False, "--keep-old", help="Keep the data this VSN held before (set "
+                                          "aside as <volume>.pre-move-<ts>) once healthy, instead of removing it."),
             json_out: bool = JsonOpt) -> None:
     """The whole cut-over in one process: say `ready`, receive the delta streams framed on stdin, report
     fingerprints, commit staging, deploy, probe health; one JSON event line per step on stdout, then the
@@ -50,7 +52,7 @@ def cutover(plan: str = typer.Option(..., "--plan", help="The plan the source pu
 
     def action() -> dict:
         with operation("move (target side)", 0.0):
-            return move_target.cutover(plan, secrets, source, heartbeat)
+            return move_target.cutover(plan, secrets, source, heartbeat, keep_old=keep_old)
 
     run(json_out, action, print)
 

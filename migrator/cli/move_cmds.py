@@ -18,6 +18,9 @@ def register(app: typer.Typer) -> None:
     def move(to: str = typer.Option(..., "--to", help="Target VSN: [ssh://][user@]host[:port] (~/.ssh/config aliases work)."),
              plan: Path = PlanOpt, secrets: Path = SecretsOpt,
              keep_source: bool = typer.Option(False, "--keep-source", help="Leave the source containers stopped, not removed."),
+             keep_old: bool = typer.Option(False, "--keep-old", help="Keep the data the target held before "
+                                           "(<data_root>/<volume>.pre-move-<ts> there) instead of removing it "
+                                           "once the stack runs there."),
              remote_migrator: str = typer.Option("migrator", "--remote-migrator",
                                                  help="How to run migrator on the target (a command line)."),
              install: bool = typer.Option(False, "--install", help="If the target lacks migrator (or runs an "
@@ -42,6 +45,9 @@ def register(app: typer.Typer) -> None:
 
         Example: migrator move --to root@new-vsn --install   (installs into /opt/migrator/venv,
         links /usr/local/bin/migrator)
+
+        Example: migrator move --to root@old-vsn --keep-old   (a move back: the data old-vsn still held
+        stays there as <volume>.pre-move-<ts>)
         """
         report = progress_printer(json_out)
         options = {k: str(v) for k, v in (("ssh_config_file", ssh_config), ("identity_file", identity),
@@ -53,7 +59,7 @@ def register(app: typer.Typer) -> None:
             p, s = load_plan_args(plan, secrets)
             options.setdefault("known_host_keys", (p.backup.get("ssh") or {}).get("known_host_keys", []))
             with operation("move", wait, report):
-                return move_op(p, s, to, keep_source=keep_source, remote_command=shlex.split(remote_migrator),
+                return move_op(p, s, to, keep_source=keep_source, keep_old=keep_old, remote_command=shlex.split(remote_migrator),
                                ssh_options=options, report=report,
                                install=InstallOptions(install_dir, install_link) if install else None)
 
@@ -68,5 +74,14 @@ def register(app: typer.Typer) -> None:
                       f"redeploy there with --secrets FILE to remember your own file)")
             elif there:
                 print(f"secrets on the target: {there['path']} (the file it remembered before)")
+            old = r.get("target_old_data")
+            if old and old.get("error"):
+                print(f"data the target held before is still there ({old['error']}): {', '.join(old['paths'])}; "
+                      "remove it there by hand")
+            elif old and old["kept"]:
+                print(f"data the target held before, kept (--keep-old): {', '.join(old['paths'])}; "
+                      "remove it there when no longer needed")
+            elif old:
+                print(f"data the target held before was replaced and removed: {', '.join(old['paths'])}")
 
         run(json_out, action, human)

@@ -14,6 +14,7 @@ from migrator.errors import UsageError
 from migrator.notify import alerts
 from migrator.ops import cron as cron_op
 from migrator.ops import lifecycle
+from migrator.ops.health import add_mail_failure
 from migrator.ops.health import health as health_op
 from migrator.ops.session import operation
 from migrator.plan.model import Plan, Secrets
@@ -72,6 +73,8 @@ def register(app: typer.Typer) -> None:
             result = health_op(p)
             if notify:
                 result["notify"] = _notify_health(p, s, result)
+                if result["notify"].get("error") and p.health.get("notify"):  # a mail that did not go out
+                    add_mail_failure(result, result["notify"]["error"])
             return result
 
         def human(r: dict) -> None:
@@ -83,6 +86,8 @@ def register(app: typer.Typer) -> None:
                 print(f"UNHEALTHY: {r['vsn']}, {len(r['failures'])} problem(s)")
                 for line in r["failures"]:
                     print(f"  {line}")
+                for line in r.get("hints", []):
+                    print(f"hint: {line}")
             if r.get("stack_state_error"):
                 print(f"note: stack state is Failure: {r['stack_state_error']}")
             n = r.get("notify")

@@ -66,10 +66,10 @@ def emit_json(obj: dict) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
-def fail(exc: MigratorError, json_out: bool) -> None:
+def fail(exc: MigratorError, json_out: bool, warnings: list[str] | None = None) -> None:
     if json_out:
         try:
-            emit_json({"ok": False, **exc.to_json()})
+            emit_json({"ok": False, **exc.to_json(), **({"warnings": warnings} if warnings else {})})
             sys.stdout.flush()
         except BrokenPipeError:
             _discard_stdout()
@@ -106,10 +106,14 @@ def command_verb() -> str | None:
     return " ".join(reversed(names)) or None
 
 
-def _after(around: hooks.Around, code: int, result: dict | None = None, error: BaseException | None = None) -> None:
-    """Operation history, metrics, failure mail (notify/hooks.py); their problems are warnings only."""
-    for line in around.finish(code, result, error):
+def _after(around: hooks.Around, code: int, result: dict | None = None,
+           error: BaseException | None = None) -> list[str]:
+    """Operation history, metrics, failure mail (notify/hooks.py); their problems are warnings only: on
+    stderr, and in the JSON output as `warnings` (a mail that could not be sent must not go unnoticed)."""
+    warnings = around.finish(code, result, error)
+    for line in warnings:
         print(f"migrator: warning: {line}", file=sys.stderr)
+    return warnings
 
 
 def run(json_out: bool, action: Callable[[], dict], human: Callable[[dict], None] | None = None,
@@ -122,8 +126,7 @@ def run(json_out: bool, action: Callable[[], dict], human: Callable[[dict], None
         finally:
             _stop_live_progress()
     except MigratorError as exc:
-        _after(around, exc.exit_code, error=exc)
-        fail(exc, json_out)
+        fail(exc, json_out, _after(around, exc.exit_code, error=exc))
         return
     except KeyboardInterrupt as exc:
         _after(around, 130, error=exc)
@@ -139,10 +142,10 @@ def run(json_out: bool, action: Callable[[], dict], human: Callable[[dict], None
             traceback.print_exc()
         raise typer.Exit(1) from None
     code = exit_code(result) if exit_code else 0
-    _after(around, code, result=result)
+    warnings = _after(around, code, result=result)
     try:
         if json_out:
-            emit_json({"ok": code == 0, **result})
+            emit_json({"ok": code == 0, **result, **({"warnings": warnings} if warnings else {})})
         elif human:
             human(result)
         sys.stdout.flush()

@@ -23,6 +23,20 @@ FromOpt = typer.Option(None, "--from", help="Store URL (file:///…, s3://bucket
 ListFromOpt = typer.Option(None, "--from", help="Store URL (file:///…, s3://bucket/prefix, ssh://host/path). "
                                                 "Default: every backup target of the deployed plan.")
 VsnOpt = typer.Option(None, "--vsn", help="VSN name the snapshots are filed under. Default: the deployed plan's.")
+TrustedKeyOpt = typer.Option(None, "--trusted-key", metavar="KEY",
+                             help="A public key (ed25519:…, `migrator key show` on the VSN that took the snapshots) "
+                                  "whose signature is required; repeatable; added to the plan's backup.trusted_keys.")
+
+
+def _trusted(p, keys: list[str] | None):
+    from migrator.ops.signatures import trusted_keys
+
+    return trusted_keys(p, list(keys or []))
+
+
+def _say_signature(r: dict) -> None:
+    if r.get("signature") and r["signature"] != "valid":
+        print(f"  signature: {r['signature']} (no trusted keys: nothing proves which VSN wrote it)")
 
 
 def _store_and_vsn(url: str | None, vsn: str | None, plan_file: Path | None, writable: bool = False):
@@ -136,11 +150,13 @@ def register(app: typer.Typer) -> None:
                read_data: bool = typer.Option(False, "--read-data", help="Recompute every object's sha256."),
                read_data_subset: str = typer.Option(None, "--read-data-subset", metavar="P%",
                                                     help="Recompute the sha256 of a random P% of the objects."),
-               json_out: bool = JsonOpt) -> None:
+               trusted_key: list[str] = TrustedKeyOpt, json_out: bool = JsonOpt) -> None:
         """Check every object a snapshot's restore reads (its whole chain) exists with the right size, and
         checksums with --read-data (all) or --read-data-subset P% (a random share); exit 6 if not.
 
-        Without --from it reads the plan's first target and names the others it did not read.
+        Without --from it reads the plan's first target and names the others it did not read. With trusted
+        keys (plan backup.trusted_keys, --trusted-key) every snapshot's signature, and its chain's, must be
+        valid first; without, it says the snapshot is unsigned or unchecked ("signature" in --json).
 
         Example: migrator verify latest --from s3://backups/vsn --read-data
         Example (weekly cron on a large store): migrator verify all --read-data-subset 10%
@@ -152,12 +168,14 @@ def register(app: typer.Typer) -> None:
             from migrator.ops import snapshots as snap_ops
 
             result = snap_ops.verify(s, name, snapshot, read_data, report,
-                                     subset=snap_ops.parse_subset(read_data_subset))
+                                     subset=snap_ops.parse_subset(read_data_subset), trusted=_trusted(p, trusted_key))
             return {**result, "not_verified": _other_targets(store, p)}
 
         def human(r: dict) -> None:
             print(f"{r['snapshot_id']} ok in {r['store']}: {r['objects']} objects present"
-                  + (f", {r['read']} re-hashed" if r["read_data"] else ""))
+                  + (f", {r['read']} re-hashed" if r["read_data"] else "")
+                  + (", signatures valid" if r["signature"] == "valid" else ""))
+            _say_signature(r)
             for url in r["not_verified"]:
                 print(f"not verified: {url} (another target of the plan: migrator verify --from {url})")
 
@@ -229,15 +247,19 @@ def register(app: typer.Typer) -> None:
                 keep_old: bool = typer.Option(False, "--keep-old", help="Keep the replaced data as <dir>.pre-restore-<ts>."),
                 dry_run: bool = typer.Option(False, "--dry-run", help="Show what the restore would add, remove "
                                                                        "and change in each data dir; change nothing."),
+                trusted_key: list[str] = TrustedKeyOpt,
                 plan: Path = PlanOpt, secrets: Path = SecretsOpt, wait: float = WaitOpt,
                 json_out: bool = JsonOpt) -> None:
         """Restore volumes from a snapshot: verified before anything is touched, swapped atomically.
 
         Works on a machine where the plan was never deployed (the snapshot carries its plan). An
-        incremental snapshot is rebuilt from its whole chain, every object verified first.
+        incremental snapshot is rebuilt from its whole chain, every object verified first. With trusted
+        keys (the plan's backup.trusted_keys, or --trusted-key on a fresh machine) the signature of the
+        snapshot and of every link of its chain must be valid, else exit 6 and nothing is written.
 
         Example: migrator restore latest --from s3://backups/vsn --volume dbdata
         Example: migrator restore latest --dry-run
+        Example (fresh machine): migrator restore latest --from s3://backups/vsn --vsn web1 --trusted-key ed25519:…
         """
         report = progress_printer(json_out)
 
@@ -246,7 +268,8 @@ def register(app: typer.Typer) -> None:
             from migrator.ops.restore import restore as restore_op
 
             args = dict(plan=p, volumes=list(volume or []) or None, into=into, identity=identity,
-                        keep_old=keep_old, report=report, progress=report.bytes, dry_run=dry_run)
+                        keep_old=keep_old, report=report, progress=report.bytes, dry_run=dry_run,
+                        trusted=_trusted(p, trusted_key))
             if dry_run:  # reads only: no lock, no journal
                 return restore_op(s, name, snapshot, **args)
             with operation("restore", wait, report):
@@ -256,8 +279,10 @@ def register(app: typer.Typer) -> None:
             if not r.get("dry_run"):
                 print(f"restored {', '.join(r['volumes'])} from {r['snapshot_id']} into {r['into']} "
                       f"({r['files']} files) in {r['duration']}s")
+                _say_signature(r)
                 return
             print(f"restoring {r['snapshot_id']} ({r['kind']}, reads {format_size(r['bytes'])}) would:")
+            _say_signature(r)
             for volume, v in r["volumes"].items():
                 print(f"  {volume} ({v['live']}): add {v['added']}, remove {v['removed']}, change {v['changed']}, "
                       f"keep {v['unchanged']}")
@@ -272,11 +297,13 @@ def register(app: typer.Typer) -> None:
               snapshot: str = typer.Option("latest", "--snapshot", help="Snapshot id or 'latest'."),
               identity: Path = typer.Option(None, "--identity", help="age identity file for encrypted snapshots."),
               scratch: Path = typer.Option(None, "--scratch", help="Scratch directory (default: in the state dir)."),
+              trusted_key: list[str] = TrustedKeyOpt,
               plan: Path = PlanOpt, secrets: Path = SecretsOpt, wait: float = WaitOpt,
               json_out: bool = JsonOpt) -> None:
         """Restore drill: restore a snapshot to scratch, boot it isolated, probe health, tear down; report RTO.
 
-        Production containers and data are not touched. Exit 0 only when everything passed.
+        Production containers and data are not touched. Exit 0 only when everything passed. With trusted
+        keys (the plan's backup.trusted_keys, --trusted-key) the snapshot's signatures must be valid first.
 
         Example: migrator drill --from s3://backups/vsn --json
         """
@@ -289,12 +316,13 @@ def register(app: typer.Typer) -> None:
                 from migrator.ops.drill import drill as drill_op
 
                 return drill_op(s, name, snapshot, plan=None, secrets=sec or Secrets(), identity=identity,
-                                scratch=scratch, report=report)
+                                scratch=scratch, report=report, trusted=_trusted(p, trusted_key))
 
         def human(r: dict) -> None:
             print(f"drill of {r['snapshot_id']} passed: data restored in {r['rto_data_s']}s, "
                   f"healthy in {r['rto_healthy_s']}s ({format_size(r['bytes'])})")
             for name, res in r["services"].items():
                 print(f"  {name}: {res['detail']}")
+            _say_signature(r)
 
         run(json_out, action, human)

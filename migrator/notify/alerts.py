@@ -1,6 +1,7 @@
 """Failure mail without a mail storm. Per source ("health", or an operation verb such as "backup") the
 state file <state dir>/notify_state.json remembers each failing check's failing-since, detail and
-last-mailed time. One mail when a check starts failing (or a new one joins), a reminder every
+last-mailed time, and the error of a mail that could not be sent (`unsent`, until one goes out). One
+mail when a check starts failing (or a new one joins), a reminder every
 `reminder_hours` while anything still fails, one "recovered" mail when the source is all good again.
 
 `decide` is pure (state in, state and decision out, clock passed in) so the unit tests drive it with a
@@ -130,5 +131,7 @@ def notify(source: str, failures: dict[str, str], notify_cfg: dict, vsn: str, se
             except MigratorError as exc:
                 out["error"] = exc.message
                 after = unsent(before, after, decision)
+                # kept until a mail of this source goes out: `health` reports it (ops/health.mail_check)
+                after["unsent"] = {"error": exc.message[:500], "at": now, "kind": decision.kind}
         sources[source] = after
     return out

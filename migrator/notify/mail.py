@@ -1,9 +1,11 @@
-"""Sending one notification mail: through `mutt` when it is installed (seed 000: cron + mutt), else SMTP
-with the plan's `health.notify.smtp` settings and the password from the secrets file.
+"""Sending one notification mail: over SMTP when the plan configures `health.notify.smtp` (what the plan
+says explicitly wins), else through `mutt` when it is installed (seed 000: cron + mutt), else nothing can
+send it (MailFailed).
 
-`MIGRATOR_MAILER=mutt|smtp` forces a transport (default `auto`: mutt when on PATH). mutt is run with an
-argument vector (`mutt -s SUBJECT -- ADDRESS`, body on stdin), never through a shell; its own config
-(~/.muttrc, /etc/Muttrc) decides how it delivers, and $EMAIL carries the plan's `from` address.
+`MIGRATOR_MAILER=mutt|smtp` overrides that choice (default `auto`); a failure then names it, since it is
+what chose the transport. mutt is run with an argument vector (`mutt -s SUBJECT -- ADDRESS`, body on
+stdin), never through a shell; its own config (~/.muttrc, /etc/Muttrc) decides how it delivers, and
+$EMAIL carries the plan's `from` address.
 """
 
 from __future__ import annotations
@@ -46,28 +48,40 @@ def default_sender() -> str:
     return f"migrator@{socket.getfqdn() or 'localhost'}"
 
 
-def transport() -> str:
-    """'mutt' or 'smtp', per MIGRATOR_MAILER (auto: mutt when installed)."""
+def transport(notify: dict | None = None) -> tuple[str, str | None]:
+    """('mutt' or 'smtp', the override that chose it or None): MIGRATOR_MAILER=mutt|smtp, else SMTP when
+    the plan has health.notify.smtp, else mutt when installed, else SMTP (which then says what is missing)."""
     choice = os.environ.get("MIGRATOR_MAILER", "auto")
     if choice in ("mutt", "smtp"):
-        return choice
-    return "mutt" if shutil.which("mutt") else "smtp"
+        return choice, f"MIGRATOR_MAILER={choice}"
+    if (notify or {}).get("smtp"):
+        return "smtp", None
+    return ("mutt" if shutil.which("mutt") else "smtp"), None
 
 
 def send(mail: Mail, notify: dict, secrets: Secrets | None = None) -> str:
-    """Send `mail` per the plan's health.notify section. Returns the transport used; raises MailFailed."""
-    how = transport()
-    if how == "mutt":
-        send_mutt(mail)
-    else:
-        send_smtp(mail, notify.get("smtp"), secrets)
+    """Send `mail` per the plan's health.notify section. Returns the transport used; raises MailFailed
+    (naming MIGRATOR_MAILER when that override chose the transport)."""
+    how, override = transport(notify)
+    try:
+        if how == "mutt":
+            send_mutt(mail)
+        else:
+            send_smtp(mail, notify.get("smtp"), secrets)
+    except MailFailed as exc:
+        if override is None:
+            raise
+        other = " over the plan's health.notify.smtp" if notify.get("smtp") and how == "mutt" else ""
+        raise MailFailed(f"{exc.message} (transport {how} chosen by {override}{other})",
+                         hint=f"unset MIGRATOR_MAILER (or fix {how}) so the plan's health.notify decides how "
+                              "mail is sent; `migrator cron install` carries it into the cron file") from exc
     return how
 
 
 def send_mutt(mail: Mail) -> None:
     mutt = shutil.which("mutt")
     if mutt is None:
-        raise MailFailed("mutt is not installed (MIGRATOR_MAILER=mutt)")
+        raise MailFailed("mutt is not installed")
     env = dict(os.environ)
     if mail.sender:
         env["EMAIL"] = mail.sender  # mutt's default From; avoids passing addresses through mutt's -e language
@@ -78,7 +92,9 @@ def send_mutt(mail: Mail) -> None:
         raise MailFailed(f"mutt did not finish within {MUTT_TIMEOUT}s") from exc
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise MailFailed(f"mutt exited {proc.returncode}: {tail[0][:200]}")
+        raise MailFailed(f"mutt exited {proc.returncode}: {tail[0][:200]}",
+                         hint="mutt's own config (~/.muttrc, /etc/Muttrc) decides how it delivers; or set "
+                              "health.notify.smtp in the plan to send over SMTP")
 
 
 def message(mail: Mail) -> EmailMessage:
@@ -97,8 +113,8 @@ def message(mail: Mail) -> EmailMessage:
 
 def send_smtp(mail: Mail, smtp: dict | None, secrets: Secrets | None) -> None:
     if not smtp:
-        raise MailFailed("mutt is not installed and the plan has no health.notify.smtp section",
-                         hint="install mutt, or set health.notify.smtp.host in the plan")
+        raise MailFailed("the plan has no health.notify.smtp section (and mutt is not the transport)",
+                         hint="set health.notify.smtp.host in the plan, or install mutt")
     host, tls = smtp["host"], smtp.get("tls", "starttls")
     port = smtp.get("port", DEFAULT_PORTS[tls])
     password = None

@@ -3,7 +3,9 @@
 Per volume the capture mode follows its writers' `quiesce`: "two-phase" (default: phase 1 archives the
 live tree; writers stop; phase 2 archives only what changed since phase 1's scan, spooled locally so
 writers restart before uploads finish), "stop" (writers stopped for the whole archive), "none" (hooks
-only). The manifest is written last to each store: its presence commits the snapshot.
+only). The manifest is written last to each store: its presence commits the snapshot. Just before it
+goes `manifest.sig`, this VSN's ed25519 signature over the manifest's exact bytes (catalog/signing.py),
+so a committed snapshot always has its signature.
 
 Incremental: a volume whose parent chain checks out (catalog/parents.py) is captured as deltas on the
 parent's tree state instead of whole: the live first pass and the stopped second pass are both delta
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from migrator import __version__
-from migrator.archive import TreeState, capture_delta, capture_phase1, capture_phase2
+from migrator.archive import TreeState, capture_delta, capture_phase1, capture_phase2, capture_quiet
 from migrator.archive.treeobject import seal
 from migrator.catalog.manifest import (
     MANIFEST,
@@ -33,14 +35,16 @@ from migrator.catalog.manifest import (
     tree_name,
 )
 from migrator.catalog.parents import ChainPolicy, ParentChoice, choose_parent
+from migrator.catalog.signing import SIGNATURE, key_text_of, sign
 from migrator.catalog.snapshot import Snapshot
 from migrator.errors import MigratorError, PreflightFailed, UsageError
 from migrator.faults import checkpoint
 from migrator.ops.quiesce import Quiesce, writers_of
 from migrator.ops.recover import remove_dead_spools
+from migrator.ops.signatures import trusted_keys
 from migrator.ops.stack import Report, Stack, quiet
 from migrator.plan.model import Plan, canonical_json
-from migrator.state import chainrecord, conforming, deployed
+from migrator.state import chainrecord, conforming, deployed, signkey
 from migrator.state.files import write_json
 from migrator.state.journal import open_journal
 from migrator.state.paths import state_dir
@@ -81,8 +85,11 @@ class FileSink:
 
 
 class Backup:
-    def __init__(self, plan: Plan, stores, tags: list[str], report: Report, progress=None, full: bool = False):
+    def __init__(self, plan: Plan, stores, tags: list[str], report: Report, progress=None, full: bool = False,
+                 signing_key=None):
         self.plan = plan
+        self.signing_key = signing_key if signing_key is not None else signkey.load_or_create()[0]
+        self.trusted = trusted_keys(plan)
         self.stores = stores
         self.tags = tags
         self.policy = ChainPolicy.from_backup(plan.backup, force_full=full)
@@ -108,7 +115,8 @@ class Backup:
         """One pass over `vol`: a delta on `base`, or the whole tree. Returns (stats, state after it)."""
         if base is not None:
             return capture_delta(vol.root, sinks, base, live=live, **self._options(**extra))
-        return capture_phase1(vol.root, sinks, **self._options(**extra))
+        whole = capture_phase1 if live else capture_quiet
+        return whole(vol.root, sinks, **self._options(**extra))
 
     def _archive_to_stores(self, vol: VolumePlan, phase: int, two_phase: bool, live: bool) -> TreeState:
         name = object_name(vol.name, phase, two_phase, bool(self.recipients))
@@ -165,7 +173,7 @@ class Backup:
         ident = (self.plan.backup.get("encryption") or {}).get("identity_file")
         self.choice = choose_parent(self.stores, self.plan.vsn.name, [v.name for v in volumes], self.policy,
                                     chainrecord.load(self.plan.vsn.name), Path(ident) if ident else None,
-                                    self.spool / "parent", conforming.remembered())
+                                    self.spool / "parent", conforming.remembered(), trusted=self.trusted)
         for vol in volumes:
             vol.base = self.choice.base(vol.name)
             if vol.base is not None:
@@ -187,16 +195,18 @@ class Backup:
         for vol in volumes:
             name = tree_name(vol.name, bool(self.recipients))
             vol.final.owner = f"{self.plan.vsn.name}/{self.snapshot_id}/{vol.name}"
-            sealed = seal(vol.final, self.spool / name, self.recipients)
+            # The plain form stays in the chain dir for the local record (written once committed).
+            sealed = seal(vol.final, self.spool / name, self.recipients,
+                          plain=chainrecord.tree_file(self.plan.vsn.name, self.snapshot_id, vol.name))
             self._upload(sealed.path, name)
             self.manifest.trees.append(TreeEntry(name=name, volume=vol.name, size=sealed.size, sha256=sealed.sha256,
                                                  entries=sealed.entries))
 
     def remember_chain(self, volumes: list[VolumePlan]) -> None:
         """After the commit: this VSN's record of the snapshot, so the next backup needs no store read."""
-        states = {v.name: (v.final, self.manifest.tree_of(v.name).sha256) for v in volumes}
+        trees = {v.name: self.manifest.tree_of(v.name).sha256 for v in volumes}
         try:
-            chainrecord.save(self.plan.vsn.name, self.snapshot_id, [s.url for s in self.stores], states)
+            chainrecord.save(self.plan.vsn.name, self.snapshot_id, [s.url for s in self.stores], trees)
         except OSError as exc:
             self.report(f"could not record the chain locally ({exc.strerror}); the next backup reads the "
                         f"parent's tree state from the store")
@@ -249,8 +259,13 @@ class Backup:
         plan_copy = canonical_json(self.plan.raw)
         for handle in self.handles:
             handle.put_bytes(PLAN_COPY, plan_copy)
+        manifest = self.manifest.to_bytes()
+        signature = sign(self.signing_key, manifest)  # covers the exact bytes stored below
+        for handle in self.handles:  # before the commit: a committed snapshot always has its signature
+            handle.put_bytes(SIGNATURE, signature)
+        checkpoint("backup.signed")
         for handle in self.handles:  # last: the manifest's presence commits the snapshot
-            handle.put_bytes(MANIFEST, self.manifest.to_bytes())
+            handle.put_bytes(MANIFEST, manifest)
         self.remember_chain(volumes)
         return self.summary()
 
@@ -265,6 +280,7 @@ class Backup:
             "duration": m.timings["total"], "capture": m.timings["capture"],
             "volumes": m.volumes, "encrypted": m.encrypted,
             "kind": m.kind, "parent": m.parent, "full_reasons": self.choice.reasons,
+            "signed_by": key_text_of(self.signing_key),
         }
 
     def discard(self) -> None:
@@ -297,8 +313,15 @@ def backup(plan: Plan, targets: list[str] | None, tags: list[str], report: Repor
                          hint="migrator backup --to file:///var/backups/migrator")
     stores = open_stores(urls, plan.backup)
     stack = Stack.for_plan(plan, report)
+    key, created = signkey.load_or_create()
+    own, trusted = key_text_of(key), trusted_keys(plan)
+    if created:
+        report(f"created this VSN's signing key {signkey.key_path()}; its public key is {own}")
+    if trusted and own not in trusted.texts:
+        report(f"this VSN's signing key {own} is not in backup.trusted_keys: restores with this plan refuse its "
+               f"snapshots, and backups cannot continue them (add it: `migrator key show`)")
     remove_dead_spools()  # of backups killed before their clean-up (we hold the lock: none is live)
-    job = Backup(plan, stores, tags, report, progress, full=full)
+    job = Backup(plan, stores, tags, report, progress, full=full, signing_key=key)
     with open_journal("backup") as journal:
         try:
             result = job.run(stack, journal)

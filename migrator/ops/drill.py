@@ -19,6 +19,8 @@ from migrator.errors import MigratorError
 from migrator.ops.deploy import deploy
 from migrator.ops.probes import probe_once
 from migrator.ops.restore import restore, snapshot_plan
+from migrator.ops.signatures import TrustedKeys, trusted_keys
+from migrator.ops.signatures import check as check_signatures
 from migrator.ops.stack import Report, Stack, quiet
 from migrator.plan.model import Plan, Secrets
 from migrator.state import conforming
@@ -75,22 +77,26 @@ def drill_plan(raw: dict, scratch: Path, tag: str) -> tuple[dict, dict[str, str]
 
 
 def drill(store, vsn: str, snapshot_id: str, *, plan: Plan | None, secrets: Secrets, identity: Path | None = None,
-          scratch: Path | None = None, report: Report = quiet) -> dict:
+          scratch: Path | None = None, report: Report = quiet, trusted: TrustedKeys | None = None) -> dict:
+    """`trusted`: the keys the snapshot's signature may come from (default: `plan`'s; the snapshot's own
+    plan copy is what the signature vouches for, so it never names them)."""
     started = time.monotonic()
     verdicts = conforming.remembered()
     snap = open_snapshot(store, vsn, snapshot_id, verdicts)
     manifest = snap.manifest
+    signature = check_signatures(snap, sorted(manifest.volumes), trusted if trusted is not None
+                                 else trusted_keys(plan), report)
     source_plan = plan or snapshot_plan(snap, verdicts)
     tag = pysecrets.token_hex(2)
     scratch = Path(scratch) if scratch else state_dir() / "drill" / f"{manifest.snapshot_id}-{tag}"
     scratch.mkdir(parents=True, exist_ok=False, mode=0o700)
     result = {"snapshot_id": manifest.snapshot_id, "store": store.url, "scratch": str(scratch), "ok": False,
-              "bytes": snap.restore_size(), "kind": manifest.kind, "services": {}}
+              "bytes": snap.restore_size(), "kind": manifest.kind, "services": {}, "signature": signature}
     stack = None
     try:
         report(f"drill: restoring {manifest.snapshot_id} into {scratch}")
         restored = restore(store, vsn, manifest.snapshot_id, plan=source_plan, into=scratch / "restored",
-                           identity=identity, report=report, snapshot=snap)
+                           identity=identity, report=report, snapshot=snap, signature=signature)
         raw, renames = drill_plan(source_plan.raw, scratch / "data", tag)
         (scratch / "data").mkdir(mode=0o755)
         for original, renamed in renames.items():

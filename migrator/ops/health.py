@@ -5,7 +5,8 @@
 - `backup-age`: the last successful backup (last_backup.json) is younger than backup.max_age_hours,
   when the plan has backup targets or a schedule;
 - `drill`: the last restore drill (last_drill.json), when there was one, passed;
-- `disk`: free space on the data root is at least health.min_free (default: vsn.min_free).
+- `disk`: free space on the data root is at least health.min_free (default: vsn.min_free);
+- `mail`: only when a notification mail (of health or an operation) could not be sent: fails, naming why.
 
 The stack state (Failure after a failed deploy or upgrade) is reported beside the checks but is not one:
 health answers "does it work now", and a failed upgrade whose old container came back does work.
@@ -42,9 +43,18 @@ class Check:
     name: str
     ok: bool | None  # None = skipped (not counted as a failure)
     detail: str
+    hint: str | None = None  # for a failure: the command that acts on it (e.g. `migrator start web`)
 
     def line(self) -> str:
         return f"{self.name}: {self.detail}"
+
+
+def _start_hint(row: dict) -> str | None:
+    """What brings a stopped service (or its network holder) back: `migrator start` (ops/services.py)."""
+    if row["expected"] != "running" or row["role"] not in ("service", "netns") or row["state"] in ("missing", "unknown"):
+        return None
+    service = row["name"].removesuffix("-netns") if row["role"] == "netns" else row["name"]
+    return f"`migrator start {service}` starts it"
 
 
 def container_checks(plan: Plan) -> list[Check]:
@@ -58,7 +68,8 @@ def container_checks(plan: Plan) -> list[Check]:
             checks.append(Check(name, None, "skipped: the Host container is not running"))
             continue
         checks.append(Check(name, ok, f"{row['role']} {row['name']} is {row['state']}"
-                                      + ("" if ok else f" (expected {row['expected']})")))
+                                      + ("" if ok else f" (expected {row['expected']})"),
+                            None if ok else _start_hint(row)))
         if row["role"] == "host" and not ok:
             host_down = True
     return checks
@@ -77,7 +88,8 @@ def probe_checks(plan: Plan, containers: list[Check]) -> list[Check]:
             checks.append(Check(name, None, "skipped: the container is not running"))
             continue
         result = probe_once(stack.rest_engine(), svc, svc.health)
-        checks.append(Check(name, result.ok, result.detail))
+        checks.append(Check(name, result.ok, result.detail,
+                            None if result.ok else f"`migrator restart {svc.name}` restarts it"))
     return checks
 
 
@@ -118,6 +130,28 @@ def disk_check(plan: Plan) -> Check:
     return Check("disk", ok, f"{format_size(free)} free on {root}" + ("" if ok else f" (need {format_size(min_free)})"))
 
 
+def mail_check() -> Check | None:
+    """A failing check while a mail could not be sent (notify/alerts.py keeps its error until a mail of the
+    same source goes out); None otherwise."""
+    state = read_json(state_dir() / "notify_state.json") or {}
+    sources = state.get("sources") if isinstance(state.get("sources"), dict) else {}
+    unsent = {name: src["unsent"] for name, src in sources.items() if isinstance(src, dict)
+              and isinstance(src.get("unsent"), dict)}
+    if not unsent:
+        return None
+    return Check("mail", False, "mail not sent (retried on the next run): " + "; ".join(
+        f"{name}: {str(u.get('error'))[:300]}" for name, u in sorted(unsent.items())))
+
+
+def add_mail_failure(result: dict, error: str) -> dict:
+    """This run's own mail (health --notify) could not be sent: the report says so and is unhealthy."""
+    check = Check("mail", False, f"mail not sent (retried on the next run): health: {error[:300]}")
+    result["checks"] = [c for c in result["checks"] if c["name"] != "mail"] + [asdict(check)]
+    result["failures"] = [f for f in result["failures"] if not f.startswith("mail: ")] + [check.line()]
+    result["healthy"] = False
+    return result
+
+
 def health(plan: Plan, now: float | None = None) -> dict:
     now = time.time() if now is None else now
     checks: list[Check] = []
@@ -133,6 +167,7 @@ def health(plan: Plan, now: float | None = None) -> dict:
             checks.append(Check("containers", None, f"skipped: {exc.message}"))
     checks += [c for c in (backup_check(plan, now), drill_check()) if c is not None]
     checks.append(disk_check(plan))
+    checks += [c for c in (mail_check(),) if c is not None]
     failures = [c for c in checks if c.ok is False]
     return {
         "vsn": plan.vsn.name,
@@ -141,5 +176,6 @@ def health(plan: Plan, now: float | None = None) -> dict:
         "stack_state_error": lifecycle["error"] if lifecycle["state"] == stackstate.FAILURE else None,
         "checks": [asdict(c) for c in checks],
         "failures": [c.line() for c in failures],
+        "hints": [f"{c.name}: {c.hint}" for c in failures if c.hint],
         "time": now,
     }

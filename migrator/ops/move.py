@@ -10,6 +10,8 @@
    stream checksums and metadata fingerprints, the agent swaps staging into the target's data root,
    deploys there (its seed flow) and probes health; `downtime_steps` says where the window went;
 4. finish: the source goes containerless (data kept), or with --keep-source its containers stay, stopped.
+   Data the target held before was set aside at its commit for the rollback only: removed once the stack
+   runs there (kept with --keep-old); `target_old_data` says which and where.
 Failure before the target is healthy: the target's deploy rolls itself back to containerless (copied data
 stays for a retry), the source services are restarted, the cause is raised. A killed move is finished or
 undone from the journal by the next command or `migrator recover` (it asks the target which it is)."""
@@ -73,6 +75,9 @@ class MoveResult:
     # The secrets file the target remembers: {"path", "copy"}; copy = the one this move sent, under the
     # target's <state dir>/incoming/ (a move back keeps the operator's file when it holds the same values).
     target_secrets: dict | None = None
+    # The data the target held before (set aside as <volume>.pre-move-<ts> for the rollback): {"paths",
+    # "kept"}; removed once the stack runs there unless --keep-old (kept = true). None: it held none.
+    target_old_data: dict | None = None
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -164,7 +169,7 @@ def send_volume(remote: RemoteVSN, plan: Plan, volume: str, capture, fresh: bool
     return stats.size, stats.sha256
 
 
-def move(plan: Plan, secrets: Secrets, target: str, *, keep_source: bool = False,
+def move(plan: Plan, secrets: Secrets, target: str, *, keep_source: bool = False, keep_old: bool = False,
          remote_command: list[str] | None = None, ssh_options: dict | None = None,
          install: InstallOptions | None = None, report: Report = quiet) -> dict:
     started = time.monotonic()
@@ -174,6 +179,7 @@ def move(plan: Plan, secrets: Secrets, target: str, *, keep_source: bool = False
     try:
         report(f"preflight of {remote.what}")
         files = preflight(remote, plan, secrets, report, install)
+        files["keep_old"] = keep_old
         result.installed = files["installed"]
         with open_journal("move") as journal:
             journal.note(JOURNAL_KEY, {"plan": plan.raw, "target": target, "stage": "precopy",
@@ -243,6 +249,8 @@ def cut_over(remote: RemoteVSN, plan: Plan, stack: Stack, quiesce: Quiesce, jour
     if last_backup.exists():
         remote.put_file(f"{files['incoming']}/last_backup.json", last_backup.read_bytes(), 0o600)
         args.append("--heartbeat")
+    if files.get("keep_old"):
+        args.append("--keep-old")
     report(f"starting the cut-over agent on {remote.what}")
     before_downtime_steps = StepTimer(result.before_downtime_steps)
     agent = remote.agent(*(args + (["--secrets", files["secrets"]] if files["secrets"] else [])))
@@ -295,6 +303,7 @@ def cut_over(remote: RemoteVSN, plan: Plan, stack: Stack, quiesce: Quiesce, jour
         raise
     result.health = deployed_there.get("health", {})
     result.target_secrets = deployed_there.get("secrets")
+    result.target_old_data = deployed_there.get("old_data")
     result.target_steps.update(deployed_there.get("steps") or {})
     result.target_steps.update({f"deploy.{k}": v for k, v in (deployed_there.get("timings") or {}).items()})
     result.downtime_s = round(time.monotonic() - down_since, 3)

@@ -4,7 +4,9 @@ process (`cutover`): it starts (Python, imports, plan validation, engine check) 
 services still run, says `ready`, then — with the source down — receives the delta streams framed on
 stdin, fingerprints the staged trees for the source to compare, commits staging into the data root on
 the source's word, deploys, probes health and remembers where the stack came from; each step is
-reported as one JSON line on stdout. Input arrives from another machine: archives go through the same
+reported as one JSON line on stdout. Data this VSN held before is set aside at the commit only for the
+rollback: a cut-over that fails after it puts that data back, a healthy one removes it (kept, and named
+in the reply, with `--keep-old`). Input arrives from another machine: archives go through the same
 verified, hostile-member-refusing extraction as a restore; frames are length-capped."""
 
 from __future__ import annotations
@@ -70,16 +72,17 @@ def receive(data_root: str, volume: str, fresh: bool) -> dict:
 
 
 def commit(data_root: str, volumes: list[str]) -> dict:
-    """Staging -> live by rename; a live dir already there is kept aside as <dir>.pre-move-<ts>. The staged
-    data is flushed to disk first: the pre-copy's receive flushed its bulk already, the cut-over's delta
-    (applied by `cutover`) is what is left."""
+    """Staging -> live by rename; a live dir already there is kept aside as <dir>.pre-move-<ts> until the
+    cut-over is decided (`uncommit` puts it back, `drop_old` removes it). The staged data is flushed to
+    disk first: the pre-copy's receive flushed its bulk already, the cut-over's delta (applied by
+    `cutover`) is what is left."""
     try:
         sync_filesystem(data_root)
     except OSError as exc:
         raise MigratorError(f"cannot make the moved data under {data_root} durable: {exc.strerror}",
                             hint="check the target's disk (dmesg); nothing was committed") from None
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    kept = []
+    kept = {}
     for volume in volumes:
         staging = staging_dir(data_root, _safe_volume(volume))
         live = Path(data_root) / volume
@@ -88,10 +91,39 @@ def commit(data_root: str, volumes: list[str]) -> dict:
         if live.exists() or live.is_symlink():
             aside = Path(data_root) / f"{volume}.pre-move-{stamp}"
             os.rename(live, aside)
-            kept.append(str(aside))
+            kept[volume] = str(aside)
         os.rename(staging, live)
     fsync_dir(data_root)
-    return {"committed": volumes, "kept_aside": kept}
+    return {"committed": volumes, "kept_aside": list(kept.values()), "aside": kept}
+
+
+def uncommit(data_root: str, volumes: list[str], aside: dict[str, str]) -> None:
+    """Undo `commit`: the moved data goes back to staging (a retry pre-copies afresh), the data that was
+    live before comes back from aside."""
+    for volume in volumes:
+        live, staging = Path(data_root) / volume, staging_dir(data_root, volume)
+        if live.exists() or live.is_symlink():
+            if staging.exists():
+                shutil.rmtree(staging)
+            os.rename(live, staging)
+        if volume in aside:
+            os.rename(aside[volume], live)
+    fsync_dir(data_root)
+
+
+def drop_old(aside: dict[str, str], keep: bool) -> dict | None:
+    """Once the stack runs here, the data set aside at the commit is no rollback's any more: removed, or
+    kept for the operator (--keep-old). None when there was none."""
+    if not aside:
+        return None
+    if not keep:
+        try:
+            for path in aside.values():
+                shutil.rmtree(path)
+        except OSError as exc:  # the stack runs here now: a leftover is reported, never a failed move
+            return {"paths": sorted(p for p in aside.values() if Path(p).exists()), "kept": True,
+                    "error": f"could not remove it: {exc}"}
+    return {"paths": sorted(aside.values()), "kept": keep}
 
 
 def mark_moved(source: str) -> dict:
@@ -139,7 +171,7 @@ def emit_line(event: dict) -> None:
 
 
 def cutover(plan_path: str, secrets_path: str | None, source: str, heartbeat: bool = False,
-            emit: Emit = emit_line, confirm: Emit = emit_strict, stdin=None) -> dict:
+            emit: Emit = emit_line, confirm: Emit = emit_strict, stdin=None, keep_old: bool = False) -> dict:
     """The target's half of the cut-over, driven by frames on stdin (migrator.remote.frames):
     `{"cmd": "receive", "volume": V}` + a data stream -> extract into V's staging dir, answer
     `{"event": "received", sha256, size, files, fingerprint}`; `{"cmd": "commit"}` -> swap staging in,
@@ -211,9 +243,20 @@ def cutover(plan_path: str, secrets_path: str | None, source: str, heartbeat: bo
     committed = commit(data_root, volumes)
     timer.lap("commit")
     emit({"event": "committed", **committed})
+
+    def roll_back_data() -> None:
+        try:
+            uncommit(data_root, volumes, committed["aside"])
+        except OSError as exc:  # the cause of the failure stays the error; this one is reported beside it
+            emit({"event": "progress", "message": f"could not put the data held here before back: {exc}"})
+
     # check.require ran before `ready`; the moved data's sizes were checked on the source (move.preflight).
-    result = deploy(plan, secrets, report=lambda m: emit({"event": "progress", "message": m}),
-                    checked=True).to_json()
+    try:
+        result = deploy(plan, secrets, report=lambda m: emit({"event": "progress", "message": m}),
+                        checked=True).to_json()
+    except MigratorError:
+        roll_back_data()
+        raise
     timer.lap("deploy")
     try:
         confirm({"event": "healthy", "health": result.get("health", {})})
@@ -221,14 +264,18 @@ def cutover(plan_path: str, secrets_path: str | None, source: str, heartbeat: bo
         # The source is gone (its pipe closed) before it could learn the stack runs here: it restarts its
         # own services (or its `recover` asks us and must find none). Never both: back to containerless.
         teardown(plan, verb="teardown")
+        roll_back_data()
         raise MigratorError("the source went away before it learned that the stack is healthy here; "
-                            "rolled back to containerless (moved data kept)") from exc
+                            "rolled back to containerless (the data held here before is back)") from exc
     if heartbeat:  # the stack's backup heartbeat moves with it (health judges the last backup)
         os.replace(state_dir() / INCOMING / "last_backup.json", state_dir() / "last_backup.json")
     mark_moved(source)
     timer.lap("finish")
+    old_data = drop_old(committed["aside"], keep_old)
+    if old_data:
+        timer.lap("old-data")
     return {**result, "committed": committed["committed"], "kept_aside": committed["kept_aside"],
-            "steps": timer.durations,
+            "old_data": old_data, "steps": timer.durations,
             "secrets": {"path": str(secrets.path), "copy": not remembered} if secrets_path else None}
 
 

@@ -1,6 +1,8 @@
 """`migrator restore` — bring volumes back from a snapshot without ever risking live data.
 
-1. read and validate the manifest; every object must exist with the manifest's size;
+1. read and validate the manifest; check the signatures of the snapshot and of every link of its chain
+   (ops/signatures.py: with trusted keys anything but a valid one is exit 6); every object must exist with
+   the manifest's size;
 2. stream each object into a staging dir beside the live dir (same filesystem), verifying sha256 as it
    streams and applying deltas (with deletions) in order: for an incremental snapshot, every link of the
    volume's chain from the snapshot that holds it whole on, each link's phases in order;
@@ -29,6 +31,8 @@ from migrator.errors import IntegrityError, MigratorError, PlanInvalid, Prefligh
 from migrator.faults import checkpoint, failpoint
 from migrator.ops.quiesce import Quiesce, writers_of
 from migrator.ops.recover import handler
+from migrator.ops.signatures import TrustedKeys, trusted_keys
+from migrator.ops.signatures import check as check_signatures
 from migrator.ops.stack import Report, Stack, quiet
 from migrator.plan.checks import special_checks
 from migrator.plan.load import known_schema_problems
@@ -134,7 +138,10 @@ def swap_back(s: Swap) -> None:
 def restore(store, vsn: str, snapshot_id: str, *, plan: Plan | None, volumes: list[str] | None = None,
             into: Path | None = None, identity: Path | None = None, keep_old: bool = False,
             touch_containers: bool = True, report: Report = quiet, progress=None,
-            snapshot: Snapshot | None = None, dry_run: bool = False) -> dict:
+            snapshot: Snapshot | None = None, dry_run: bool = False, trusted: TrustedKeys | None = None,
+            signature: str | None = None) -> dict:
+    """`trusted`: the keys a signature may come from (default: `plan`'s backup.trusted_keys; never the
+    snapshot's own plan copy). `signature`: the caller already checked it (drill) and says how it went."""
     started = time.monotonic()
     verdicts = conforming.remembered()
     snap = snapshot or open_snapshot(store, vsn, snapshot_id, verdicts)
@@ -144,6 +151,8 @@ def restore(store, vsn: str, snapshot_id: str, *, plan: Plan | None, volumes: li
     if unknown:
         raise UsageError(f"snapshot {manifest.snapshot_id} has no volume {unknown[0]!r}",
                          hint="volumes in it: " + ", ".join(sorted(manifest.volumes)))
+    if signature is None:  # before any object is read, the plan copy included
+        signature = check_signatures(snap, chosen, trusted if trusted is not None else trusted_keys(plan), report)
     check_objects(snap, chosen)
     if plan is None:
         plan = snapshot_plan(snap, verdicts)
@@ -155,7 +164,7 @@ def restore(store, vsn: str, snapshot_id: str, *, plan: Plan | None, volumes: li
             raise UsageError("the snapshot is encrypted: pass --identity FILE (an age identity)")
     base = Path(into) if into else Path(plan.vsn.data_root)
     if dry_run:
-        return preview(snap, chosen, base, identity, report)
+        return {**preview(snap, chosen, base, identity, report), "signature": signature}
     base.mkdir(parents=True, exist_ok=True)
     # An upper bound: a chain's later links rewrite some of what earlier ones wrote.
     needed = sum(o.uncompressed for _link, o in snap.chain_objects(chosen))
@@ -189,10 +198,10 @@ def restore(store, vsn: str, snapshot_id: str, *, plan: Plan | None, volumes: li
             for s in swaps:
                 os.rename(s.staging, s.live)
             journal.forget(STAGING_KEY)
-            return _result(snap, chosen, into, files, data_restored, started, {}, [])
+            return _result(snap, chosen, into, files, data_restored, started, {}, [], signature)
         downtime, kept = _swap_into_live(plan, swaps, writers_for(plan, chosen), touch_containers, keep_old,
                                          journal, report)
-    return _result(snap, chosen, base, files, data_restored, started, downtime, kept)
+    return _result(snap, chosen, base, files, data_restored, started, downtime, kept, signature)
 
 
 # Paths listed per kind of change in a preview (the counts are always complete).
@@ -289,8 +298,9 @@ def _swap_into_live(plan: Plan, swaps: list[Swap], writers: list, touch_containe
     return quiesce.downtime, kept
 
 
-def _result(snap: Snapshot, volumes, base, files, data_restored, started, downtime, kept) -> dict:
+def _result(snap: Snapshot, volumes, base, files, data_restored, started, downtime, kept, signature) -> dict:
     return {"snapshot_id": snap.id, "store": snap.store.url, "volumes": volumes, "into": str(base),
+            "signature": signature,
             "files": files, "bytes": snap.restore_size(volumes), "kind": snap.manifest.kind,
             "chain": {v: [link.id for link in snap.chain(v)] for v in volumes},
             "data_restored_s": data_restored, "duration": round(time.monotonic() - started, 3),

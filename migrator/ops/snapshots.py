@@ -16,6 +16,8 @@ from migrator.catalog.manifest import snapshot_time
 from migrator.catalog.retention import Policy, decide
 from migrator.catalog.snapshot import Snapshot
 from migrator.errors import IntegrityError, UsageError
+from migrator.ops.signatures import NO_KEYS, UNCHECKED, UNSIGNED, VALID, TrustedKeys, summary
+from migrator.ops.signatures import check as check_signatures
 from migrator.ops.stack import Report, quiet
 from migrator.state import conforming
 from migrator.storage.base import SnapshotStore
@@ -77,11 +79,15 @@ def parse_subset(text: str | None) -> float | None:
 
 
 def verify(store: SnapshotStore, vsn: str, snapshot_id: str, read_data: bool, report: Report = quiet,
-           subset: float | None = None, rng: random.Random | None = None) -> dict:
+           subset: float | None = None, rng: random.Random | None = None, trusted: TrustedKeys | None = None) -> dict:
     """Every object the snapshot's restore reads (its chain), and its tree states, present with the
-    manifest's size; with `read_data` every sha256 recomputed; with `subset` those of a random share."""
+    manifest's size; with `read_data` every sha256 recomputed; with `subset` those of a random share.
+    First each snapshot's signatures (and its chain's): with `trusted` keys, one that fails is a problem
+    and nothing of that snapshot is read."""
     verdicts = conforming.remembered()
+    trusted = trusted if trusted is not None else TrustedKeys()
     problems: list[str] = []
+    signatures: dict[str, str] = {}
     if snapshot_id == "all":
         listing = list_snapshots(store, vsn, verdicts)
         scope = listing.handles()
@@ -90,6 +96,14 @@ def verify(store: SnapshotStore, vsn: str, snapshot_id: str, read_data: bool, re
         scope = [open_snapshot(store, vsn, snapshot_id, verdicts)]
     objects: dict[str, tuple[Snapshot, str, int, str]] = {}
     for snap in scope:
+        try:
+            signatures[snap.id] = check_signatures(snap, sorted(snap.manifest.volumes), trusted,
+                                                   report if snapshot_id != "all" else quiet)
+        except IntegrityError as exc:
+            if trusted:
+                problems.append(exc.message)
+                continue
+            signatures[snap.id] = trusted.check(snap)  # the chain is broken: chain_objects says how
         try:
             for link, obj in snap.chain_objects():
                 objects.setdefault(link.key(obj.name), (link, obj.name, obj.size, obj.sha256))
@@ -119,13 +133,18 @@ def verify(store: SnapshotStore, vsn: str, snapshot_id: str, read_data: bool, re
                 digest.update(chunk)
         if digest.hexdigest() != sha256:
             problems.append(f"{key}: sha256 {digest.hexdigest()} != {sha256} in the manifest")
+    signature = summary(signatures) if signatures else VALID if trusted else UNCHECKED
+    if snapshot_id == "all" and signatures:
+        unsigned = sum(1 for s in signatures.values() if s == UNSIGNED)
+        report(f"the signatures of {len(signatures)} snapshot(s) are valid" if signature == VALID else
+               f"{unsigned} of {len(signatures)} snapshot(s) UNSIGNED; signatures NOT checked: {NO_KEYS}")
     label = "the store" if snapshot_id == "all" else f"snapshot {scope[0].id}"
     if problems:
         raise IntegrityError(f"{label} in {store.url} is damaged: {problems[0]}", details=problems)
     result = {"store": store.url, "snapshot_id": scope[0].id if snapshot_id != "all" else "all",
               "snapshots": len(scope), "objects": len(present), "read": len(to_read),
               "read_data": bool(read_data or subset), "subset": subset,
-              "size": sum(objects[k][2] for k in present), "ok": True}
+              "size": sum(objects[k][2] for k in present), "signature": signature, "ok": True}
     return result
 
 

@@ -55,18 +55,22 @@ def load(vsn: str) -> ChainRecord | None:
         return None
 
 
-def save(vsn: str, snapshot_id: str, stores: list[str], states: dict[str, tuple[TreeState, str]]) -> None:
-    """Record `snapshot_id` (committed to `stores`) with per volume (tree state, its object's sha256).
-    Files of earlier records are removed once the new record is in place."""
+def tree_file(vsn: str, snapshot_id: str, volume: str) -> Path:
+    """Where a backup leaves `volume`'s plain tree state for the record it writes once committed."""
     where = _dir(vsn)
     where.mkdir(parents=True, exist_ok=True, mode=0o700)
-    trees = {}
-    for volume, (state, sha256) in states.items():
-        name = f"{snapshot_id}.{volume}.tree"
-        state.save(where / name)
-        trees[volume] = {"file": name, "sha256": sha256}
-    write_json(where / RECORD, {"snapshot_id": snapshot_id, "stores": stores, "trees": trees})
-    keep = {RECORD, *(t["file"] for t in trees.values())}
+    return where / f"{snapshot_id}.{volume}.tree"
+
+
+def save(vsn: str, snapshot_id: str, stores: list[str], trees: dict[str, str]) -> None:
+    """Record `snapshot_id` (committed to `stores`); `trees`: volume -> its tree-state object's sha256,
+    the plain states already at `tree_file(...)`. Files of earlier records (or of backups that never
+    committed) are removed once the new record is in place."""
+    where = _dir(vsn)
+    files = {volume: tree_file(vsn, snapshot_id, volume).name for volume in trees}
+    write_json(where / RECORD, {"snapshot_id": snapshot_id, "stores": stores,
+                                "trees": {v: {"file": files[v], "sha256": sha} for v, sha in trees.items()}})
+    keep = {RECORD, *files.values()}
     for path in where.iterdir():
         if path.name not in keep:
             if path.is_dir():

@@ -1,0 +1,44 @@
+"""Snapshot signatures for the operations: the trusted keys (the plan's `backup.trusted_keys` and
+`--trusted-key`), the check restore, verify and drill run before reading any object (and what they say
+about it), and this VSN's public key for `migrator key show`."""
+
+from __future__ import annotations
+
+from migrator.catalog.signing import UNCHECKED, UNSIGNED, VALID, TrustedKeys, key_text_of, summary
+
+__all__ = ["UNCHECKED", "UNSIGNED", "VALID", "TrustedKeys", "summary", "check", "show_key", "trusted_keys"]
+from migrator.catalog.snapshot import Snapshot
+from migrator.ops.stack import Report
+from migrator.plan.model import Plan
+from migrator.state import signkey
+
+NO_KEYS = "no trusted keys: set backup.trusted_keys in the plan or pass --trusted-key (`migrator key show`)"
+
+
+def trusted_keys(plan: Plan | None, extra: list[str] | None = None) -> TrustedKeys:
+    """Never from a snapshot's own plan copy: that is what a signature has to vouch for."""
+    return TrustedKeys.of(plan.backup.get("trusted_keys") if plan is not None else None, extra)
+
+
+def check(snap: Snapshot, volumes: list[str], trusted: TrustedKeys, report: Report) -> str:
+    """VALID, UNCHECKED or UNSIGNED for `snap` and the chains of `volumes`, said on `report`; with trusted
+    keys anything but VALID is an IntegrityError (exit 6), raised before any object is read."""
+    statuses = trusted.check_chain(snap, volumes)
+    word = summary(statuses)
+    links = f" (and the {len(statuses) - 1} older snapshot(s) of its chain)" if len(statuses) > 1 else ""
+    if word == VALID:
+        report(f"snapshot {snap.id}{links}: signature valid (a trusted key)")
+    elif word == UNCHECKED:
+        report(f"snapshot {snap.id}{links} is signed, but the signature is UNCHECKED: {NO_KEYS}")
+    else:
+        missing = [sid for sid, status in statuses.items() if status == UNSIGNED]
+        report(f"snapshot {snap.id} is UNSIGNED ({', '.join(missing[:3])}{' …' if len(missing) > 3 else ''} "
+               f"without manifest.sig): nothing proves which VSN wrote it, and it was not checked")
+    return word
+
+
+def show_key() -> dict:
+    """This VSN's public signing key (the key is created on first use). Never the private key."""
+    key, created = signkey.load_or_create()
+    return {"public_key": key_text_of(key), "algorithm": "ed25519", "key_file": str(signkey.key_path()),
+            "created": created}
