@@ -207,6 +207,16 @@ def store_dir(tmp_path: Path, snapshot_id: str) -> Path:
 
 # -- 1. a chain across `move` ---------------------------------------------------------------------------
 
+
+def full_then_incremental(vsn, secrets, tmp_path) -> tuple[str, Path, dict, dict]:
+    """Deploy with a file:// store, take a full, change the web data, take an incremental on it."""
+    store = f"file://{tmp_path}/store"
+    deploy(vsn, secrets, tmp_path, [store])
+    www = vsn.data_root / "webdata" / "www"
+    full = backup(vsn, kind="full")
+    change(www, 1)
+    return store, www, full, backup(vsn, kind="incremental", parent=full["snapshot_id"])
+
 def test_chain_continues_on_the_target_after_move(vsn, target_vsn, secrets, tmp_path, monkeypatch):
     """The store is an ssh:// store on the target host: the source reaches it over SSH, the target reaches
     itself. After the move the target has no local chain record: its first backup reads the parent's tree
@@ -485,12 +495,7 @@ def flip_bytes(path: Path) -> None:
 
 
 def test_tampered_tree_state_without_local_record_forces_a_full(vsn, secrets, tmp_path):
-    store = f"file://{tmp_path}/store"
-    deploy(vsn, secrets, tmp_path, [store])
-    www = vsn.data_root / "webdata" / "www"
-    full = backup(vsn, kind="full")
-    change(www, 1)
-    inc = backup(vsn, kind="incremental", parent=full["snapshot_id"])
+    store, www, full, inc = full_then_incremental(vsn, secrets, tmp_path)
     for volume in ("webdata", "dbdata"):
         flip_bytes(store_dir(tmp_path, inc["snapshot_id"]) / f"{volume}.tree.zst")
     shutil.rmtree(vsn.state_dir / "chain" / VSN)  # as on a fresh state dir: the store's copy is all there is
@@ -513,12 +518,7 @@ def test_tampered_tree_state_with_local_record_is_not_read(vsn, secrets, tmp_pat
     tampered copy therefore does not stop an incremental (whose restore is right: restore never reads
     tree states); `verify --read-data` of the parent is what finds it, and a `restore --dry-run` of it
     refuses it."""
-    store = f"file://{tmp_path}/store"
-    deploy(vsn, secrets, tmp_path, [store])
-    www = vsn.data_root / "webdata" / "www"
-    full = backup(vsn, kind="full")
-    change(www, 1)
-    inc = backup(vsn, kind="incremental", parent=full["snapshot_id"])
+    store, www, full, inc = full_then_incremental(vsn, secrets, tmp_path)
     tampered = store_dir(tmp_path, inc["snapshot_id"]) / "webdata.tree.zst"
     flip_bytes(tampered)
     change(www, 2)
@@ -547,12 +547,7 @@ def test_manifest_rewritten_with_another_tree_state_disagrees_with_the_record(vs
     """Someone with write access to the store replays an older genuine tree state in the newest snapshot
     and rewrites its manifest to match (size, sha256): the store is self-consistent, but this VSN's record
     of that snapshot names another tree state, so the volume is captured whole."""
-    store = f"file://{tmp_path}/store"
-    deploy(vsn, secrets, tmp_path, [store])
-    www = vsn.data_root / "webdata" / "www"
-    full = backup(vsn, kind="full")
-    change(www, 1)
-    inc = backup(vsn, kind="incremental", parent=full["snapshot_id"])
+    store, www, full, inc = full_then_incremental(vsn, secrets, tmp_path)
     older, newest = store_dir(tmp_path, full["snapshot_id"]), store_dir(tmp_path, inc["snapshot_id"])
     shutil.copyfile(older / "webdata.tree.zst", newest / "webdata.tree.zst")
     manifest = json.loads((newest / "manifest.json").read_text())
@@ -603,12 +598,7 @@ def test_encrypted_chain_read_from_the_store_needs_the_identity(vsn, secrets, tm
 # -- 6. a parent object deleted behind migrator's back --------------------------------------------------
 
 def test_missing_parent_object(vsn, secrets, tmp_path):
-    store = f"file://{tmp_path}/store"
-    deploy(vsn, secrets, tmp_path, [store])
-    www = vsn.data_root / "webdata" / "www"
-    full = backup(vsn, kind="full")
-    change(www, 1)
-    inc = backup(vsn, kind="incremental", parent=full["snapshot_id"])
+    store, www, full, inc = full_then_incremental(vsn, secrets, tmp_path)
     (store_dir(tmp_path, full["snapshot_id"]) / "webdata.1.tar.zst").unlink()
     change(www, 2)
     out = backup(vsn)  # the local record names `inc`: it must not stand in for the store's objects
