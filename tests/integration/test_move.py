@@ -133,7 +133,9 @@ def test_deploy_failure_on_target_restarts_source(vsn, target_vsn, secrets, tmp_
         assert result.returncode == 7, result.stderr + result.stdout
         assert vsn.containers()["web"] == "running" and vsn.containers()["db"] == "running"
         assert target_vsn.containers() == {}  # the target rolled back to containerless
-        assert (target_vsn.data_root / "webdata" / "www" / "index.html").exists()  # data stays for a retry
+        # The copied data stays (staged) for a retry; the target's data root is as before the move.
+        assert (target_vsn.data_root / ".webdata.move-incoming" / "www" / "index.html").exists()
+        assert not (target_vsn.data_root / "webdata").exists()
     finally:
         blocker.kill()
         blocker.wait()
@@ -141,6 +143,36 @@ def test_deploy_failure_on_target_restarts_source(vsn, target_vsn, secrets, tmp_
     again = move(vsn, target_vsn)
     assert again.returncode == 0, again.stderr
     assert target_vsn.http_get(web_port(raw)) == "moved page"
+
+
+def _held_before(target_vsn) -> None:
+    """The target VSN held this stack's data before (as a VSN a stack moved away from does)."""
+    old = target_vsn.data_root / "webdata" / "www"
+    old.mkdir(parents=True)
+    (old / "index.html").write_text("stale page the target held")
+
+
+def test_data_the_target_held_is_removed_once_the_stack_runs_there(vsn, target_vsn, secrets, tmp_path):
+    """Issue 22, item 1: the target's old data is set aside only for the rollback; the output says so."""
+    raw = deploy_source(vsn, secrets, tmp_path, host=False)
+    _held_before(target_vsn)
+    result = move(vsn, target_vsn)
+    assert result.returncode == 0, result.stderr + result.stdout
+    old = json.loads(result.stdout)["target_old_data"]
+    assert old["kept"] is False and [os.path.basename(p).split(".pre-move-")[0] for p in old["paths"]] == ["webdata"]
+    assert not list(target_vsn.data_root.glob("*.pre-move-*"))
+    assert target_vsn.http_get(web_port(raw)) == "moved page"
+    assert "old-data" in json.loads(result.stdout)["target_steps"]
+
+
+def test_keep_old_keeps_the_data_the_target_held_and_says_where(vsn, target_vsn, secrets, tmp_path):
+    deploy_source(vsn, secrets, tmp_path, host=False)
+    _held_before(target_vsn)
+    result = vsn.migrator("move", *target_vsn.move_args(), "--keep-old")
+    assert result.returncode == 0, result.stderr + result.stdout
+    (kept,) = target_vsn.data_root.glob("webdata.pre-move-*")
+    assert (kept / "www" / "index.html").read_text() == "stale page the target held"
+    assert f"kept (--keep-old): {target_vsn.path}/data/{kept.name}" in result.stdout
 
 
 def test_ssh_dropped_during_transfer(vsn, target_vsn, secrets, tmp_path):

@@ -102,6 +102,44 @@ def test_healthy_that_cannot_be_told_rolls_back(agent_env):
                             stdin=io.BytesIO(raw))
     assert agent_env.calls[-1] == "teardown"
     assert not (Path(move_target.state_dir()) / "moved-in.json").exists()
+    assert move_target.staging_dir(str(agent_env.data_root), "vol").is_dir()  # as before the commit
+
+
+def _held_before(env) -> Path:
+    old = env.data_root / "vol"
+    old.mkdir(parents=True)
+    (old / "file").write_text("held before")
+    return old
+
+
+@pytest.mark.parametrize("keep_old", [False, True])
+def test_data_held_before_is_removed_once_healthy_unless_kept(agent_env, keep_old):
+    """Issue 22, item 1: the data this VSN held is set aside for the rollback only."""
+    _held_before(agent_env)
+    raw, _sha = _stdin(agent_env, commit=True)
+    result = move_target.cutover("plan.json", None, "vsn1", emit=lambda e: None, confirm=lambda e: None,
+                                 stdin=io.BytesIO(raw), keep_old=keep_old)
+    old = result["old_data"]
+    assert old["kept"] is keep_old and [Path(p).name.split(".pre-move-")[0] for p in old["paths"]] == ["vol"]
+    assert [str(p) for p in agent_env.data_root.glob("vol.pre-move-*")] == (old["paths"] if keep_old else [])
+    assert (agent_env.data_root / "vol" / "sub" / "file").read_text() == "moved"
+
+
+def test_a_failed_deploy_puts_the_data_held_before_back(agent_env, monkeypatch):
+    from migrator.errors import DeployFailed
+
+    def failing(p, s, report, checked):
+        raise DeployFailed("port taken")
+
+    monkeypatch.setattr(deploy, "deploy", failing)
+    _held_before(agent_env)
+    raw, _sha = _stdin(agent_env, commit=True)
+    with pytest.raises(DeployFailed):
+        move_target.cutover("plan.json", None, "vsn1", emit=lambda e: None, stdin=io.BytesIO(raw))
+    assert (agent_env.data_root / "vol" / "file").read_text() == "held before"
+    assert not list(agent_env.data_root.glob("vol.pre-move-*"))
+    staged = move_target.staging_dir(str(agent_env.data_root), "vol")
+    assert (staged / "sub" / "file").read_text() == "moved"
 
 
 def _secrets_file(path: Path, values: dict, text: str | None = None) -> Path:
