@@ -173,6 +173,42 @@ def test_backup_failure_mails_through_mutt_then_recovers(vsn, secrets, tmp_path)
     assert entries[0]["snapshot_id"] == json.loads(ok.stdout)["snapshot_id"] and entries[0]["bytes"] > 0
 
 
+def test_the_plans_smtp_wins_over_mutt_and_an_unsent_mail_surfaces(vsn, secrets, tmp_path):
+    """Issue 22, item 4: mutt installed (without a config it hands mail to a sendmail this VSN lacks),
+    health.notify.smtp in the plan, no MIGRATOR_MAILER: the mail goes over the plan's SMTP. A mail that
+    cannot be sent shows in the command's output and in health; an override that fails is named."""
+    if shutil.which("mutt") is None:
+        pytest.skip("mutt is not installed (make deps installs it)")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**{k: v for k, v in vsn.env().items() if k != "MIGRATOR_MAILER"}, "HOME": str(home)}
+    with SMTPSink() as sink:
+        raw = ops_plan(vsn, tmp_path, smtp_port=sink.port, backup=True)
+        deploy(vsn, tmp_path, raw, secrets)
+        (vsn.data_root / "webdata" / "www" / "ok.html").unlink()
+        bad = health(vsn, "--notify", env=env)
+        assert not bad["healthy"] and bad["notify"]["transport"] == "smtp" and bad["notify"]["error"] is None
+        (mail,) = sink.wait_for(1)
+        assert "health check FAILING" in mail.subject
+    # The SMTP server is gone now; a backup fails (its store's parent is a file) and cannot mail it.
+    (tmp_path / "store").write_text("not a directory")
+    raw["backup"]["targets"] = [f"file://{tmp_path}/store/sub"]
+    write_json(vsn.state_dir / "plan.json", raw)
+    failed = vsn.migrator("backup", "--json", env=env)
+    assert failed.returncode == 8, failed.stderr
+    warnings = json.loads(failed.stdout)["warnings"]
+    assert any(w.startswith("could not mail ops@example.org: SMTP 127.0.0.1") for w in warnings), warnings
+    assert "could not mail ops@example.org" in failed.stderr
+    report = health(vsn, env=env)
+    assert any(f.startswith("mail: mail not sent") and "backup: SMTP" in f for f in report["failures"])
+    again = health(vsn, "--notify", env=env)
+    assert again["notify"]["error"] and any(f.startswith("mail: mail not sent (retried on the next run): health:")
+                                            for f in again["failures"])
+    forced = vsn.migrator("backup", "--json", env={**env, "MIGRATOR_MAILER": "mutt"})
+    warnings = json.loads(forced.stdout)["warnings"]
+    assert any("mutt exited" in w and "MIGRATOR_MAILER=mutt" in w for w in warnings), warnings
+
+
 def _cron_env(env_lines: dict) -> dict:
     """What cron gives a job: HOME, LOGNAME, SHELL from passwd plus the file's variables, nothing else."""
     return {"HOME": "/root", "LOGNAME": "root", "SHELL": "/bin/sh", **env_lines}

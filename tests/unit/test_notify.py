@@ -137,6 +137,45 @@ def test_wrong_smtp_password_is_a_mail_failure_without_the_password():
         assert sink.messages == []
 
 
+@pytest.fixture
+def real_mutt(tmp_path, monkeypatch):
+    """The installed mutt with an empty HOME: no ~/.muttrc, so it hands mail to a sendmail this VSN lacks."""
+    import shutil
+
+    if shutil.which("mutt") is None:
+        pytest.skip("mutt is not installed (make deps installs it)")
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MIGRATOR_MAILER")
+
+
+def test_the_plans_smtp_wins_over_an_installed_mutt(state, real_mutt):
+    """Issue 22, item 4: what the plan configures explicitly decides the transport."""
+    with SMTPSink() as sink:
+        cfg = {"email": "ops@example.org", "smtp": {"host": "127.0.0.1", "port": sink.port, "tls": "none"}}
+        out = alerts.notify("backup", {"backup": "exit 8"}, cfg, "v", None, now=1.0)
+        assert out["error"] is None and out["transport"] == "smtp" and len(sink.wait_for(1)) == 1
+    assert mail.transport({})[0] == "mutt"  # no smtp section: mutt, as before
+
+
+def test_an_unsent_mail_names_the_mailer_override_and_surfaces_in_health(state, real_mutt, monkeypatch):
+    from migrator.ops import health
+
+    monkeypatch.setenv("MIGRATOR_MAILER", "mutt")
+    with SMTPSink() as sink:
+        cfg = {"email": "ops@example.org", "smtp": {"host": "127.0.0.1", "port": sink.port, "tls": "none"}}
+        out = alerts.notify("backup", {"backup": "exit 8"}, cfg, "v", None, now=1.0)
+        assert sink.messages == []
+    assert "mutt exited" in out["error"] and "MIGRATOR_MAILER=mutt" in out["error"]
+    check = health.mail_check()
+    assert check.ok is False and check.name == "mail" and "backup: mutt exited" in check.detail
+    monkeypatch.delenv("MIGRATOR_MAILER")
+    with SMTPSink() as sink:
+        cfg["smtp"]["port"] = sink.port
+        assert alerts.notify("backup", {"backup": "exit 8"}, cfg, "v", None, now=2.0)["sent"] == FAILING
+    assert health.mail_check() is None  # it went out: nothing left unsent
+
+
 def _families(text: str) -> dict:
     return {f.name: f for f in text_string_to_metric_families(text)}
 
