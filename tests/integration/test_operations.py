@@ -209,6 +209,34 @@ def test_the_plans_smtp_wins_over_mutt_and_an_unsent_mail_surfaces(vsn, secrets,
     assert any("mutt exited" in w and "MIGRATOR_MAILER=mutt" in w for w in warnings), warnings
 
 
+def test_start_stop_restart_act_on_what_health_reports(vsn, secrets, tmp_path):
+    """Issue 22, item 8: services stopped and started in depends_on order (web depends on db), under the
+    lock and in the history; health names the verb; a restart killed after its stop is undone by recover."""
+    raw = ops_plan(vsn, tmp_path)
+    deploy(vsn, tmp_path, raw, secrets)
+    stopped = run_json(vsn, "stop", "db", "web")
+    assert stopped["stopped"] == ["web", "db"] and stopped["started"] == []  # dependents first
+    states = vsn.containers()
+    assert states["web"] == states["db"] == "exited" and states["web-netns"] == "running"
+    report = health(vsn)
+    assert "container:web: `migrator start web` starts it" in report["hints"]
+    assert "hint: container:db: `migrator start db` starts it" in vsn.migrator("health").stdout
+    started = run_json(vsn, "start", "web")  # what web depends on starts first
+    assert started["started"] == ["db", "web"] and health(vsn)["healthy"]
+    assert run_json(vsn, "start", "web")["started"] == []
+    restarted = run_json(vsn, "restart", "db")
+    assert restarted["stopped"] == ["db"] and restarted["started"] == ["db"] and health(vsn)["healthy"]
+    human = vsn.migrator("restart", "web")
+    assert human.returncode == 0 and "stopped: web" in human.stdout and "started: web" in human.stdout
+    killed = vsn.migrator("restart", "web", env={**vsn.env(), "MIGRATOR_KILL_AT": "restart.stopped"})
+    assert killed.returncode == -9 and vsn.containers()["web"] == "exited"
+    assert any("web" in a for a in run_json(vsn, "recover")["actions"])
+    assert vsn.containers()["web"] == "running"
+    assert run_json(vsn, "start", "nosuch", expect=2)["message"] == "no enabled service named 'nosuch' in the plan"
+    assert [e["verb"] for e in history(vsn) if e["verb"] in ("start", "stop", "restart")] == [
+        "start", "restart", "restart", "start", "start", "stop"]
+
+
 def _cron_env(env_lines: dict) -> dict:
     """What cron gives a job: HOME, LOGNAME, SHELL from passwd plus the file's variables, nothing else."""
     return {"HOME": "/root", "LOGNAME": "root", "SHELL": "/bin/sh", **env_lines}
