@@ -278,7 +278,8 @@ def register(app: typer.Typer) -> None:
         def human(r: dict) -> None:
             if not r.get("dry_run"):
                 print(f"restored {', '.join(r['volumes'])} from {r['snapshot_id']} into {r['into']} "
-                      f"({r['files']} files) in {r['duration']}s")
+                      f"({r['files']} files) in {r['duration']}s"
+                      + (", signature valid" if r.get("signature") == "valid" else ""))
                 _say_signature(r)
                 return
             print(f"restoring {r['snapshot_id']} ({r['kind']}, reads {format_size(r['bytes'])}) would:")

@@ -32,8 +32,9 @@ def check(snap: Snapshot, volumes: list[str], trusted: TrustedKeys, report: Repo
         report(f"snapshot {snap.id}{links} is signed, but the signature is UNCHECKED: {NO_KEYS}")
     else:
         missing = [sid for sid, status in statuses.items() if status == UNSIGNED]
-        report(f"snapshot {snap.id} is UNSIGNED ({', '.join(missing[:3])}{' …' if len(missing) > 3 else ''} "
-               f"without manifest.sig): nothing proves which VSN wrote it, and it was not checked")
+        which = ("no manifest.sig" if missing == [snap.id] else
+                 f"no manifest.sig in {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''} of its chain")
+        report(f"snapshot {snap.id} is UNSIGNED ({which}): nothing proves which VSN wrote it, and it was not checked")
     return word
 
 
