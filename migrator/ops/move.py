@@ -29,7 +29,7 @@ from pathlib import Path
 from migrator import __version__
 from migrator.archive import capture_phase2, phase1_hooks, scan, write_archive
 from migrator.archive.fingerprint import compare, fingerprint
-from migrator.errors import IntegrityError, MigratorError, PreflightFailed, UsageError
+from migrator.errors import IntegrityError, LockHeld, MigratorError, PreflightFailed, UsageError
 from migrator.faults import checkpoint
 from migrator.ops import check
 from migrator.ops.datadirs import tree_size
@@ -50,6 +50,9 @@ JOURNAL_KEY = "move"
 # Room the target must have beyond the data itself: 10% plus 1 GiB for logs, images and databases' growth.
 SPACE_MARGIN_RATIO = 0.10
 SPACE_MARGIN_BYTES = 1024**3
+# How long `recover` waits for the target's cut-over agent to decide (its deploy waits for health probes,
+# a rollback for the teardown) before it acts on the source; past it the source stays stopped.
+TARGET_DECISION_WAIT_S = 600
 
 
 @dataclass
@@ -294,6 +297,7 @@ def cut_over(remote: RemoteVSN, plan: Plan, stack: Stack, quiesce: Quiesce, jour
         with downtime_steps.step("commit"):
             agent.send({"cmd": "commit"})
             agent.event("committed")
+        checkpoint("move.committed")  # the target deploys and decides now (tests kill here)
         report(f"deploying on {remote.what}")
         with downtime_steps.step("deploy"):
             agent.event("healthy", on_progress=report)  # told = the target keeps the stack (see move_target)
@@ -328,10 +332,21 @@ def finish_source(stack: Stack, keep_source: bool, target: str, report: Report) 
     return state
 
 
+def target_decision(remote: RemoteVSN, report: Report) -> bool:
+    """Whether the stack runs on the target once the target has decided. Its cut-over agent holds the
+    target's operation lock until it has kept the stack (healthy, told) or rolled back, so a `migrator
+    recover --wait` there returns only then (LockHeld past the bound), having undone the half-done deploy
+    of an agent that died; only then is the target's status final."""
+    report(f"waiting for {remote.what} to finish its side of the move (at most {TARGET_DECISION_WAIT_S}s)")
+    remote.migrator("recover", "--wait", str(TARGET_DECISION_WAIT_S))
+    return remote.migrator("status").get("state") == "running"
+
+
 @handler(JOURNAL_KEY)
 def _finish_or_undo_move(fact: dict, report: Report) -> str:
-    """Ask the target whether the stack runs there: then finish (source down), else leave it to the
-    stopped-services entry to restart the source. An unreachable target counts as 'not there'."""
+    """Ask the target, once it has decided (target_decision), whether the stack runs there: then finish
+    (source down), else restart the source. An unreachable target counts as 'not there'; one still
+    deciding after TARGET_DECISION_WAIT_S leaves the journal (and the source stopped) for the next run."""
     plan = Plan.from_json(fact["plan"])
     stack = Stack.for_plan(plan, report)
     running_there = False
@@ -339,9 +354,14 @@ def _finish_or_undo_move(fact: dict, report: Report) -> str:
         try:
             remote = RemoteVSN.open(fact["target"], fact.get("ssh_options"), fact.get("remote_command"))
             try:
-                running_there = remote.migrator("status").get("state") == "running"
+                running_there = target_decision(remote, report)
             finally:
                 remote.close()
+        except LockHeld as exc:  # still deciding: restarting here now could leave both sides serving
+            raise MigratorError(f"{fact['target']} has not decided within {TARGET_DECISION_WAIT_S}s whether it "
+                                f"keeps the stack ({exc.message}); the services here stay stopped",
+                                hint="run `migrator recover` again; it finishes or undoes the move once the "
+                                     "target has decided") from exc
         except MigratorError as exc:
             report(f"cannot ask the target ({exc.message}); keeping the stack on this VSN")
     if running_there:

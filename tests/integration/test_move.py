@@ -208,6 +208,20 @@ def test_killed_move_is_finished_or_undone(vsn, target_vsn, secrets, tmp_path, p
         assert target_vsn.containers() == {}
 
 
+def test_recover_waits_for_the_targets_decision_before_restarting_the_source(vsn, target_vsn, secrets, tmp_path):
+    """Issue 22, item 3: the source dies right after the target committed, while the target deploys and
+    decides. `recover` at once must not restart the source while the target may still keep the stack: it
+    waits for the target's decision (here a rollback: the target could not tell the source it is healthy)."""
+    deploy_source(vsn, secrets, tmp_path, host=False)
+    killed = move(vsn, target_vsn, env=dict(vsn.env(), MIGRATOR_KILL_AT="move.committed"))
+    assert killed.returncode == -9, killed.stderr
+    recovered = vsn.migrator("recover", "--json")
+    assert recovered.returncode == 0, recovered.stderr + recovered.stdout
+    assert target_vsn.containers() == {}  # decided (rolled back) before the source came back
+    assert vsn.containers()["web"] == "running" and vsn.containers()["db"] == "running"
+    assert any("undid an interrupted move" in a for a in json.loads(recovered.stdout)["actions"])
+
+
 def test_install_puts_this_migrator_on_a_target_without_one(vsn, target_vsn, secrets, tmp_path):
     raw = deploy_source(vsn, secrets, tmp_path, host=False)
     # The target has no migrator on the PATH the source uses there (only <VSN dir>/bin, empty so far).
