@@ -16,11 +16,11 @@ from migrator.ops import osupdate
 runner = CliRunner()
 
 
-@pytest.fixture()
-def prepared(tmp_path, monkeypatch):
+def _flat_vsn(tmp_path, monkeypatch, health: list[str]) -> tuple:
+    """A flat plan with one volume and no services; teardown and deploy stubbed (no containers here)."""
     monkeypatch.setenv("MIGRATOR_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setattr(osupdate, "teardown", lambda plan, report: {"removed": []})
-    monkeypatch.setattr(osupdate, "deploy", lambda plan, secrets, report: SimpleNamespace(health=["web"]))
+    monkeypatch.setattr(osupdate, "deploy", lambda plan, secrets, report: SimpleNamespace(health=health))
     tree = tmp_path / "data" / "vol" / "data"
     tree.mkdir(parents=True)
     (tree / "db").write_text("before the update")
@@ -29,6 +29,12 @@ def prepared(tmp_path, monkeypatch):
         "version": 1, "vsn": {"name": "upd", "engine": "podman", "data_root": str(tmp_path / "data")},
         "volumes": [{"name": "vol", "image": "localhost/busybox", "mounts": [{"name": "data", "path": "/data"}]}],
         "services": [], "backup": {"targets": [f"file://{tmp_path / 'store'}"]}}))
+    return tree, plan
+
+
+@pytest.fixture()
+def prepared(tmp_path, monkeypatch):
+    tree, plan = _flat_vsn(tmp_path, monkeypatch, ["web"])
     result = runner.invoke(app, ["os-update", "prepare", "--plan", str(plan), "--json"])
     assert result.exit_code == 0, result.output
     return tree, json.loads(result.stdout)["snapshot_id"]
@@ -52,17 +58,7 @@ def test_finish_on_unchanged_data_says_so(prepared):
 
 
 def test_run_says_it_restored_when_the_update_changed_the_data(tmp_path, monkeypatch):
-    monkeypatch.setenv("MIGRATOR_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setattr(osupdate, "teardown", lambda plan, report: {"removed": []})
-    monkeypatch.setattr(osupdate, "deploy", lambda plan, secrets, report: SimpleNamespace(health=[]))
-    tree = tmp_path / "data" / "vol" / "data"
-    tree.mkdir(parents=True)
-    (tree / "db").write_text("before the update")
-    plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({
-        "version": 1, "vsn": {"name": "upd", "engine": "podman", "data_root": str(tmp_path / "data")},
-        "volumes": [{"name": "vol", "image": "localhost/busybox", "mounts": [{"name": "data", "path": "/data"}]}],
-        "services": [], "backup": {"targets": [f"file://{tmp_path / 'store'}"]}}))
+    tree, plan = _flat_vsn(tmp_path, monkeypatch, [])
     result = runner.invoke(app, ["os-update", "run", "--plan", str(plan), "--restore-on-mismatch",
                                  "--command", f"echo clobbered > {tree / 'db'}"])
     assert result.exit_code == 0, result.output
