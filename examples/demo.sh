@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: the main job on the built-in demo plan, end to end, on this machine's podman:
-#   validate -> check -> deploy (Host container + REST containers) -> write data -> backup ->
-#   teardown + wipe the data dirs -> restore latest -> verify byte-identical -> redeploy -> serve.
+#   validate -> check -> deploy (Host container + REST containers) -> write data -> backup -> change ->
+#   incremental backup -> teardown + wipe the data dirs -> restore latest -> verify byte-identical -> redeploy -> serve.
 # Set KEEP=1 to leave the demo stack running afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,6 +55,9 @@ for _ in $(seq 50); do [ -s "$DATA/dbdata/data/log.txt" ] && break; sleep 0.2; d
 echo "db writer has written $(wc -l < "$DATA/dbdata/data/log.txt") lines"
 
 step "backup to file://$STORE";   "$MIGRATOR" backup --to "file://$STORE" --tag demo
+step "change a page, back up again (incremental on the first: kind, parent and sizes in the listing)"
+echo "<p>edited after the first backup</p>" >> "$DATA/webdata/www/index.html"
+"$MIGRATOR" backup --to "file://$STORE" --tag demo
 step "snapshots";                  "$MIGRATOR" snapshots --from "file://$STORE"
 step "verify --read-data";         "$MIGRATOR" verify latest --from "file://$STORE" --read-data
 
@@ -69,7 +72,8 @@ cp "$DATA/dbdata/data/log.txt" "$dblog"
 rm -rf "${DATA:?}"/*
 echo "data root now holds $(ls -A "$DATA" | wc -l) entries"
 
-step "restore latest";             "$MIGRATOR" restore latest --from "file://$STORE"
+step "restore latest (an incremental is rebuilt from its chain)"
+"$MIGRATOR" restore latest --from "file://$STORE"
 step "verify the restored data"
 fp "$DATA/webdata" > "$after"
 if diff -u "$before" "$after"; then echo "webdata is byte-identical (contents, modes, owners, mtimes, links)"; else
