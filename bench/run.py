@@ -4,7 +4,7 @@
     .venv/bin/python bench/run.py [--size-gb 1] [--runs 3] [--only backup,restore,rss,downtime,incremental]
 
 Prints a table of medians over --runs and writes bench/out/results.json. See bench/README.md for what each
-number means. Not part of the test suite; nothing here asserts a wall-clock time (DESIGN §8).
+number means. Not part of the test suite; nothing here asserts a wall-clock time.
 """
 
 from __future__ import annotations

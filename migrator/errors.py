@@ -1,4 +1,4 @@
-"""One exception hierarchy for the whole tool; each class carries its exit code (DESIGN.md §3).
+"""One exception hierarchy for the whole tool; each class carries its exit code.
 
 Nothing below `migrator.cli` prints or exits: it raises one of these. The CLI maps them to the
 process exit code and prints `message` (one line) plus `hint` to stderr. Errors from libraries

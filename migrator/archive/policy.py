@@ -1,4 +1,4 @@
-"""What an archive member may be and where it may land: the safety rules of DESIGN.md §4.
+"""What an archive member may be and where it may land: the safety rules every snapshot keeps.
 
 Owns the rules shared by both ends, so that capture never writes an archive that restore would refuse:
 - `member_parts`: a member or link name is relative, without `..`; `.` and empty components are dropped.

@@ -179,7 +179,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def archive(plan: Path = PlanArg, secrets: Path = SecretsOpt, wait: float = WaitOpt,
                 json_out: bool = JsonOpt) -> None:
-        """Remove the stack's containers and keep its data: the stack becomes Archived (seed 004 "delete").
+        """Remove the stack's containers and keep its data: the stack becomes Archived.
 
         `migrator unarchive` brings it back with the remembered plan and secrets.
 
@@ -197,7 +197,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def unarchive(wait: float = WaitOpt, json_out: bool = JsonOpt) -> None:
-        """Redeploy an Archived stack with its remembered plan and secrets path (seed 004 "restore").
+        """Redeploy an Archived stack with its remembered plan and secrets path.
 
         Example: migrator unarchive --json
         """

@@ -1,4 +1,4 @@
-"""Docker through the docker SDK: a local socket, or a remote daemon over TLS (tcp://host:2376, seed 002).
+"""Docker through the docker SDK: a local socket, or a remote daemon over TLS (tcp://host:2376).
 Tested against podman's Docker-compatible API on the same socket."""
 
 from __future__ import annotations

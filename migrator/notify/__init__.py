@@ -1,1 +1,2 @@
-"""notify: see DESIGN.md §5."""
+"""notify: what the operator hears about: mail without a storm, Prometheus textfile metrics, and the
+after-command hook (history, metrics, failure mail)."""

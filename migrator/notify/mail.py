@@ -1,5 +1,5 @@
 """Sending one notification mail: over SMTP when the plan configures `health.notify.smtp` (what the plan
-says explicitly wins), else through `mutt` when it is installed (seed 000: cron + mutt), else nothing can
+says explicitly wins), else through `mutt` when it is installed (cron + mutt, the VSN's usual mailer), else nothing can
 send it (MailFailed).
 
 `MIGRATOR_MAILER=mutt|smtp` overrides that choice (default `auto`); a failure then names it, since it is

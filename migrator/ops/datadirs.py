@@ -1,4 +1,4 @@
-"""Data directories: create the missing ones, never touch existing ones (seed 000: existing data
+"""Data directories: create the missing ones, never touch existing ones (existing data
 directories are not altered). Also the size walk preflight uses."""
 
 from __future__ import annotations

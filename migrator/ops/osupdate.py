@@ -1,4 +1,4 @@
-"""`migrator os-update prepare|finish|run` — carry a VSN through its OS update without data loss (seed 000).
+"""`migrator os-update prepare|finish|run` — carry a VSN through its OS update without data loss.
 
 prepare: containerless first (so the data is quiet), then a snapshot tagged `pre-update` to the plan's
 targets, then a content fingerprint of every volume, then a marker in the state dir. Taking the

@@ -1,4 +1,4 @@
-"""`migrator upgrade SERVICE --image IMG` — hotfix one service container (seed 001): the old container is
+"""`migrator upgrade SERVICE --image IMG` — hotfix one service container: the old container is
 never changed in place. It is renamed aside and stopped, a new one created from the new image and
 probed; on failure the new one goes and the old one comes back. Other containers and data untouched."""
 

@@ -214,7 +214,7 @@ def _engine(raw: dict) -> list[str]:
         if bad_port:
             return [f"vsn.socket: {bad_port}"]
         if v["engine"] != "docker":
-            return ["vsn.socket: tcp:// engine sockets are supported for docker only (TLS, seed 002)"]
+            return ["vsn.socket: tcp:// engine sockets are supported for docker only (with TLS)"]
         if "tls" not in v:
             return ["vsn.tls: a tcp:// engine socket needs tls (ca_cert, client_cert, client_key)"]
     return []

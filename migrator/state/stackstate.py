@@ -1,4 +1,4 @@
-"""The stack's lifecycle state (seed 004's six): Running, Failure, Archived are at rest; CreatePending,
+"""The stack's lifecycle state (six of them): Running, Failure, Archived are at rest; CreatePending,
 UpdatePending, DeletePending mean a command is acting on the stack. Kept in <state dir>/stack_state.json
 and changed only through TRANSITIONS: anything else raises InvalidTransition before the command acts.
 

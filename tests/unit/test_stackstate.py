@@ -1,4 +1,4 @@
-"""Stack state (seed 004): the transition table, the pending-state context, inference for older VSNs."""
+"""Stack state: the transition table, the pending-state context, inference for older VSNs."""
 
 from __future__ import annotations
 
