@@ -37,15 +37,17 @@ class Snapshot:
     """`store` + `vsn` + `snapshot_id`; the manifest is read on first use unless handed in."""
 
     def __init__(self, store: SnapshotStore, vsn: str, snapshot_id: str, manifest: Manifest | None = None,
-                 conforming: ConformingDocs | None = None, known: dict[str, Manifest] | None = None):
+                 conforming: ConformingDocs | None = None, known: dict[str, Snapshot] | None = None):
         self.store = store
         self.vsn = vsn
         self.id = snapshot_id
         self._manifest = manifest
         self._raw: bytes | None = None  # the manifest's bytes, when this handle read them
         self._conforming = conforming
-        # manifests of this store already read (a listing's), shared along a chain
+        # the handles of this store's snapshots already made (a listing's), shared along a chain: each
+        # manifest is read, parsed and kept (with its bytes) once
         self._known = known if known is not None else {}
+        self._known.setdefault(snapshot_id, self)
 
     def __repr__(self) -> str:
         return f"Snapshot({self.store.url}/{self.vsn}/{self.id})"
@@ -60,24 +62,24 @@ class Snapshot:
     @property
     def manifest(self) -> Manifest:
         if self._manifest is None:
-            self._manifest = self._known.get(self.id) or self._read_manifest()
-            self._known[self.id] = self._manifest
+            self._manifest = self.read_manifest()
         return self._manifest
 
-    def _read_manifest(self) -> Manifest:
+    def read_manifest(self, present: bool = False) -> Manifest:
+        """Read, validate and keep the manifest (and its bytes). `present`: the caller already saw it exists."""
         key = self.key(MANIFEST)
-        if self.store.size(key) is None:
+        if not present and self.store.size(key) is None:
             raise IntegrityError(f"snapshot {self.id} has no manifest in {self.store.url} (missing or uncommitted)")
         data = self.store.get_bytes(key, MAX_MANIFEST_BYTES)
         manifest = Manifest.parse(data, f"{self.store.url}/{key}", self._conforming)
         if manifest.snapshot_id != self.id or manifest.vsn != self.vsn:
             raise IntegrityError(f"manifest of {self.id} names {manifest.vsn}/{manifest.snapshot_id}")
-        self._raw = data
+        self._manifest, self._raw = manifest, data
         return manifest
 
     def manifest_bytes(self) -> bytes:
-        """The manifest exactly as stored (what its signature covers). When this handle's manifest came
-        from elsewhere (a listing), the bytes are read again and must parse to the same manifest."""
+        """The manifest exactly as stored (what its signature covers). When this handle's manifest was
+        handed in rather than read, the bytes are read now and must parse to the same manifest."""
         if self._raw is None:
             self.manifest  # noqa: B018 - read (and keep the bytes) unless handed in
         if self._raw is None:
@@ -120,7 +122,8 @@ class Snapshot:
             return None
         if not is_snapshot_id(pid) or not pid < self.id:
             raise IntegrityError(f"snapshot {self.id} names an impossible parent {pid!r}")
-        return Snapshot(self.store, self.vsn, pid, conforming=self._conforming, known=self._known)
+        return self._known.get(pid) or Snapshot(self.store, self.vsn, pid, conforming=self._conforming,
+                                                known=self._known)
 
     def chain(self, volume: str) -> list[Snapshot]:
         """The snapshots whose objects rebuild `volume` as of this one, oldest (the whole copy) first.
