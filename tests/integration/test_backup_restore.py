@@ -15,14 +15,11 @@ from tests.lab.plans import demo_plan, web_port
 from tests.lab.vsn import write_json
 
 
-@pytest.fixture()
-def stack(vsn, secrets, tmp_path):
-    """A deployed flat demo stack (db writer + web) with static web content; returns (raw plan, store URL)."""
-    raw = demo_plan(vsn, host=False)
-    plan = write_json(tmp_path / "plan.json", raw)
-    (vsn.data_root / "webdata" / "www").mkdir(parents=True)
-    www = vsn.data_root / "webdata" / "www"
-    (www / "index.html").write_text("the real page")
+def web_tree(www: Path, page: str) -> None:
+    """Web content with the entries a snapshot must carry exactly: an owner and mode of its own, names
+    with spaces and non-ASCII, hard links, a symlink, an empty directory."""
+    www.mkdir(parents=True, exist_ok=True)
+    (www / "index.html").write_text(page)
     (www / "secret.conf").write_text("mode 0600 file")
     (www / "secret.conf").chmod(0o600)
     os.chown(www / "secret.conf", 1234, 5678)
@@ -32,6 +29,14 @@ def stack(vsn, secrets, tmp_path):
     os.link(www / "hard", www / "hard2")
     (www / "sym").symlink_to("index.html")
     (www / "empty").mkdir()
+
+
+@pytest.fixture()
+def stack(vsn, secrets, tmp_path):
+    """A deployed flat demo stack (db writer + web) with static web content; returns (raw plan, store URL)."""
+    raw = demo_plan(vsn, host=False)
+    plan = write_json(tmp_path / "plan.json", raw)
+    web_tree(vsn.data_root / "webdata" / "www", "the real page")
     result = vsn.migrator("deploy", str(plan), "--secrets", str(secrets), "--json")
     assert result.returncode == 0, result.stderr
     return raw, f"file://{tmp_path}/store"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_backup_restore import counter_consistent, run_json
+from tests.integration.test_backup_restore import counter_consistent, run_json, web_tree
 from tests.integration.test_move import move
 from tests.lab.fingerprint import fingerprint
 from tests.lab.plans import demo_plan
@@ -39,19 +39,9 @@ DB_LOG = 3 * 1024 * KIB
 
 def seed(www: Path) -> None:
     """Static web content with every kind of entry a delta must carry."""
-    www.mkdir(parents=True, exist_ok=True)
-    (www / "index.html").write_text("page v0")
-    (www / "secret.conf").write_text("mode 0600, odd owner")
-    (www / "secret.conf").chmod(0o600)
-    os.chown(www / "secret.conf", 1234, 5678)
-    (www / "dir with spaces" / "ünïcödé").mkdir(parents=True)
-    (www / "dir with spaces" / "ünïcödé" / "f").write_text("x")
-    (www / "hard").write_text("linked")
-    os.link(www / "hard", www / "hard2")
-    (www / "sym").symlink_to("index.html")
+    web_tree(www, "page v0")
     (www / "flip").mkdir()
     (www / "flip" / "inside").write_text("a directory that becomes a file")
-    (www / "empty").mkdir()
     (www / "big.bin").write_bytes(os.urandom(BIG))
     (www / "big2.bin").write_bytes(os.urandom(BIG2))
 
