@@ -13,7 +13,7 @@ from collections.abc import Callable
 import typer
 
 from migrator.errors import MigratorError
-from migrator.notify import hooks
+from migrator.notify import hooks, opevents
 
 DEBUG = {"on": False}
 _LIVE: list = []  # progress bars showing now: stopped before a command prints its result
@@ -30,6 +30,9 @@ class Progress:
         self._task = None
 
     def __call__(self, message: str) -> None:
+        op = opevents.current()
+        if op is not None:
+            op.step(message)
         if not self.show:
             return
         if self._bar is not None:
@@ -39,6 +42,9 @@ class Progress:
 
     def bytes(self, done: int) -> None:
         """Cumulative bytes of the archive being written or read (called often: keep it cheap)."""
+        op = opevents.current()
+        if op is not None:
+            op.progress(done)
         if not self.tty:
             return
         if self._bar is None:
@@ -108,9 +114,11 @@ def command_verb() -> str | None:
 
 def _after(around: hooks.Around, code: int, result: dict | None = None,
            error: BaseException | None = None) -> list[str]:
-    """Operation history, metrics, failure mail (notify/hooks.py); their problems are warnings only: on
-    stderr, and in the JSON output as `warnings` (a mail that could not be sent must not go unnoticed)."""
+    """Operation history, metrics, failure mail (notify/hooks.py), the finished event, pings and webhooks
+    (notify/opevents.py); their problems are warnings only: on stderr, and in the JSON output as
+    `warnings` (a mail that could not be sent must not go unnoticed)."""
     warnings = around.finish(code, result, error)
+    warnings += opevents.finish(code, result, error)
     for line in warnings:
         print(f"migrator: warning: {line}", file=sys.stderr)
     return warnings
@@ -120,6 +128,7 @@ def run(json_out: bool, action: Callable[[], dict], human: Callable[[dict], None
         exit_code: Callable[[dict], int] | None = None) -> None:
     """Run one command's action and render its result; map errors to exit codes."""
     around = hooks.Around(command_verb())
+    opevents.begin(around.verb)
     try:
         try:
             result = action()

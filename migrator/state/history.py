@@ -86,8 +86,9 @@ def redact_args(args: Iterable[str], secret_values: Iterable[str] = ()) -> list[
 
 
 def current_user() -> str:
-    """The person behind the run: sudo's caller when present, else the process owner."""
-    sudo = os.environ.get("SUDO_USER")
+    """The person behind the run: the authenticated user of `migrator serve` that started it
+    (MIGRATOR_ACTOR, set by serve for the runs it starts), else sudo's caller, else the process owner."""
+    sudo = os.environ.get("MIGRATOR_ACTOR") or os.environ.get("SUDO_USER")
     try:
         me = pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
