@@ -45,7 +45,7 @@ RSS_SCALE = 3  # the second data set for the RSS flatness check is this many tim
 LOAD_SHARE = 0.01  # the downtime load changes this fraction of the data set's bytes
 RACY_WAIT_S = 2.5  # > treestate.RACY_SLACK_NS (2 s): a fresh copy's files must not all look "changed"
 BUSY_LOAD = 3.0  # the bench alone keeps the 1-min load average around 1-2.5 on 2 CPUs
-# backup --json "downtime_steps" keys, in the order they happen (ops/quiesce.py).
+# backup --json "downtime_steps" keys, in the order they happen (stack/quiesce.py).
 DOWNTIME_STEPS = ("stop", "stopped", "settle", "start", "healthy")
 TARGETS = {"backup": 0.9, "restore": 0.9, "rss_mb": 150.0, "rss_flat": 1.15, "downtime": 0.1}
 T0 = time.monotonic()

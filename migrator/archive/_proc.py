@@ -2,8 +2,8 @@
 
 Owns the one rule every pipeline stage outside Python follows: whatever fails (a sink, the decompressor,
 a hostile member, the child itself), the child is killed and waited for and the thread draining its
-stderr is joined, so an error leaves no zombie and no thread blocked on a pipe. `Pump` runs one copy
-loop in a thread and hands its exception back to the caller instead of losing it; `Stage` runs a consumer
+stderr is joined, so an error leaves no zombie and no thread blocked on a pipe. `Pump` (migrator.threads)
+runs one copy loop in a thread and hands its exception back to the caller; `Stage` runs a consumer
 in a thread behind a small bounded queue, so two CPU-heavy steps (compressing, hashing and writing) overlap
 while memory stays at a few chunks.
 """
@@ -126,21 +126,6 @@ class Child:
         rc = self.returncode
         status = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exit status {rc}"
         return "; ".join(lines[:3]) if lines else f"{self.what} failed ({status})"
-
-
-class Pump(threading.Thread):
-    """Runs `fn` in a daemon thread; `error` keeps whatever it raised for the caller to re-raise."""
-
-    def __init__(self, name: str, fn: Callable[[], None]):
-        super().__init__(name=name, daemon=True)
-        self._fn = fn
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self._fn()
-        except BaseException as exc:  # handed to the caller, never lost
-            self.error = exc
 
 
 def close_all(children: list[Child], threads: list[threading.Thread]) -> None:

@@ -23,10 +23,11 @@ from typing import Protocol
 
 import zstandard
 
-from migrator.archive._proc import Child, Pump, Stage, close_all, grow_pipe
+from migrator.archive._proc import Child, Stage, close_all, grow_pipe
 from migrator.archive.policy import Refused, member_parts
 from migrator.archive.tarstream import CaptureWalker, DataSink, deleted_member
 from migrator.errors import ArchiveError
+from migrator.threads import Pump
 
 # Bytes read from tar per step: large enough that per-chunk Python work is noise next to compression,
 # small enough that memory stays flat (zstd's own buffers dominate: a few MiB per worker).

@@ -39,12 +39,13 @@ from typing import BinaryIO
 import zstandard
 
 from migrator.archive import emit, patch, tarparse
-from migrator.archive._proc import EXIT_GRACE_S, Child, Pump, close_all, grow_pipe
+from migrator.archive._proc import EXIT_GRACE_S, Child, close_all, grow_pipe
 from migrator.archive.emit import PaxEmitter
 from migrator.archive.policy import DIR, FILE, LINK, MemberGuard, Refused, member_parts
 from migrator.archive.tarparse import CorruptTar, Member, TarParser, UnsupportedTar
 from migrator.archive.tarstream import DELETED_MARK, DELETED_MARK_VALUE, DELETED_MEMBER
 from migrator.errors import ArchiveError, IntegrityError, UsageError
+from migrator.threads import Pump
 
 # Bytes per read at every stage: amortises per-call Python overhead; memory stays a few MiB.
 READ_CHUNK = 1024 * 1024

@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 from migrator.archive import patch
-from migrator.archive._proc import Pump
 from migrator.archive.capture import ArchiveStats, Sink, write_archive
 from migrator.archive.treestate import TreeState, diff, scan
+from migrator.threads import Pump
 
 
 def phase1_hooks(state: TreeState) -> dict:

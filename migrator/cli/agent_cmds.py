@@ -8,7 +8,7 @@ import typer
 from migrator.cli.options import JsonOpt
 from migrator.cli.output import run
 from migrator.ops import move_target
-from migrator.ops.session import operation
+from migrator.ops.recover import operation
 
 agent = typer.Typer(help="Target side of `migrator move` (run over SSH by the source).", hidden=True,
                     no_args_is_help=True)

@@ -27,7 +27,7 @@ def key_show(json_out: bool = JsonOpt) -> None:
     """
 
     def action() -> dict:
-        from migrator.ops.signatures import show_key
+        from migrator.stack.signatures import show_key
 
         return show_key()
 

@@ -16,7 +16,7 @@ from migrator.ops import cron as cron_op
 from migrator.ops import lifecycle
 from migrator.ops.health import add_mail_failure
 from migrator.ops.health import health as health_op
-from migrator.ops.session import operation
+from migrator.ops.recover import operation
 from migrator.plan.model import Plan, Secrets
 from migrator.state import deployed, history
 

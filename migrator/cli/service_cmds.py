@@ -8,7 +8,7 @@ import typer
 
 from migrator.cli.options import JsonOpt, PlanOpt, SecretsOpt, WaitOpt, load_plan_args
 from migrator.cli.output import progress_printer, run
-from migrator.ops.session import operation
+from migrator.ops.recover import operation
 
 ServicesArg = typer.Argument(..., metavar="SERVICE...", help="Service(s) of the deployed plan.")
 

@@ -13,7 +13,7 @@ from migrator.catalog.retention import DEFAULT_KEEP_TAGS, Policy
 from migrator.cli.options import JsonOpt, PlanOpt, SecretsOpt, WaitOpt, load_plan_args
 from migrator.cli.output import progress_printer, run
 from migrator.errors import UsageError
-from migrator.ops.session import operation
+from migrator.ops.recover import operation
 from migrator.plan.model import Secrets
 from migrator.plan.sizes import format_size
 from migrator.storage import open_stores
@@ -29,7 +29,7 @@ TrustedKeyOpt = typer.Option(None, "--trusted-key", metavar="KEY",
 
 
 def _trusted(p, keys: list[str] | None):
-    from migrator.ops.signatures import trusted_keys
+    from migrator.stack.signatures import trusted_keys
 
     return trusted_keys(p, list(keys or []))
 

@@ -10,7 +10,7 @@ from migrator.cli.options import JsonOpt, PlanArg, SecretsOpt, WaitOpt, load_pla
 from migrator.cli.output import progress_printer, run
 from migrator.ops import recover as recover_op
 from migrator.ops.deploy import deploy as deploy_op
-from migrator.ops.session import operation
+from migrator.ops.recover import operation
 from migrator.ops.status import container_ok
 from migrator.ops.status import status as status_op
 from migrator.ops.teardown import teardown as teardown_op

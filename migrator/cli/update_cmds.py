@@ -9,7 +9,7 @@ import typer
 from migrator.cli.options import JsonOpt, PlanOpt, SecretsOpt, WaitOpt, load_plan_args
 from migrator.cli.output import progress_printer, run
 from migrator.ops import osupdate
-from migrator.ops.session import operation
+from migrator.ops.recover import operation
 
 os_update = typer.Typer(help="Carry the VSN through an OS update: pre-update snapshot, containerless, update, "
                              "redeploy, prove the data unchanged.", no_args_is_help=True)

@@ -1,6 +1,6 @@
 """What happens after every command, called once from cli/output.run with the exit code and the result
 or error: a row in the operation history, the metrics textfile, failure (and recovery) mail for the
-scheduled operations, and settling an interrupted stack state after `recover`.
+scheduled operations.
 
 All of it is bookkeeping: it never changes a command's outcome. A part that fails (a full disk, an SMTP
 server down) comes back as a warning line for the CLI to print.
@@ -13,12 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-from migrator.errors import LockHeld, MigratorError
+from migrator.errors import MigratorError
 from migrator.notify import metrics
 from migrator.plan import load_secrets
 from migrator.state import deployed, history, stackstate
 from migrator.state.files import read_json, write_json
-from migrator.state.lock import operation_lock
 from migrator.state.paths import state_dir
 
 # Read-only queries are not operations: they stay out of the history (health is recorded when its
@@ -84,8 +83,6 @@ class Around:
         if top in NOTIFY_VERBS and code != 130 and acted:
             attempt("send the failure mail", lambda: self._notify(top, code, message, plan_raw, secrets_path,
                                                                   warnings))
-        if self.verb == "recover" and code == 0:
-            attempt("settle the stack state", _settle)
         return warnings
 
     def _record(self, code: int, result: dict | None, message: str | None, ended: float,
@@ -133,13 +130,3 @@ def _health_changed(result: dict, message: str | None) -> bool:
         return False
     write_json(path, {"failing": failing})
     return True
-
-
-def _settle() -> None:
-    """After `recover`, a pending stack state left by the dead run becomes Failure (under the lock, so a
-    command that just started cannot be mistaken for the dead one)."""
-    try:
-        with operation_lock("recover", 0):
-            stackstate.settle_interrupted()
-    except LockHeld:
-        pass

@@ -30,6 +30,7 @@ from migrator.catalog.manifest import (
     Manifest,
     ObjectEntry,
     TreeEntry,
+    is_snapshot_id,
     new_snapshot_id,
     object_name,
     tree_name,
@@ -39,11 +40,10 @@ from migrator.catalog.signing import SIGNATURE, key_text_of, sign
 from migrator.catalog.snapshot import Snapshot
 from migrator.errors import MigratorError, PreflightFailed, UsageError
 from migrator.faults import checkpoint
-from migrator.ops.quiesce import Quiesce, writers_of
-from migrator.ops.recover import remove_dead_spools
-from migrator.ops.signatures import trusted_keys
-from migrator.ops.stack import Report, Stack, quiet
 from migrator.plan.model import Plan, canonical_json
+from migrator.stack.quiesce import Quiesce, writers_of
+from migrator.stack.signatures import trusted_keys
+from migrator.stack.topology import Report, Stack, quiet
 from migrator.state import chainrecord, conforming, deployed, signkey
 from migrator.state.files import write_json
 from migrator.state.journal import open_journal
@@ -299,6 +299,18 @@ def _abort_quietly(writer) -> None:
         writer.abort()
     except Exception:  # noqa: BLE001 - abort is cleanup on an error path; the first error matters
         pass
+
+
+def remove_dead_spools() -> list[str]:
+    """Remove `<state dir>/spool/<snapshot id>/` left by backups killed before their clean-up; return
+    their names. Every caller holds the operation lock, so no live backup owns one; restore --dry-run's
+    preview-* dirs (it takes no lock) are left."""
+    removed = []
+    for path in sorted((state_dir() / "spool").glob("*")):
+        if is_snapshot_id(path.name):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    return removed
 
 
 def backup(plan: Plan, targets: list[str] | None, tags: list[str], report: Report = quiet, progress=None,

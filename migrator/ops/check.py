@@ -11,9 +11,9 @@ from pathlib import Path
 
 from migrator.engine.factory import engine_for_url
 from migrator.errors import MigratorError, PreflightFailed
-from migrator.ops.datadirs import data_dirs, existing_ancestor, tree_size
 from migrator.plan.model import DEFAULT_SOCKETS, Plan
 from migrator.plan.sizes import format_size
+from migrator.stack.datadirs import data_dirs, existing_ancestor, tree_size
 
 # Commands migrator runs on a VSN: bash for hooks and cron lines, GNU tar + zstd for the archive pipeline.
 REQUIRED_COMMANDS = ("bash", "tar", "zstd")

@@ -17,9 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from croniter import croniter
-
 from migrator.errors import PlanInvalid, UsageError
+from migrator.plan.checks import valid_cron_expression
 from migrator.plan.model import Plan
 from migrator.state.files import atomic_write, read_json, write_json
 from migrator.state.paths import DEFAULT_STATE_DIR, state_dir
@@ -67,10 +66,6 @@ def installed_file(path: str | os.PathLike | None = None) -> tuple[Path, list[st
     return Path(chosen), [f for f in files if f != chosen]
 
 
-def valid_expression(expr: str) -> bool:
-    return len(expr.split()) == 5 and croniter.is_valid(expr)
-
-
 def jobs(plan: Plan) -> list[Job]:
     """The plan's scheduled jobs; every problem at once as PlanInvalid (exit 3) with its JSON path."""
     backup, health = plan.backup, plan.health
@@ -85,7 +80,7 @@ def jobs(plan: Plan) -> list[Job]:
     for verb, expr, args, path in wanted:
         if expr is None:
             continue
-        if not valid_expression(expr):
+        if not valid_cron_expression(expr):
             problems.append(f"{path}: {expr!r} is not a valid five-field cron expression")
             continue
         if verb in ("backup", "drill", "prune") and not backup.get("targets"):
@@ -244,7 +239,7 @@ def _field(token: str, index: int) -> str:
 def on_calendar(expr: str) -> str:
     """A five-field cron expression as a systemd OnCalendar= value. Raises ValueError where the two
     differ: cron ORs a restricted day-of-month with a restricted day-of-week, systemd ANDs them."""
-    if not valid_expression(expr):
+    if not valid_cron_expression(expr):
         raise ValueError(f"{expr!r} is not a valid five-field cron expression")
     minute, hour, dom, month, dow = expr.split()
     if dom != "*" and dow != "*":

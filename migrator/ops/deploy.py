@@ -13,13 +13,13 @@ from migrator.engine.base import ContainerEngine
 from migrator.errors import DeployFailed, EngineUnreachable, MigratorError, PreflightFailed
 from migrator.faults import checkpoint
 from migrator.ops import check
-from migrator.ops.datadirs import create_missing
-from migrator.ops.probes import wait_healthy
-from migrator.ops.stack import Report, Stack, quiet, start_order
-from migrator.ops.timing import StepTimer
 from migrator.plan.model import Plan, Secrets
+from migrator.stack.datadirs import create_missing
+from migrator.stack.probes import wait_healthy
+from migrator.stack.timing import StepTimer
+from migrator.stack.topology import Report, Stack, quiet, start_order
 from migrator.state import deployed, stackstate
-from migrator.state.journal import open_journal
+from migrator.state.journal import open_journal, undo
 
 # How often to ask the Host's inner podman socket while it boots.
 SOCKET_POLL_SECONDS = 0.2
@@ -182,3 +182,10 @@ def rollback(stack: Stack, forget_deployment: bool = True) -> None:
                            hint="run `migrator recover` (or `migrator teardown`) once the engine answers") from exc
     if forget_deployment:
         deployed.forget()
+
+
+@undo("deploy")
+def _undo_deploy(fact: dict, report: Report) -> str:
+    Stack.for_plan(Plan.from_json(fact["plan"]), report).drop_all()
+    deployed.forget()
+    return "rolled a half-done deploy back to the containerless state"

@@ -17,12 +17,12 @@ from pathlib import Path
 from migrator.catalog.listing import open_snapshot
 from migrator.errors import MigratorError
 from migrator.ops.deploy import deploy
-from migrator.ops.probes import probe_once
 from migrator.ops.restore import restore, snapshot_plan
-from migrator.ops.signatures import TrustedKeys, trusted_keys
-from migrator.ops.signatures import check as check_signatures
-from migrator.ops.stack import Report, Stack, quiet
 from migrator.plan.model import Plan, Secrets
+from migrator.stack.probes import probe_once
+from migrator.stack.signatures import TrustedKeys, trusted_keys
+from migrator.stack.signatures import check as check_signatures
+from migrator.stack.topology import Report, Stack, quiet
 from migrator.state import conforming
 from migrator.state.files import write_json
 from migrator.state.paths import state_dir

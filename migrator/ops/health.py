@@ -25,11 +25,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from migrator.errors import LockHeld
-from migrator.ops.probes import probe_once
-from migrator.ops.stack import Stack
 from migrator.ops.status import container_ok, status
 from migrator.plan.model import Plan
 from migrator.plan.sizes import format_size, parse_size
+from migrator.stack.probes import probe_once
+from migrator.stack.topology import Stack
 from migrator.state import stackstate
 from migrator.state.files import read_json
 from migrator.state.lock import operation_lock

@@ -16,10 +16,10 @@ from migrator.errors import MigratorError, UsageError
 from migrator.ops import cron
 from migrator.ops.backup import backup
 from migrator.ops.deploy import deploy
-from migrator.ops.stack import Report, Stack, quiet
 from migrator.ops.teardown import teardown
 from migrator.plan import validate_files
 from migrator.plan.model import Plan
+from migrator.stack.topology import Report, Stack, quiet
 from migrator.state import chainrecord, deployed, stackstate
 from migrator.state.paths import state_dir
 

@@ -32,18 +32,17 @@ from migrator.archive.fingerprint import compare, fingerprint
 from migrator.errors import IntegrityError, LockHeld, MigratorError, PreflightFailed, UsageError
 from migrator.faults import checkpoint
 from migrator.ops import check
-from migrator.ops.datadirs import tree_size
-from migrator.ops.quiesce import Quiesce, restart_stopped
-from migrator.ops.recover import handler
-from migrator.ops.stack import Report, Stack, quiet
-from migrator.ops.timing import StepTimer
 from migrator.plan.model import Plan, Secrets, canonical_json
 from migrator.remote.install import InstallOptions
 from migrator.remote.install import install as install_migrator
 from migrator.remote.session import MigratorMissing, RemoteVSN
+from migrator.stack.datadirs import tree_size
+from migrator.stack.quiesce import Quiesce, restart_stopped
+from migrator.stack.timing import StepTimer
+from migrator.stack.topology import Report, Stack, quiet
 from migrator.state import deployed, stackstate
 from migrator.state.files import write_json
-from migrator.state.journal import open_journal
+from migrator.state.journal import open_journal, undo
 from migrator.state.paths import state_dir
 
 JOURNAL_KEY = "move"
@@ -342,7 +341,7 @@ def target_decision(remote: RemoteVSN, report: Report) -> bool:
     return remote.migrator("status").get("state") == "running"
 
 
-@handler(JOURNAL_KEY)
+@undo(JOURNAL_KEY)
 def _finish_or_undo_move(fact: dict, report: Report) -> str:
     """Ask the target, once it has decided (target_decision), whether the stack runs there: then finish
     (source down), else restart the source. An unreachable target counts as 'not there'; one still

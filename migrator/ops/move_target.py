@@ -27,9 +27,9 @@ from migrator.archive.fingerprint import fingerprint
 from migrator.durable import fsync_dir, sync_filesystem
 from migrator.errors import IntegrityError, MigratorError, UsageError
 from migrator.jsonschemas import name_pattern
-from migrator.ops.datadirs import existing_ancestor
-from migrator.ops.stack import Stack
-from migrator.ops.timing import StepTimer
+from migrator.stack.datadirs import existing_ancestor
+from migrator.stack.timing import StepTimer
+from migrator.stack.topology import Stack
 from migrator.state import deployed
 from migrator.state.files import write_json
 from migrator.state.paths import state_dir

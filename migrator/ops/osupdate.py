@@ -19,10 +19,10 @@ from migrator.errors import IntegrityError, MigratorError, UsageError
 from migrator.ops.backup import backup
 from migrator.ops.deploy import deploy
 from migrator.ops.restore import restore
-from migrator.ops.stack import Report, quiet
 from migrator.ops.teardown import teardown
 from migrator.plan import load_secrets
 from migrator.plan.model import Plan, Secrets
+from migrator.stack.topology import Report, quiet
 from migrator.state.files import read_json, write_json
 from migrator.state.paths import state_dir
 from migrator.storage import open_stores

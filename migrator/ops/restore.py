@@ -29,18 +29,17 @@ from migrator.catalog.snapshot import Snapshot
 from migrator.durable import fsync_dir, sync_filesystem
 from migrator.errors import IntegrityError, MigratorError, PlanInvalid, PreflightFailed, UsageError
 from migrator.faults import checkpoint, failpoint
-from migrator.ops.quiesce import Quiesce, writers_of
-from migrator.ops.recover import handler
-from migrator.ops.signatures import TrustedKeys, trusted_keys
-from migrator.ops.signatures import check as check_signatures
-from migrator.ops.stack import Report, Stack, quiet
 from migrator.plan.checks import special_checks
 from migrator.plan.load import known_schema_problems
 from migrator.plan.model import Plan, Secrets
 from migrator.plan.sizes import format_size
+from migrator.stack.quiesce import Quiesce, writers_of
+from migrator.stack.signatures import TrustedKeys, trusted_keys
+from migrator.stack.signatures import check as check_signatures
+from migrator.stack.topology import Report, Stack, quiet
 from migrator.state import conforming
 from migrator.state.conforming import ConformingDocs
-from migrator.state.journal import open_journal
+from migrator.state.journal import open_journal, undo
 from migrator.state.paths import state_dir
 
 JOURNAL_KEY = "restore_swaps"
@@ -307,14 +306,14 @@ def _result(snap: Snapshot, volumes, base, files, data_restored, started, downti
             "downtime": downtime, "kept_old": kept}
 
 
-@handler(STAGING_KEY)
+@undo(STAGING_KEY)
 def _remove_staging(fact: dict, report: Report) -> str:
     for d in fact["dirs"]:
         shutil.rmtree(d, ignore_errors=True)
     return "removed the staging dirs of an interrupted restore (live data was never touched)"
 
 
-@handler(JOURNAL_KEY)
+@undo(JOURNAL_KEY)
 def _finish_or_undo_restore(fact: dict, report: Report) -> str:
     swaps = [Swap(d["volume"], Path(d["live"]), Path(d["staging"]), Path(d["old"])) for d in fact["swaps"]]
     if fact.get("committed"):

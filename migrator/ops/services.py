@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from migrator.errors import MigratorError, PreflightFailed, UsageError
 from migrator.faults import checkpoint
-from migrator.ops.probes import wait_healthy
-from migrator.ops.quiesce import Quiesce
-from migrator.ops.stack import Report, Stack, quiet, start_order
 from migrator.plan.model import Plan, Service
+from migrator.stack.probes import wait_healthy
+from migrator.stack.quiesce import Quiesce
+from migrator.stack.topology import Report, Stack, quiet, start_order
 from migrator.state import deployed, stackstate
 from migrator.state.journal import open_journal
 

@@ -16,9 +16,9 @@ from migrator.catalog.manifest import snapshot_time
 from migrator.catalog.retention import Policy, decide
 from migrator.catalog.snapshot import Snapshot
 from migrator.errors import IntegrityError, UsageError
-from migrator.ops.signatures import NO_KEYS, UNCHECKED, UNSIGNED, VALID, TrustedKeys, summary
-from migrator.ops.signatures import check as check_signatures
-from migrator.ops.stack import Report, quiet
+from migrator.stack.signatures import NO_KEYS, UNCHECKED, UNSIGNED, VALID, TrustedKeys, summary
+from migrator.stack.signatures import check as check_signatures
+from migrator.stack.topology import Report, quiet
 from migrator.state import conforming
 from migrator.storage.base import SnapshotStore
 

@@ -4,8 +4,8 @@ lifecycle state (state/stackstate.py)."""
 from __future__ import annotations
 
 from migrator.engine.base import LABEL_STACK
-from migrator.ops.stack import Stack
 from migrator.plan.model import Plan
+from migrator.stack.topology import Stack
 from migrator.state import deployed, stackstate
 from migrator.state.files import read_json
 from migrator.state.paths import state_dir

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from migrator.ops.stack import Report, Stack, quiet
 from migrator.plan.model import Plan
+from migrator.stack.topology import Report, Stack, quiet
 from migrator.state import deployed, stackstate
-from migrator.state.journal import open_journal
+from migrator.state.journal import open_journal, undo
 
 
 def teardown(plan: Plan, report: Report = quiet, verb: str = "teardown") -> dict:
@@ -18,3 +18,10 @@ def teardown(plan: Plan, report: Report = quiet, verb: str = "teardown") -> dict
         deployed.forget()
         journal.forget("teardown")
     return {"vsn": plan.vsn.name, "removed": removed, "data_root": plan.vsn.data_root}
+
+
+@undo("teardown")
+def _finish_teardown(fact: dict, report: Report) -> str:
+    Stack.for_plan(Plan.from_json(fact["plan"]), report).drop_all()
+    deployed.forget()
+    return "finished a half-done teardown (containerless)"

@@ -7,11 +7,11 @@ from __future__ import annotations
 import time
 
 from migrator.errors import DeployFailed, MigratorError, UsageError
-from migrator.ops.probes import wait_healthy
-from migrator.ops.stack import Report, Stack, quiet
 from migrator.plan.model import Plan, Secrets
+from migrator.stack.probes import wait_healthy
+from migrator.stack.topology import Report, Stack, quiet
 from migrator.state import deployed, stackstate
-from migrator.state.journal import open_journal
+from migrator.state.journal import open_journal, undo
 
 
 def upgrade(plan: Plan, secrets: Secrets, service: str, image: str, report: Report = quiet) -> dict:
@@ -60,3 +60,17 @@ def upgrade(plan: Plan, secrets: Secrets, service: str, image: str, report: Repo
     info = deployed.current() or {}
     deployed.record(raw, info.get("secrets") or secrets.path)
     return {"service": service, "old_image": old.image, "image": image, "health": probe.detail}
+
+
+@undo("upgrade")
+def _undo_upgrade(fact: dict, report: Report) -> str:
+    stack = Stack.for_plan(Plan.from_json(fact["plan"]), report)
+    engine = stack.rest_engine()
+    service, aside = fact["service"], fact["aside"]
+    if engine.get(aside) is None:
+        return f"upgrade of {service} had finished"
+    if engine.get(service) is not None:
+        engine.remove(service)
+    engine.rename(aside, service)
+    engine.start(service)
+    return f"brought the old {service} container back after an interrupted upgrade"

@@ -258,10 +258,15 @@ def _schedules(raw: dict) -> list[str]:
     found = [(path, expr) for path, expr in found if expr is not None]
     if not found:
         return []
-    from migrator.ops.cron import valid_expression  # croniter: only for plans with schedules
-
     return [f"{path}: {expr!r} is not a valid five-field cron expression (fields out of range, a step of 0, "
-            f"or not five fields)" for path, expr in found if not valid_expression(expr)]
+            f"or not five fields)" for path, expr in found if not valid_cron_expression(expr)]
+
+
+def valid_cron_expression(expr: str) -> bool:
+    """Five fields croniter accepts: the one rule `validate` and `cron install` share."""
+    from croniter import croniter  # only for plans with schedules
+
+    return len(expr.split()) == 5 and croniter.is_valid(expr)
 
 
 def special_checks(raw: dict, secrets, secrets_given: bool) -> list[str]:

@@ -1,16 +1,31 @@
-"""Crash journal: what a running operation must undo if it dies. Written before each risky step, so
-`migrator recover` (and the start of any next operation) can restart stopped services or roll a
-half-done deploy back to the containerless state, even after SIGKILL."""
+"""Crash journal: what a running operation must undo if it dies, and the registry of those undos.
+
+Written before each risky step, so `migrator recover` (and the start of any next operation) can restart
+stopped services or roll a half-done deploy back to the containerless state, even after SIGKILL. Each
+module that writes an undo fact registers its undo here with `@undo(key)`, beside the code that notes it."""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 from migrator.state.files import read_json, write_json
 from migrator.state.paths import state_dir
+
+# An undo gets the fact its operation noted and a line reporter; it returns what it did, in one line.
+Undo = Callable[[dict, Callable[[str], None]], str]
+UNDOS: dict[str, Undo] = {}
+
+
+def undo(key: str) -> Callable[[Undo], Undo]:
+    """Register the undo of the journal fact `key` (a decorator)."""
+    def register(fn: Undo) -> Undo:
+        UNDOS[key] = fn
+        return fn
+    return register
 
 
 def _path() -> Path:

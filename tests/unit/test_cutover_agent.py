@@ -15,8 +15,8 @@ from migrator.archive import write_archive
 from migrator.archive.fingerprint import fingerprint
 from migrator.errors import MigratorError
 from migrator.ops import check, deploy, move_target, teardown
-from migrator.ops import stack as stack_mod
 from migrator.remote import frames
+from migrator.stack import topology as stack_mod
 
 
 class Buf:

@@ -7,8 +7,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from migrator.ops import check, deploy
-from migrator.ops import stack as stack_mod
-from migrator.ops.probes import ProbeResult
+from migrator.stack import topology as stack_mod
+from migrator.stack.probes import ProbeResult
 
 
 class FakeEngine:

@@ -142,7 +142,7 @@ def test_good_values_still_pass(tmp_path, good, secrets_file, path, value):
 
 def test_validate_and_cron_agree(tmp_path, good, secrets_file):
     """Whatever `cron install` refuses as an expression, validate refuses first (and the reverse)."""
-    from migrator.ops.cron import valid_expression
+    from migrator.plan.checks import valid_cron_expression as valid_expression
 
     for expr in ["61 5 * * *", "0 0 31 2 *", "0 0 * * 7", "5-1 * * * *", "1,2,3 * * * *", "0-59/61 * * * *"]:
         code, _out, _ = _validate(tmp_path, _at(good, "backup.schedule", expr), secrets_file)

@@ -6,9 +6,9 @@ drill, upgrade); here: the specs, the reserved names, the order of removal, and 
 from __future__ import annotations
 
 from migrator.engine.base import LABEL_ROLE, ContainerInfo, ContainerSpec
-from migrator.ops.stack import Stack
 from migrator.plan.checks import special_checks
 from migrator.plan.model import Plan, Secrets
+from migrator.stack.topology import Stack
 
 SECRETS = Secrets({"db_password": "x"})
 

@@ -1,4 +1,4 @@
-"""ops.probes.wait_healthy: a restarted service is probed quickly at first (every pause is downtime), the pause
+"""stack.probes.wait_healthy: a restarted service is probed quickly at first (every pause is downtime), the pause
 backs off to the plan's `interval`, and a probe that never passes ends at its timeout.
 
 The engine is a stand-in (unit test of the polling logic); the probe itself is a real TCP connect."""
@@ -10,8 +10,8 @@ import socket
 import pytest
 
 from migrator.engine.base import ContainerInfo
-from migrator.ops import probes
 from migrator.plan.model import PortMapping, Probe, Service
+from migrator.stack import probes
 
 
 class RunningEngine:

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from migrator.cli.app import app
-from migrator.ops import stack as stack_mod
+from migrator.stack import topology as stack_mod
 from migrator.state import deployed, stackstate
 
 runner = CliRunner()

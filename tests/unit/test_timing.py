@@ -1,11 +1,11 @@
-"""ops.timing.StepTimer, on a fake clock: laps run from the previous lap, steps time their block (also when it
+"""stack.timing.StepTimer, on a fake clock: laps run from the previous lap, steps time their block (also when it
 raises), a repeated name adds up, and every duration is rounded to milliseconds into the caller's dict."""
 
 from __future__ import annotations
 
 import pytest
 
-from migrator.ops.timing import StepTimer
+from migrator.stack.timing import StepTimer
 
 
 def ticking(*times: float):

@@ -8,8 +8,8 @@ from migrator.catalog.signing import UNCHECKED, UNSIGNED, VALID, TrustedKeys, ke
 
 __all__ = ["UNCHECKED", "UNSIGNED", "VALID", "TrustedKeys", "summary", "check", "show_key", "trusted_keys"]
 from migrator.catalog.snapshot import Snapshot
-from migrator.ops.stack import Report
 from migrator.plan.model import Plan
+from migrator.stack.topology import Report
 from migrator.state import signkey
 
 NO_KEYS = "no trusted keys: set backup.trusted_keys in the plan or pass --trusted-key (`migrator key show`)"

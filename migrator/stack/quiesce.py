@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import time
 
-from migrator.archive._proc import Pump
 from migrator.errors import MigratorError
-from migrator.ops.probes import wait_healthy
-from migrator.ops.recover import handler
-from migrator.ops.stack import Report, Stack, start_order
 from migrator.plan.model import Plan, Service
+from migrator.stack.probes import wait_healthy
+from migrator.stack.topology import Report, Stack, start_order
+from migrator.state.journal import undo
+from migrator.threads import Pump
 
 JOURNAL_KEY = "stopped_services"
 # Container states in which no process of the container runs any more (podman: stopped, exited; docker: exited).
@@ -165,7 +165,7 @@ class Quiesce:
             self.report(f"also: {restart_error.message}")
 
 
-@handler(JOURNAL_KEY)
+@undo(JOURNAL_KEY)
 def restart_stopped(fact: dict, report: Report) -> str:
     stack = Stack.for_plan(Plan.from_json(fact["plan"]), report)
     engine = stack.rest_engine()
