@@ -19,7 +19,7 @@ from migrator.errors import MigratorError
 from migrator.notify._store import locked_json
 from migrator.notify.mail import Mail, send
 from migrator.plan.model import Secrets
-from migrator.state.paths import state_dir
+from migrator.state import registry
 
 DEFAULT_REMINDER_HOURS = 24.0
 # A reminder is due once 98% of the interval has passed: a daily cron job that fails at the same minute
@@ -109,7 +109,7 @@ def compose(vsn: str, what: str, decision: Decision, reminder_hours: float, to: 
 
 
 def _path():
-    return state_dir() / "notify_state.json"
+    return registry.NOTIFY_STATE.path
 
 
 def notify(source: str, failures: dict[str, str], notify_cfg: dict, vsn: str, secrets: Secrets | None = None,

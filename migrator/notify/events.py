@@ -18,8 +18,8 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from migrator.state import registry
 from migrator.state.history import redact_args
-from migrator.state.paths import state_dir
 
 VERSION = 1
 KINDS = ("started", "step", "progress", "state", "finished")
@@ -35,7 +35,7 @@ RESULT_FIELDS = ("snapshot_id", "downtime", "bytes", "state", "healthy", "failur
 
 
 def log_path() -> Path:
-    return state_dir() / "events.jsonl"
+    return registry.EVENTS.path
 
 
 def new_op_id() -> str:

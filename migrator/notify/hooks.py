@@ -16,9 +16,8 @@ from pathlib import Path
 from migrator.errors import MigratorError
 from migrator.notify import metrics
 from migrator.plan import load_secrets
-from migrator.state import deployed, history, stackstate
+from migrator.state import deployed, history, registry, stackstate
 from migrator.state.files import read_json, write_json
-from migrator.state.paths import state_dir
 
 # Read-only queries are not operations: they stay out of the history (health is recorded when its
 # outcome changes; see `_health_changed`).
@@ -124,7 +123,7 @@ def _health_changed(result: dict, message: str | None) -> bool:
         failing = sorted(c["name"] for c in result["checks"] if c.get("ok") is False)
     else:
         failing = [f"error: {message}"]
-    path = state_dir() / "health_last.json"
+    path = registry.HEALTH_LAST.path
     previous = read_json(path)
     if previous is not None and previous.get("failing") == failing:
         return False

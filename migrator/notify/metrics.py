@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 
 from migrator.notify._store import locked_json
+from migrator.state import registry
 from migrator.state.files import atomic_write
-from migrator.state.paths import state_dir
 from migrator.state.stackstate import STATES
 
 PROM_NAME = "migrator.prom"
@@ -28,11 +28,11 @@ def metrics_file(plan_raw: dict | None = None) -> Path:
     configured = ((plan_raw or {}).get("metrics") or {}).get("textfile")
     if configured:
         return Path(configured)
-    return state_dir() / "metrics" / PROM_NAME
+    return registry.METRICS.path / PROM_NAME
 
 
 def _values_path() -> Path:
-    return state_dir() / "metrics" / "values.json"
+    return registry.METRICS.path / "values.json"
 
 
 def _escape(value: str) -> str:

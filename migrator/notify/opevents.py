@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 
 from migrator.notify import events, outbound
-from migrator.state import deployed, history, stackstate
+from migrator.state import deployed, history, registry, stackstate
 from migrator.state.files import read_json
-from migrator.state.paths import state_dir
 
 # Read-only queries and internal plumbing emit nothing (`health` does: a ping on health is a dead-man
 # switch for the health cron job itself).
@@ -105,7 +104,7 @@ class Operation:
         message = getattr(error, "message", None) or (f"{type(error).__name__}: {error}" if error else None)
         fields = {k: result[k] for k in events.RESULT_FIELDS if k in result}
         if self.verb.split()[0] == "move" and code == 0:
-            moved = read_json(state_dir() / "moved-out.json") or {}
+            moved = read_json(registry.MOVED_OUT.path) or {}
             fields["now_runs_on"] = moved.get("to") or result.get("target")
         fields = events.scrub_all(fields, self.secrets.values())
         outcome = "ok" if code == 0 else "interrupted" if code == 130 else "failed"

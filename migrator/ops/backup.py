@@ -44,10 +44,9 @@ from migrator.plan.model import Plan, canonical_json
 from migrator.stack.quiesce import Quiesce, writers_of
 from migrator.stack.signatures import trusted_keys
 from migrator.stack.topology import Report, Stack, quiet
-from migrator.state import chainrecord, conforming, deployed, signkey
+from migrator.state import chainrecord, conforming, deployed, registry, signkey
 from migrator.state.files import write_json
 from migrator.state.journal import open_journal
-from migrator.state.paths import state_dir
 from migrator.storage import open_stores
 
 SPOOL_CHUNK = 1024 * 1024  # phase-2 spool is re-read in 1 MiB chunks for upload
@@ -105,7 +104,7 @@ class Backup:
             snapshot_id=self.snapshot_id, vsn=plan.vsn.name, created=time.time(), hostname=socket.gethostname(),
             migrator_version=__version__, plan_sha256=plan.sha256(), tags=tags, volumes={},
             encrypted=bool(self.recipients))
-        self.spool = state_dir() / "spool" / self.snapshot_id
+        self.spool = registry.SPOOL.path / self.snapshot_id
         self.handles = [Snapshot(store, plan.vsn.name, self.snapshot_id, self.manifest) for store in stores]
 
     def _options(self, **extra) -> dict:
@@ -306,7 +305,7 @@ def remove_dead_spools() -> list[str]:
     their names. Every caller holds the operation lock, so no live backup owns one; restore --dry-run's
     preview-* dirs (it takes no lock) are left."""
     removed = []
-    for path in sorted((state_dir() / "spool").glob("*")):
+    for path in sorted(registry.SPOOL.path.glob("*")):
         if is_snapshot_id(path.name):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path.name)
@@ -340,7 +339,7 @@ def backup(plan: Plan, targets: list[str] | None, tags: list[str], report: Repor
         except BaseException:
             job.discard()
             raise
-    write_json(state_dir() / "last_backup.json", {"snapshot_id": result["snapshot_id"], "time": time.time(),
+    write_json(registry.LAST_BACKUP.path, {"snapshot_id": result["snapshot_id"], "time": time.time(),
                                                   "targets": result["targets"], "ok": True})
     return result
 

@@ -20,8 +20,9 @@ from pathlib import Path
 from migrator.errors import PlanInvalid, UsageError
 from migrator.plan.checks import valid_cron_expression
 from migrator.plan.model import Plan
+from migrator.state import registry
 from migrator.state.files import atomic_write, read_json, write_json
-from migrator.state.paths import DEFAULT_STATE_DIR, state_dir
+from migrator.state.paths import DEFAULT_STATE_DIR
 
 DEFAULT_CRON_FILE = "/etc/cron.d/migrator"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -51,7 +52,7 @@ def cron_file(path: str | os.PathLike | None = None) -> Path:
 
 def _remembered(kind: str) -> list[str]:
     """Schedule files (`cron`) or unit dirs (`systemd`) that `install` wrote, from the state dir."""
-    return list((read_json(state_dir() / "cron.json", {}) or {}).get(kind, []))
+    return list((read_json(registry.CRON.path, {}) or {}).get(kind, []))
 
 
 def installed_file(path: str | os.PathLike | None = None) -> tuple[Path, list[str]]:
@@ -120,7 +121,7 @@ def environment() -> dict[str, str]:
 
 def command_line(job: Job) -> str:
     """The shell command of one job (cron runs it with /bin/sh; every word is quoted)."""
-    log = state_dir() / f"cron-{job.verb}.log"
+    log = registry.cron_log(job.verb)
     argv = [*migrator_command(), job.verb, *job.args]
     # cron turns an unescaped % into a newline.
     return f"{shlex.join(argv)} >> {shlex.quote(str(log))} 2>&1".replace("%", "\\%")
@@ -137,11 +138,11 @@ def render_cron(plan: Plan) -> str:
 
 
 def _remember(kind: str, path: Path, present: bool) -> None:
-    info = read_json(state_dir() / "cron.json", {}) or {}
+    info = read_json(registry.CRON.path, {}) or {}
     files = set(info.get(kind, []))
     (files.add if present else files.discard)(str(path))
     info[kind] = sorted(files)
-    write_json(state_dir() / "cron.json", info)
+    write_json(registry.CRON.path, info)
 
 
 def _write_if_changed(path: Path, text: str, mode: int) -> bool:
@@ -303,7 +304,7 @@ def remove_systemd(directory: str | os.PathLike) -> dict:
 
 def remove_all_installed() -> list[str]:
     """Remove every schedule file `install` wrote (for cleanup). Returns what was removed."""
-    info = read_json(state_dir() / "cron.json", {}) or {}
+    info = read_json(registry.CRON.path, {}) or {}
     removed = []
     for f in info.get("cron", []):
         if remove(f)["removed"]:

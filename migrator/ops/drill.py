@@ -23,9 +23,8 @@ from migrator.stack.probes import probe_once
 from migrator.stack.signatures import TrustedKeys, trusted_keys
 from migrator.stack.signatures import check as check_signatures
 from migrator.stack.topology import Report, Stack, quiet
-from migrator.state import conforming
+from migrator.state import conforming, registry
 from migrator.state.files import write_json
-from migrator.state.paths import state_dir
 
 DRILL_PREFIX = "drill-"
 
@@ -88,7 +87,7 @@ def drill(store, vsn: str, snapshot_id: str, *, plan: Plan | None, secrets: Secr
                                  else trusted_keys(plan), report)
     source_plan = plan or snapshot_plan(snap, verdicts)
     tag = pysecrets.token_hex(2)
-    scratch = Path(scratch) if scratch else state_dir() / "drill" / f"{manifest.snapshot_id}-{tag}"
+    scratch = Path(scratch) if scratch else registry.DRILL.path / f"{manifest.snapshot_id}-{tag}"
     scratch.mkdir(parents=True, exist_ok=False, mode=0o700)
     result = {"snapshot_id": manifest.snapshot_id, "store": store.url, "scratch": str(scratch), "ok": False,
               "bytes": snap.restore_size(), "kind": manifest.kind, "services": {}, "signature": signature}
@@ -132,4 +131,4 @@ def drill(store, vsn: str, snapshot_id: str, *, plan: Plan | None, secrets: Secr
         shutil.rmtree(scratch, ignore_errors=True)
         result["duration"] = round(time.monotonic() - started, 3)
         # Health checks read this (drill freshness); notification on failure plugs in here as well.
-        write_json(state_dir() / "last_drill.json", {**result, "time": time.time()})
+        write_json(registry.LAST_DRILL.path, {**result, "time": time.time()})

@@ -30,10 +30,9 @@ from migrator.plan.model import Plan
 from migrator.plan.sizes import format_size, parse_size
 from migrator.stack.probes import probe_once
 from migrator.stack.topology import Stack
-from migrator.state import stackstate
+from migrator.state import registry, stackstate
 from migrator.state.files import read_json
 from migrator.state.lock import operation_lock
-from migrator.state.paths import state_dir
 
 DEFAULT_MAX_AGE_HOURS = 26  # a daily backup plus two hours of slack (README: backup.max_age_hours)
 
@@ -97,7 +96,7 @@ def backup_check(plan: Plan, now: float) -> Check | None:
     if not (plan.backup.get("targets") or plan.backup.get("schedule")):
         return None
     max_age = float(plan.backup.get("max_age_hours", DEFAULT_MAX_AGE_HOURS))
-    last = read_json(state_dir() / "last_backup.json")
+    last = read_json(registry.LAST_BACKUP.path)
     if not last or not last.get("ok") or not last.get("time"):
         return Check("backup-age", False, "no successful backup recorded on this VSN")
     age_h = (now - float(last["time"])) / 3600
@@ -107,7 +106,7 @@ def backup_check(plan: Plan, now: float) -> Check | None:
 
 
 def drill_check() -> Check | None:
-    last = read_json(state_dir() / "last_drill.json")
+    last = read_json(registry.LAST_DRILL.path)
     if last is None:
         return None
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(last.get("time", 0)))
@@ -133,7 +132,7 @@ def disk_check(plan: Plan) -> Check:
 def mail_check() -> Check | None:
     """A failing check while a mail could not be sent (notify/alerts.py keeps its error until a mail of the
     same source goes out); None otherwise."""
-    state = read_json(state_dir() / "notify_state.json") or {}
+    state = read_json(registry.NOTIFY_STATE.path) or {}
     sources = state.get("sources") if isinstance(state.get("sources"), dict) else {}
     unsent = {name: src["unsent"] for name, src in sources.items() if isinstance(src, dict)
               and isinstance(src.get("unsent"), dict)}

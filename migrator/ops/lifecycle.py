@@ -20,16 +20,11 @@ from migrator.ops.teardown import teardown
 from migrator.plan import validate_files
 from migrator.plan.model import Plan
 from migrator.stack.topology import Report, Stack, quiet
-from migrator.state import chainrecord, deployed, stackstate
-from migrator.state.paths import state_dir
+from migrator.state import chainrecord, deployed, registry, stackstate
 
 FINAL_TAG = "final"
 # What the state dir remembers about a stack; cleanup forgets it, and its chain record (history and
 # metrics stay).
-STACK_STATE_FILES = ("plan.json", "deployment.json", "last_backup.json", "last_drill.json", "notify_state.json",
-                     "health_last.json", "cron.json")
-
-
 def archive(plan: Plan, report: Report = quiet) -> dict:
     result = teardown(plan, report, verb="archive")
     return {**result, "stack_state": stackstate.current()}
@@ -74,11 +69,8 @@ def _remove_data(plan: Plan, report: Report) -> list[str]:
 
 def _forget_stack(plan: Plan) -> None:
     chainrecord.forget(plan.vsn.name)
-    for name in STACK_STATE_FILES:
-        try:
-            (state_dir() / name).unlink()
-        except FileNotFoundError:
-            pass
+    for entry in registry.PER_STACK:
+        entry.path.unlink(missing_ok=True)
 
 
 def cleanup(plan: Plan, *, snapshot: bool = True, targets: list[str] | None = None, report: Report = quiet) -> dict:

@@ -40,7 +40,7 @@ from migrator.stack.datadirs import tree_size
 from migrator.stack.quiesce import Quiesce, restart_stopped
 from migrator.stack.timing import StepTimer
 from migrator.stack.topology import Report, Stack, quiet
-from migrator.state import deployed, stackstate
+from migrator.state import deployed, registry, stackstate
 from migrator.state.files import write_json
 from migrator.state.journal import open_journal, undo
 from migrator.state.paths import state_dir
@@ -140,17 +140,17 @@ def preflight(remote: RemoteVSN, plan: Plan, secrets: Secrets, report: Report,
     if free < needed + margin:
         raise PreflightFailed(f"{remote.what} has {free} bytes free under {plan.vsn.data_root}; "
                               f"the data needs {needed} + {margin} margin")
-    incoming = f"{info['state_dir']}/incoming"
+    incoming = f"{info['state_dir']}/{registry.INCOMING.name}"
     remote.makedirs(incoming)
-    remote.put_file(f"{incoming}/plan.json", canonical_json(plan.raw), 0o600)
+    remote.put_file(f"{incoming}/{registry.PLAN.name}", canonical_json(plan.raw), 0o600)
     secrets_path = None
     if secrets.path:
         secrets_path = f"{incoming}/secrets.json"
         remote.put_file(secrets_path, json.dumps(secrets.values).encode(), 0o600)
     report(f"checking {remote.what}")
-    args = ["check", f"{incoming}/plan.json"] + (["--secrets", secrets_path] if secrets_path else [])
+    args = ["check", f"{incoming}/{registry.PLAN.name}"] + (["--secrets", secrets_path] if secrets_path else [])
     remote.migrator(*args)
-    return {"plan": f"{incoming}/plan.json", "secrets": secrets_path, "needed": needed, "free": free,
+    return {"plan": f"{incoming}/{registry.PLAN.name}", "secrets": secrets_path, "needed": needed, "free": free,
             "state_dir": info["state_dir"], "incoming": incoming, "installed": info.get("installed")}
 
 
@@ -247,9 +247,9 @@ def cut_over(remote: RemoteVSN, plan: Plan, stack: Stack, quiesce: Quiesce, jour
     # The stack's backup heartbeat moves with it (health on the target judges the last backup taken); no
     # backup can run meanwhile (we hold the lock), so it goes now, and the agent installs it once healthy.
     args = ["agent", "cutover", "--plan", files["plan"], "--from", socket.gethostname()]
-    last_backup = state_dir() / "last_backup.json"
+    last_backup = registry.LAST_BACKUP.path
     if last_backup.exists():
-        remote.put_file(f"{files['incoming']}/last_backup.json", last_backup.read_bytes(), 0o600)
+        remote.put_file(f"{files['incoming']}/{registry.LAST_BACKUP.name}", last_backup.read_bytes(), 0o600)
         args.append("--heartbeat")
     if files.get("keep_old"):
         args.append("--keep-old")
@@ -327,7 +327,7 @@ def finish_source(stack: Stack, keep_source: bool, target: str, report: Report) 
             stack.drop_all()
             state = "containerless"
         deployed.forget()
-    write_json(state_dir() / "moved-out.json", {"to": target, "at": time.time(), "source": state})
+    write_json(registry.MOVED_OUT.path, {"to": target, "at": time.time(), "source": state})
     return state
 
 

@@ -30,13 +30,12 @@ from migrator.jsonschemas import name_pattern
 from migrator.stack.datadirs import existing_ancestor
 from migrator.stack.timing import StepTimer
 from migrator.stack.topology import Stack
-from migrator.state import deployed
+from migrator.state import deployed, registry
 from migrator.state.files import write_json
 from migrator.state.paths import state_dir
 
 STAGING_SUFFIX = ".move-incoming"
 # Where the source puts plan, secrets and the backup heartbeat (SFTP, 0600) under the target's state dir.
-INCOMING = "incoming"
 
 
 def staging_dir(data_root: str, volume: str) -> Path:
@@ -128,7 +127,7 @@ def drop_old(aside: dict[str, str], keep: bool) -> dict | None:
 
 def mark_moved(source: str) -> dict:
     record = {"from": source, "at": time.time()}
-    write_json(state_dir() / "moved-in.json", record)
+    write_json(registry.MOVED_IN.path, record)
     return record
 
 
@@ -268,7 +267,7 @@ def cutover(plan_path: str, secrets_path: str | None, source: str, heartbeat: bo
         raise MigratorError("the source went away before it learned that the stack is healthy here; "
                             "rolled back to containerless (the data held here before is back)") from exc
     if heartbeat:  # the stack's backup heartbeat moves with it (health judges the last backup)
-        os.replace(state_dir() / INCOMING / "last_backup.json", state_dir() / "last_backup.json")
+        os.replace(registry.INCOMING.path / registry.LAST_BACKUP.name, registry.LAST_BACKUP.path)
     mark_moved(source)
     timer.lap("finish")
     old_data = drop_old(committed["aside"], keep_old)

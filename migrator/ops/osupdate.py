@@ -23,15 +23,15 @@ from migrator.ops.teardown import teardown
 from migrator.plan import load_secrets
 from migrator.plan.model import Plan, Secrets
 from migrator.stack.topology import Report, quiet
+from migrator.state import registry
 from migrator.state.files import read_json, write_json
-from migrator.state.paths import state_dir
 from migrator.storage import open_stores
 
 PRE_UPDATE_TAG = "pre-update"
 
 
 def _marker() -> Path:
-    return state_dir() / "os-update.json"
+    return registry.OS_UPDATE.path
 
 
 def _fingerprints(plan: Plan) -> dict[str, dict]:
@@ -53,7 +53,7 @@ def prepare(plan: Plan, secrets: Secrets, targets: list[str] | None, report: Rep
     snap = backup(plan, urls, [PRE_UPDATE_TAG], report)
     report("fingerprinting the data")
     prints = _fingerprints(plan)
-    write_json(state_dir() / "os-update-fingerprint.json", prints)
+    write_json(registry.OS_UPDATE_FINGERPRINT.path, prints)
     write_json(_marker(), {"prepared": time.time(), "snapshot_id": snap["snapshot_id"], "targets": urls,
                            "plan": plan.raw, "secrets": secrets.path, "removed": down["removed"]})
     return {"prepared": True, "snapshot_id": snap["snapshot_id"], "targets": urls,
@@ -66,7 +66,7 @@ def finish(restore_on_mismatch: bool = False, identity: Path | None = None, repo
         raise UsageError("no OS update is prepared on this VSN", hint="run `migrator os-update prepare` first")
     plan = Plan.from_json(marker["plan"])
     secrets = load_secrets(marker["secrets"]) if marker.get("secrets") else Secrets()
-    before = read_json(state_dir() / "os-update-fingerprint.json", {})
+    before = read_json(registry.OS_UPDATE_FINGERPRINT.path, {})
     report("checking the data against the pre-update fingerprint")
     differences = _differences(before, _fingerprints(plan))
     restored = None
@@ -86,7 +86,7 @@ def finish(restore_on_mismatch: bool = False, identity: Path | None = None, repo
     report("redeploying the recorded plan")
     deployed = deploy(plan, secrets, report=report)
     _marker().unlink()
-    (state_dir() / "os-update-fingerprint.json").unlink(missing_ok=True)
+    registry.OS_UPDATE_FINGERPRINT.path.unlink(missing_ok=True)
     return {"finished": True, "snapshot_id": marker["snapshot_id"], "differences": differences,
             "restored": bool(restored), "health": deployed.health}
 

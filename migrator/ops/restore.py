@@ -37,10 +37,9 @@ from migrator.stack.quiesce import Quiesce, writers_of
 from migrator.stack.signatures import TrustedKeys, trusted_keys
 from migrator.stack.signatures import check as check_signatures
 from migrator.stack.topology import Report, Stack, quiet
-from migrator.state import conforming
+from migrator.state import conforming, registry
 from migrator.state.conforming import ConformingDocs
 from migrator.state.journal import open_journal, undo
-from migrator.state.paths import state_dir
 
 JOURNAL_KEY = "restore_swaps"
 STAGING_KEY = "restore_staging"
@@ -218,7 +217,7 @@ def preview(snap: Snapshot, volumes: list[str], base: Path, identity: Path | Non
                              f"snapshots, and --dry-run compares against one",
                              hint="restore it --into an empty DIR and compare that instead")
         report(f"reading the tree state of {volume} in {snap.id}")
-        work = state_dir() / "spool" / f"preview-{os.getpid()}"
+        work = registry.SPOOL.path / f"preview-{os.getpid()}"
         try:
             with snap.open_reader(tree.name) as reader:
                 wanted = unseal(reader, size=tree.size, sha256=tree.sha256, encrypted=tree.name.endswith(".age"),

@@ -6,9 +6,8 @@ from __future__ import annotations
 from migrator.engine.base import LABEL_STACK
 from migrator.plan.model import Plan
 from migrator.stack.topology import Stack
-from migrator.state import deployed, stackstate
+from migrator.state import deployed, registry, stackstate
 from migrator.state.files import read_json
-from migrator.state.paths import state_dir
 
 # Volume containers are created, never started; engines report that as any of these.
 CREATED_STATES = ("created", "exited", "stopped", "configured")
@@ -86,8 +85,8 @@ def _state(containerless: bool, ok: bool, moved_to: dict | None) -> str:
 
 def recent_history() -> dict:
     """The last snapshot, the last drill and where a moved stack went, from the state dir."""
-    backup = read_json(state_dir() / "last_backup.json") or {}
-    drill = read_json(state_dir() / "last_drill.json") or {}
+    backup = read_json(registry.LAST_BACKUP.path) or {}
+    drill = read_json(registry.LAST_DRILL.path) or {}
     moved = deployed.moved_away()  # None again once the stack is deployed here since
     return {
         "last_snapshot": {k: backup.get(k) for k in ("snapshot_id", "time", "targets")} if backup else None,

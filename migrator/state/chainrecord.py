@@ -14,14 +14,14 @@ from pathlib import Path
 
 from migrator.archive.treestate import TreeState
 from migrator.errors import ArchiveError
+from migrator.state import registry
 from migrator.state.files import read_json, write_json
-from migrator.state.paths import state_dir
 
 RECORD = "record.json"
 
 
 def _dir(vsn: str) -> Path:
-    return state_dir() / "chain" / vsn
+    return registry.CHAIN.path / vsn
 
 
 @dataclass

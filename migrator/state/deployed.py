@@ -8,35 +8,31 @@ import time
 from pathlib import Path
 
 from migrator.errors import UsageError
+from migrator.state import registry
 from migrator.state.files import atomic_write, read_json, write_json
-from migrator.state.paths import state_dir
-
-
-def _dir() -> Path:
-    return state_dir()
 
 
 def record(plan_raw: dict, secrets_path: str | None) -> None:
     """A deploy here: the stack lives on this VSN (again), so a moved-out record no longer applies."""
-    atomic_write(_dir() / "plan.json", json.dumps(plan_raw, indent=2, sort_keys=True).encode() + b"\n")
-    write_json(_dir() / "deployment.json", {
-        "plan": str(_dir() / "plan.json"),
+    atomic_write(registry.PLAN.path, json.dumps(plan_raw, indent=2, sort_keys=True).encode() + b"\n")
+    write_json(registry.DEPLOYMENT.path, {
+        "plan": str(registry.PLAN.path),
         "secrets": str(Path(secrets_path).resolve()) if secrets_path else None,
         "deployed_at": time.time(),
     })
-    (_dir() / "moved-out.json").unlink(missing_ok=True)
+    (registry.MOVED_OUT.path).unlink(missing_ok=True)
 
 
 def forget() -> None:
     """Containerless again: keep the plan copy (for redeploy) but mark it not deployed."""
-    info = read_json(_dir() / "deployment.json")
+    info = read_json(registry.DEPLOYMENT.path)
     if info is not None:
         info["deployed_at"] = None
-        write_json(_dir() / "deployment.json", info)
+        write_json(registry.DEPLOYMENT.path, info)
 
 
 def current() -> dict | None:
-    return read_json(_dir() / "deployment.json")
+    return read_json(registry.DEPLOYMENT.path)
 
 
 def plan_and_secrets_paths(plan: str | None, secrets: str | None) -> tuple[str, str | None]:
@@ -52,6 +48,6 @@ def plan_and_secrets_paths(plan: str | None, secrets: str | None) -> tuple[str, 
 
 def moved_away() -> dict | None:
     """Where the stack went, when it was moved off this VSN and not deployed here since."""
-    moved = read_json(_dir() / "moved-out.json")
+    moved = read_json(registry.MOVED_OUT.path)
     info = current() or {}
     return moved if moved and not info.get("deployed_at") else None

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass, field
 
-from migrator.state.paths import state_dir
+from migrator.state import registry
 
 REDACTED = "***"
 # A cron'd health check every 5 minutes writes at most one row per change; other verbs are rare. This
@@ -118,7 +118,7 @@ class Entry:
 
 
 def _connect() -> sqlite3.Connection:
-    path = state_dir() / "history.sqlite"
+    path = registry.HISTORY.path
     fresh = not path.exists()
     conn = sqlite3.connect(path, timeout=30)  # cron jobs may finish together: wait for the writer
     if fresh:
@@ -151,7 +151,7 @@ COLUMNS = "id, verb, started, ended, result, exit_code, snapshot_id, downtime, b
 
 def entries(limit: int = 20, verb: str | None = None) -> list[Entry]:
     """Newest first."""
-    if not (state_dir() / "history.sqlite").exists():
+    if not registry.HISTORY.path.exists():
         return []
     with closing(_connect()) as conn:
         if verb:

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+from migrator.state import registry
 from migrator.state.files import read_json, write_json
-from migrator.state.paths import state_dir
 
 # An undo gets the fact its operation noted and a line reporter; it returns what it did, in one line.
 Undo = Callable[[dict, Callable[[str], None]], str]
@@ -29,7 +29,7 @@ def undo(key: str) -> Callable[[Undo], Undo]:
 
 
 def _path() -> Path:
-    return state_dir() / "journal.json"
+    return registry.JOURNAL.path
 
 
 def load() -> dict | None:

@@ -11,14 +11,14 @@ from pathlib import Path
 
 from migrator.durable import fsync_dir
 from migrator.errors import PreflightFailed
-from migrator.state.paths import state_dir
+from migrator.state import registry
 
 KEY_FILE = "ed25519.key"
 MAX_KEY_BYTES = 4096
 
 
 def key_path() -> Path:
-    return state_dir() / "signing" / KEY_FILE
+    return registry.SIGNING.path / KEY_FILE
 
 
 def load_or_create():

@@ -13,9 +13,8 @@ import time
 from contextlib import contextmanager
 
 from migrator.errors import StateError
-from migrator.state import deployed
+from migrator.state import deployed, registry
 from migrator.state.files import read_json, write_json
-from migrator.state.paths import state_dir
 
 RUNNING = "Running"
 FAILURE = "Failure"
@@ -60,7 +59,7 @@ class InvalidTransition(StateError):
 
 
 def _path():
-    return state_dir() / "stack_state.json"
+    return registry.STACK_STATE.path
 
 
 def load() -> dict:

@@ -18,6 +18,7 @@ from croniter import croniter
 from migrator.errors import PlanInvalid
 from migrator.ops import cron
 from migrator.plan.model import Plan
+from migrator.state import registry
 from tests.lab.vsn import REPO
 
 DEMO = json.loads((REPO / "examples" / "demo-plan.json").read_text())
@@ -64,7 +65,7 @@ def test_renders_one_line_per_schedule_with_wait_log_and_env(state):
 
 def test_default_state_dir_is_not_written_and_percent_is_escaped(monkeypatch, tmp_path):
     monkeypatch.setenv("MIGRATOR_STATE_DIR", "/var/lib/migrator")
-    monkeypatch.setattr(cron, "state_dir", lambda: tmp_path / "50%")
+    monkeypatch.setattr(registry, "state_dir", lambda: tmp_path / "50%")
     text = cron.render_cron(plan())
     assert "MIGRATOR_STATE_DIR" not in text
     assert "50\\%/cron-backup.log" in text and "50%/" not in text.replace("50\\%", "")

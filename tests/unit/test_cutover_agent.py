@@ -17,6 +17,7 @@ from migrator.errors import MigratorError
 from migrator.ops import check, deploy, move_target, teardown
 from migrator.remote import frames
 from migrator.stack import topology as stack_mod
+from migrator.state import registry
 
 
 class Buf:
@@ -163,7 +164,7 @@ def test_a_move_back_keeps_the_operators_secrets_file(agent_env, tmp_path, monke
     operator = _secrets_file(tmp_path / "etc" / "secrets.json", {}, '{\n  "db_password": "pw"\n}\n')
     deployed.record({"version": 1}, str(operator))
     deployed.forget()  # moved away, containerless
-    incoming = _secrets_file(Path(move_target.state_dir()) / move_target.INCOMING / "secrets.json",
+    incoming = _secrets_file(registry.INCOMING.path / "secrets.json",
                              {"db_password": "pw"})
     raw, _sha = _stdin(agent_env, commit=True)
     result = move_target.cutover("plan.json", str(incoming), "vsn1", emit=lambda e: None,
