@@ -68,12 +68,6 @@ def deleted_member(paths: Iterable[str]) -> bytes:
     return header + data + b"\0" * (padded(len(data)) - len(data))
 
 
-def normalize_name(name: str) -> str:
-    """Relative path as TreeState keys it: no leading './', '.' for the root."""
-    parts = member_parts(name)
-    return "/".join(parts) if parts else "."
-
-
 class CaptureWalker:
     """Feed it GNU tar's output in order; `feed` returns the segments to pass on (in order).
 

@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         Example: migrator move --to root@old-vsn --keep-old   (a move back: the data old-vsn still held
         stays there as <volume>.pre-move-<ts>)
         """
-        report = progress_printer(json_out)
+        report = progress_printer()
         options = {k: str(v) for k, v in (("ssh_config_file", ssh_config), ("identity_file", identity),
                                           ("known_hosts_file", known_hosts)) if v}
 

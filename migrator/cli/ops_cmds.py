@@ -185,7 +185,7 @@ def register(app: typer.Typer) -> None:
 
         Example: migrator archive
         """
-        report = progress_printer(json_out)
+        report = progress_printer()
 
         def action() -> dict:
             p, _ = load_plan_args(plan, secrets)
@@ -201,7 +201,7 @@ def register(app: typer.Typer) -> None:
 
         Example: migrator unarchive --json
         """
-        report = progress_printer(json_out)
+        report = progress_printer()
 
         def action() -> dict:
             with operation("unarchive", wait, report):
@@ -223,7 +223,7 @@ def register(app: typer.Typer) -> None:
 
         Example: migrator cleanup --yes --to file:///var/backups/final
         """
-        report = progress_printer(json_out)
+        report = progress_printer()
 
         def action() -> dict:
             p, _ = load_plan_args(plan, secrets)

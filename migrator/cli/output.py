@@ -64,7 +64,7 @@ class Progress:
             self._bar = None
 
 
-def progress_printer(json_out: bool) -> Progress:
+def progress_printer() -> Progress:
     return Progress()
 
 

@@ -30,7 +30,7 @@ def _command(app: typer.Typer, verb: str) -> None:
 
     def command(services: list[str] = ServicesArg, plan: Path = PlanOpt, secrets: Path = SecretsOpt,
                 wait: float = WaitOpt, json_out: bool = JsonOpt) -> None:
-        report = progress_printer(json_out)
+        report = progress_printer()
 
         def action() -> dict:
             from migrator.ops.services import act

@@ -14,7 +14,7 @@ from migrator.cli.options import JsonOpt, PlanOpt, SecretsOpt, WaitOpt, load_pla
 from migrator.cli.output import progress_printer, run
 from migrator.errors import UsageError
 from migrator.ops.recover import operation
-from migrator.plan.model import Secrets
+from migrator.plan.model import Plan, Secrets
 from migrator.plan.sizes import format_size
 from migrator.storage import open_stores
 
@@ -41,6 +41,11 @@ def _say_signature(r: dict) -> None:
 
 def _store_and_vsn(url: str | None, vsn: str | None, plan_file: Path | None, writable: bool = False):
     p, _ = load_plan_args(plan_file, None, required=False)
+    return (*_store_for(url, vsn, p, writable), p)
+
+
+def _store_for(url: str | None, vsn: str | None, p: Plan | None, writable: bool = False):
+    """The store (`url`, else the plan's first target) and VSN name (`vsn`, else the plan's)."""
     if url is None:
         targets = p.backup.get("targets", []) if p else []
         if not targets:
@@ -49,7 +54,7 @@ def _store_and_vsn(url: str | None, vsn: str | None, plan_file: Path | None, wri
     name = vsn or (p.vsn.name if p else None)
     if not name:
         raise UsageError("no VSN name: pass --vsn NAME (no plan is deployed here)")
-    return open_stores([url], p.backup if p else None, writable=writable)[0], name, p
+    return open_stores([url], p.backup if p else None, writable=writable)[0], name
 
 
 def _stores_and_vsn(urls: list[str], vsn: str | None, writable: bool = False):
@@ -85,7 +90,7 @@ def register(app: typer.Typer) -> None:
 
         Example: migrator backup --to s3://backups/vsn --to file:///var/backups/migrator --tag nightly
         """
-        report = progress_printer(json_out)
+        report = progress_printer()
 
         def action() -> dict:
             p, _s = load_plan_args(plan, secrets)
@@ -161,7 +166,7 @@ def register(app: typer.Typer) -> None:
         Example: migrator verify latest --from s3://backups/vsn --read-data
         Example (weekly cron on a large store): migrator verify all --read-data-subset 10%
         """
-        report = progress_printer(json_out)
+        report = progress_printer()
 
         def action() -> dict:
             s, name, p = _store_and_vsn(store, vsn, None)
@@ -200,7 +205,7 @@ def register(app: typer.Typer) -> None:
 
         Example: migrator prune --keep-last 3 --keep-daily 7 --keep-weekly 4 --keep-monthly 6 --dry-run
         """
-        report = progress_printer(json_out)
+        report = progress_printer()
 
         def action() -> dict:
             if store and to:
@@ -261,7 +266,7 @@ def register(app: typer.Typer) -> None:
         Example: migrator restore latest --dry-run
         Example (fresh machine): migrator restore latest --from s3://backups/vsn --vsn web1 --trusted-key ed25519:…
         """
-        report = progress_printer(json_out)
+        report = progress_printer()
 
         def action() -> dict:
             s, name, p = _store_and_vsn(store, vsn, plan)
@@ -308,11 +313,11 @@ def register(app: typer.Typer) -> None:
 
         Example: migrator drill --from s3://backups/vsn --json
         """
-        report = progress_printer(json_out)
+        report = progress_printer()
 
         def action() -> dict:
-            s, name, p = _store_and_vsn(store, vsn, plan)
-            _p, sec = load_plan_args(plan, secrets, required=False)
+            p, sec = load_plan_args(plan, secrets, required=False)
+            s, name = _store_for(store, vsn, p)
             with operation("drill", wait, report):
                 from migrator.ops.drill import drill as drill_op
 

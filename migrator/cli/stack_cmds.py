@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
 
         Example: migrator deploy examples/demo-plan.json --secrets examples/demo-secrets.json
         """
-        report = progress_printer(json_out)
+        report = progress_printer()
 
         def action() -> dict:
             p, s = validate_files(plan, secrets)
@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
 
         Example: migrator teardown
         """
-        report = progress_printer(json_out)
+        report = progress_printer()
 
         def action() -> dict:
             p, _ = load_plan_args(plan, secrets)
@@ -105,7 +105,7 @@ def register(app: typer.Typer) -> None:
 
         Example: migrator upgrade web --image registry.example/web:1.2.4
         """
-        report = progress_printer(json_out)
+        report = progress_printer()
 
         def action() -> dict:
             p, s = load_plan_args(plan, secrets)
@@ -120,7 +120,7 @@ def register(app: typer.Typer) -> None:
 
         Example: migrator recover
         """
-        report = progress_printer(json_out)
+        report = progress_printer()
 
         def action() -> dict:
             with operation("recover", wait, report, auto_recover=False):

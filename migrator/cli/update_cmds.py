@@ -33,7 +33,7 @@ def prepare(plan: Path = PlanOpt, secrets: Path = SecretsOpt, to: list[str] = To
 
     Example: migrator os-update prepare && dnf -y upgrade && reboot
     """
-    report = progress_printer(json_out)
+    report = progress_printer()
 
     def action() -> dict:
         p, s = load_plan_args(plan, secrets)
@@ -52,7 +52,7 @@ def finish(restore_on_mismatch: bool = RestoreOpt,
 
     Example: migrator os-update finish
     """
-    report = progress_printer(json_out)
+    report = progress_printer()
 
     def action() -> dict:
         with operation("os-update", wait, report):
@@ -70,7 +70,7 @@ def run_cmd(command: str = typer.Option(..., "--command", help="The update comma
 
     Example: migrator os-update run --command "apt-get update && apt-get -y upgrade"
     """
-    report = progress_printer(json_out)
+    report = progress_printer()
 
     def action() -> dict:
         p, s = load_plan_args(plan, secrets)
