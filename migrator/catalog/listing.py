@@ -33,7 +33,7 @@ class Listing:
         return [self.handle(m.snapshot_id) for m in self.snapshots]
 
 
-def list_snapshots(store, vsn: str, conforming: ConformingDocs | None = None) -> Listing:
+def list_snapshots(store: SnapshotStore, vsn: str, conforming: ConformingDocs | None = None) -> Listing:
     """`conforming`: manifests already seen to pass their schema check skip it (Manifest.parse)."""
     snapshots, debris, broken = [], [], {}
     known: dict[str, Snapshot] = {}
@@ -54,7 +54,7 @@ def list_snapshots(store, vsn: str, conforming: ConformingDocs | None = None) ->
                    known=known)
 
 
-def open_snapshot(store, vsn: str, snapshot_id: str | None,
+def open_snapshot(store: SnapshotStore, vsn: str, snapshot_id: str | None,
                   conforming: ConformingDocs | None = None) -> Snapshot:
     """`latest` (or None) or an id -> its handle, manifest read and validated."""
     if snapshot_id in ("latest", "", None):

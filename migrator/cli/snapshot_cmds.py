@@ -276,9 +276,9 @@ def register(app: typer.Typer) -> None:
                         keep_old=keep_old, report=report, progress=report.bytes, dry_run=dry_run,
                         trusted=_trusted(p, trusted_key))
             if dry_run:  # reads only: no lock, no journal
-                return restore_op(s, name, snapshot, **args)
+                return restore_op(s, name, snapshot, **args).to_json()
             with operation("restore", wait, report):
-                return restore_op(s, name, snapshot, **args)
+                return restore_op(s, name, snapshot, **args).to_json()
 
         def human(r: dict) -> None:
             if not r.get("dry_run"):

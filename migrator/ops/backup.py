@@ -48,6 +48,7 @@ from migrator.state import chainrecord, conforming, deployed, registry, signkey
 from migrator.state.files import write_json
 from migrator.state.journal import open_journal
 from migrator.storage import open_stores
+from migrator.storage.base import SnapshotStore
 
 SPOOL_CHUNK = 1024 * 1024  # phase-2 spool is re-read in 1 MiB chunks for upload
 
@@ -84,7 +85,7 @@ class FileSink:
 
 
 class Backup:
-    def __init__(self, plan: Plan, stores, tags: list[str], report: Report, progress=None, full: bool = False,
+    def __init__(self, plan: Plan, stores: list[SnapshotStore], tags: list[str], report: Report, progress=None, full: bool = False,
                  signing_key=None):
         self.plan = plan
         self.signing_key = signing_key if signing_key is not None else signkey.load_or_create()[0]

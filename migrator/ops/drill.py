@@ -25,6 +25,7 @@ from migrator.stack.signatures import check as check_signatures
 from migrator.stack.topology import Report, Stack, quiet
 from migrator.state import conforming, registry
 from migrator.state.files import write_json
+from migrator.storage.base import SnapshotStore
 
 DRILL_PREFIX = "drill-"
 
@@ -75,7 +76,7 @@ def drill_plan(raw: dict, scratch: Path, tag: str) -> tuple[dict, dict[str, str]
     return r, volume_names
 
 
-def drill(store, vsn: str, snapshot_id: str, *, plan: Plan | None, secrets: Secrets, identity: Path | None = None,
+def drill(store: SnapshotStore, vsn: str, snapshot_id: str, *, plan: Plan | None, secrets: Secrets, identity: Path | None = None,
           scratch: Path | None = None, report: Report = quiet, trusted: TrustedKeys | None = None) -> dict:
     """`trusted`: the keys the snapshot's signature may come from (default: `plan`'s; the snapshot's own
     plan copy is what the signature vouches for, so it never names them)."""
@@ -103,7 +104,7 @@ def drill(store, vsn: str, snapshot_id: str, *, plan: Plan | None, secrets: Secr
             if src.exists():
                 os.rename(src, scratch / "data" / renamed)
         result["rto_data_s"] = round(time.monotonic() - started, 3)
-        result["files"] = restored["files"]
+        result["files"] = restored.files
         drill_stack_plan = Plan.from_json(raw)
         stack = Stack.for_plan(drill_stack_plan, report)
         report("drill: booting the isolated stack")

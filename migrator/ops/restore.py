@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from migrator.archive import TreeState, extract_archive, scan
@@ -40,6 +40,7 @@ from migrator.stack.topology import Report, Stack, quiet
 from migrator.state import conforming, registry
 from migrator.state.conforming import ConformingDocs
 from migrator.state.journal import open_journal, undo
+from migrator.storage.base import SnapshotStore
 
 JOURNAL_KEY = "restore_swaps"
 STAGING_KEY = "restore_staging"
@@ -56,6 +57,46 @@ class Swap:
 
     def to_json(self) -> dict:
         return {"volume": self.volume, "live": str(self.live), "staging": str(self.staging), "old": str(self.old)}
+
+
+@dataclass
+class RestoreResult:
+    """A finished restore, live or --into."""
+    snap: Snapshot
+    volumes: list[str]
+    into: Path
+    files: int
+    data_restored_s: float
+    started: float  # time.monotonic() when the restore began
+    downtime: dict[str, float] = field(default_factory=dict)
+    kept_old: list[str] = field(default_factory=list)
+    signature: str | None = None
+    duration: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.duration = round(time.monotonic() - self.started, 3)
+
+    def to_json(self) -> dict:
+        snap = self.snap
+        return {"snapshot_id": snap.id, "store": snap.store.url, "volumes": self.volumes, "into": str(self.into),
+                "signature": self.signature, "files": self.files, "bytes": snap.restore_size(self.volumes),
+                "kind": snap.manifest.kind, "chain": {v: [link.id for link in snap.chain(v)] for v in self.volumes},
+                "data_restored_s": self.data_restored_s, "duration": self.duration, "downtime": self.downtime,
+                "kept_old": self.kept_old}
+
+
+@dataclass
+class RestorePreview:
+    """restore --dry-run: what a restore would change, per volume (see `preview`)."""
+    snap: Snapshot
+    volume_names: list[str]
+    volumes: dict[str, dict]
+    signature: str | None
+
+    def to_json(self) -> dict:
+        return {"snapshot_id": self.snap.id, "store": self.snap.store.url, "dry_run": True,
+                "kind": self.snap.manifest.kind, "bytes": self.snap.restore_size(self.volume_names),
+                "volumes": self.volumes, "signature": self.signature}
 
 
 def snapshot_plan(snap: Snapshot, verdicts: ConformingDocs) -> Plan:
@@ -133,11 +174,11 @@ def swap_back(s: Swap) -> None:
     shutil.rmtree(s.staging, ignore_errors=True)
 
 
-def restore(store, vsn: str, snapshot_id: str, *, plan: Plan | None, volumes: list[str] | None = None,
+def restore(store: SnapshotStore, vsn: str, snapshot_id: str, *, plan: Plan | None, volumes: list[str] | None = None,
             into: Path | None = None, identity: Path | None = None, keep_old: bool = False,
             touch_containers: bool = True, report: Report = quiet, progress=None,
             snapshot: Snapshot | None = None, dry_run: bool = False, trusted: TrustedKeys | None = None,
-            signature: str | None = None) -> dict:
+            signature: str | None = None) -> RestoreResult | RestorePreview:
     """`trusted`: the keys a signature may come from (default: `plan`'s backup.trusted_keys; never the
     snapshot's own plan copy). `signature`: the caller already checked it (drill) and says how it went."""
     started = time.monotonic()
@@ -162,7 +203,7 @@ def restore(store, vsn: str, snapshot_id: str, *, plan: Plan | None, volumes: li
             raise UsageError("the snapshot is encrypted: pass --identity FILE (an age identity)")
     base = Path(into) if into else Path(plan.vsn.data_root)
     if dry_run:
-        return {**preview(snap, chosen, base, identity, report), "signature": signature}
+        return RestorePreview(snap, chosen, preview(snap, chosen, base, identity, report), signature)
     base.mkdir(parents=True, exist_ok=True)
     # An upper bound: a chain's later links rewrite some of what earlier ones wrote.
     needed = sum(o.uncompressed for _link, o in snap.chain_objects(chosen))
@@ -196,10 +237,10 @@ def restore(store, vsn: str, snapshot_id: str, *, plan: Plan | None, volumes: li
             for s in swaps:
                 os.rename(s.staging, s.live)
             journal.forget(STAGING_KEY)
-            return _result(snap, chosen, into, files, data_restored, started, {}, [], signature)
+            return RestoreResult(snap, chosen, Path(into), files, data_restored, started, signature=signature)
         downtime, kept = _swap_into_live(plan, swaps, writers_for(plan, chosen), touch_containers, keep_old,
                                          journal, report)
-    return _result(snap, chosen, base, files, data_restored, started, downtime, kept, signature)
+    return RestoreResult(snap, chosen, base, files, data_restored, started, downtime, kept, signature)
 
 
 # Paths listed per kind of change in a preview (the counts are always complete).
@@ -208,7 +249,8 @@ PREVIEW_PATHS = 20
 
 def preview(snap: Snapshot, volumes: list[str], base: Path, identity: Path | None, report: Report) -> dict:
     """restore --dry-run: per volume, what restoring `snap` would add, remove and change in the live data
-    dir, from the snapshot's tree state and a scan of the dir. Nothing is written outside the state dir."""
+    dir, from the snapshot's tree state and a scan of the dir. Nothing is written outside the state dir.
+    Returns {volume: what changes}."""
     out = {}
     for volume in volumes:
         tree = snap.tree(volume)
@@ -233,8 +275,7 @@ def preview(snap: Snapshot, volumes: list[str], base: Path, identity: Path | Non
                        "unchanged": len(wanted) - len(added) - len(changed),
                        "paths": {"added": added[:PREVIEW_PATHS], "removed": removed[:PREVIEW_PATHS],
                                  "changed": changed[:PREVIEW_PATHS]}}
-    return {"snapshot_id": snap.id, "store": snap.store.url, "dry_run": True, "kind": snap.manifest.kind,
-            "bytes": snap.restore_size(volumes), "volumes": out}
+    return out
 
 
 def make_durable(swaps: list[Swap], report: Report) -> None:
@@ -294,15 +335,6 @@ def _swap_into_live(plan: Plan, swaps: list[Swap], writers: list, touch_containe
             shutil.rmtree(s.old, ignore_errors=True)
     journal.forget(JOURNAL_KEY)
     return quiesce.downtime, kept
-
-
-def _result(snap: Snapshot, volumes, base, files, data_restored, started, downtime, kept, signature) -> dict:
-    return {"snapshot_id": snap.id, "store": snap.store.url, "volumes": volumes, "into": str(base),
-            "signature": signature,
-            "files": files, "bytes": snap.restore_size(volumes), "kind": snap.manifest.kind,
-            "chain": {v: [link.id for link in snap.chain(v)] for v in volumes},
-            "data_restored_s": data_restored, "duration": round(time.monotonic() - started, 3),
-            "downtime": downtime, "kept_old": kept}
 
 
 @undo(STAGING_KEY)

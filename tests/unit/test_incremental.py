@@ -390,7 +390,7 @@ def test_restore_dry_run_lists_what_would_change(lab):
     (tree / "hard").unlink()
     preview = restore(get_store(f"file://{root / 'store'}"), VSN, result["snapshot_id"], plan=_plan(root),
                       dry_run=True)
-    vol = preview["volumes"]["vol"]
+    vol = preview.to_json()["volumes"]["vol"]
     assert "data/sub/f0" in vol["paths"]["changed"] and vol["paths"]["removed"] == ["data/sub/extra"]
     assert vol["paths"]["added"] == ["data/hard"]
     assert (tree / "sub" / "extra").exists()  # nothing touched

@@ -185,7 +185,7 @@ def test_signed_snapshots_restore_with_the_trusted_key_and_say_so(lab):
     lines: list[str] = []
     out = restore(_store(root), VSN, result["snapshot_id"], plan=_plan(root, trusted_keys=[_own_key()]),
                   into=root / "restored", report=lines.append)
-    assert out["signature"] == "valid" and any("signature valid" in ln for ln in lines)
+    assert out.signature == "valid" and any("signature valid" in ln for ln in lines)
     assert fingerprint(root / "restored" / "vol") == fingerprint(tree.parent)
     checked = snap_ops.verify(_store(root), VSN, "latest", read_data=True, trusted=TrustedKeys.of([_own_key()]))
     assert checked["signature"] == "valid"
@@ -196,11 +196,11 @@ def test_without_trusted_keys_a_signed_snapshot_is_unchecked_and_an_unsigned_one
     first = _backup(root)
     lines: list[str] = []
     out = restore(_store(root), VSN, first["snapshot_id"], plan=_plan(root), into=root / "a", report=lines.append)
-    assert out["signature"] == "unchecked" and any("UNCHECKED" in ln for ln in lines)
+    assert out.signature == "unchecked" and any("UNCHECKED" in ln for ln in lines)
     drop_signature(root, first["snapshot_id"])  # as a snapshot taken before signed snapshots
     lines.clear()
     out = restore(_store(root), VSN, first["snapshot_id"], plan=_plan(root), into=root / "b", report=lines.append)
-    assert out["signature"] == "unsigned" and any("UNSIGNED" in ln for ln in lines)
+    assert out.signature == "unsigned" and any("UNSIGNED" in ln for ln in lines)
     assert fingerprint(root / "b" / "vol") == fingerprint(tree.parent)
     assert snap_ops.verify(_store(root), VSN, "all", read_data=False)["signature"] == "unsigned"
 
@@ -262,7 +262,7 @@ def test_an_incremental_chain_with_a_tampered_parent_manifest_is_refused(lab):
     assert second["kind"] == "incremental" and second["parent"] == first["snapshot_id"]
     plan = _plan(root, trusted_keys=[key])
     out = restore(_store(root), VSN, second["snapshot_id"], plan=plan, into=root / "ok")
-    assert out["signature"] == "valid" and out["chain"]["vol"] == [first["snapshot_id"], second["snapshot_id"]]
+    assert out.signature == "valid" and out.to_json()["chain"]["vol"] == [first["snapshot_id"], second["snapshot_id"]]
     swap_object(root, first["snapshot_id"])  # the child's own manifest and signature untouched
     with pytest.raises(IntegrityError, match=first["snapshot_id"]):
         restore(_store(root), VSN, second["snapshot_id"], plan=plan, into=root / "bad")
@@ -315,7 +315,7 @@ def test_rotation_several_trusted_keys(lab):
     assert new_key != old_key
     both = _plan(root, trusted_keys=[old_key, new_key])
     for n, sid in enumerate((old, new)):
-        assert restore(_store(root), VSN, sid, plan=both, into=root / f"r{n}")["signature"] == "valid"
+        assert restore(_store(root), VSN, sid, plan=both, into=root / f"r{n}").signature == "valid"
     with pytest.raises(IntegrityError, match="not a trusted key"):
         restore(_store(root), VSN, old, plan=_plan(root, trusted_keys=[new_key]), into=root / "r3")
 
