@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the migrator lab images with `podman import` (no registry, no pulls).
 #
-#   lab/build-images.sh [--root DIR --runroot DIR] [busybox|httpd|writer|host]...
+#   lab/build-images.sh [--root DIR --runroot DIR] [busybox|httpd|writer|host|mariadb|postgres]...
 #
 # Each image is tagged localhost/migrator-<name>:<hash12> and :latest, where
 # hash12 is the sha256 of its recipe (this script + lab/images/<name>/ + the
@@ -21,7 +21,8 @@ CACHE=${MIGRATOR_LAB_CACHE:-/var/cache/migrator-lab}
 ROOT=${MIGRATOR_LAB_STORE:-/var/lib/migrator-lab/images}
 RUNROOT=${MIGRATOR_LAB_RUNROOT:-/run/migrator-lab/images}
 DRIVER=${MIGRATOR_LAB_DRIVER:-overlay}
-ALL_IMAGES=(busybox httpd writer host)
+ALL_IMAGES=(busybox httpd writer host mariadb postgres)
+DEBIAN_IMAGES=" host mariadb postgres "   # debootstrap'ed; the rest are busybox-based
 
 usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2; }
 
@@ -32,7 +33,7 @@ while [ $# -gt 0 ]; do
         --runroot) RUNROOT=$2; shift 2 ;;
         --driver) DRIVER=$2; shift 2 ;;
         -h|--help) usage ;;
-        busybox|httpd|writer|host) images+=("$1"); shift ;;
+        busybox|httpd|writer|host|mariadb|postgres) images+=("$1"); shift ;;
         *) echo "build-images: unknown argument: $1" >&2; usage ;;
     esac
 done
@@ -59,11 +60,12 @@ t0=$(date +%s)
 say() { printf 'build-images: %s\n' "$*"; }
 
 recipe_hash() { # name -> sha256 hex of everything that defines the image
-    local name=$1 dirs=("$LAB_DIR/images/$name")
-    [ "$name" = busybox ] || [ "$name" = host ] || dirs+=("$LAB_DIR/images/busybox")
+    local name=$1 debian dirs=("$LAB_DIR/images/$name")
+    case "$DEBIAN_IMAGES" in *" $name "*) debian=1 ;; *) debian=0 ;; esac
+    [ "$name" = busybox ] || [ "$debian" = 1 ] || dirs+=("$LAB_DIR/images/busybox")
     {
         sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1
-        [ "$name" = host ] || dpkg-query -W -f='${Version}\n' busybox-static
+        [ "$debian" = 1 ] || dpkg-query -W -f='${Version}\n' busybox-static
         for d in "${dirs[@]}"; do
             (cd "$d" && find . \( -type f -o -type l \) -print0 | LC_ALL=C sort -z \
                 | xargs -0 -r sha256sum)
@@ -104,50 +106,82 @@ apt_mirror() { # the Debian mirror the machine's apt uses (main archive, not sec
     m=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null \
         | sed -n -e 's/^deb \(\[[^]]*\] \)\{0,1\}\([a-z]*:\/\/[^ ]*\) .*/\2/p' -e 's/^URIs: *//p' \
         | tr ' ' '\n' | grep -E '/debian/?$' | head -n1)
-    echo "${m:-http://deb.debian.org/debian}"
+    if [ -z "$m" ]; then
+        echo "build-images: no Debian mirror in this machine's apt sources (/etc/apt/sources.list{,.d/})." >&2
+        echo "build-images: add one there, or name it: MIGRATOR_LAB_MIRROR=http://<mirror>/debian $0" >&2
+        return 1
+    fi
+    echo "$m"
 }
 
-rootfs_host() { # dir -> Debian minbase with podman, configured as the Host image
-    local r=$1 suite variant mirror pkgs
-    # shellcheck disable=SC1091
+debian_rootfs() { # name dir -> Debian minbase + lab/images/<name>/packages installed with apt in the chroot
+    local name=$1 r=$2 suite variant mirror pkgs
     suite=$(sed -n 's/^SUITE=//p' "$LAB_DIR/images/host/recipe")
     variant=$(sed -n 's/^VARIANT=//p' "$LAB_DIR/images/host/recipe")
     mirror=$(apt_mirror)
-    pkgs=$(grep -v '^\s*#' "$LAB_DIR/images/host/packages" | xargs)
+    pkgs=$(grep -v '^\s*#' "$LAB_DIR/images/$name/packages" | xargs)
     mkdir -p "$CACHE/debs"
-    say "host: debootstrap --variant=$variant $suite from $mirror"
+    say "$name: debootstrap --variant=$variant $suite from $mirror"
     debootstrap --variant="$variant" --cache-dir="$CACHE/debs" "$suite" "$r" "$mirror" \
-        > "$CACHE/debootstrap.log" 2>&1 \
-        || { tail -n 20 "$CACHE/debootstrap.log" >&2; return 1; }
+        > "$CACHE/debootstrap-$name.log" 2>&1 \
+        || { tail -n 20 "$CACHE/debootstrap-$name.log" >&2; return 1; }
     printf 'deb %s %s main\ndeb %s %s-updates main\n' "$mirror" "$suite" "$mirror" "$suite" \
         > "$r/etc/apt/sources.list"
     cp /etc/resolv.conf "$r/etc/resolv.conf"
     printf '#!/bin/sh\nexit 101\n' > "$r/usr/sbin/policy-rc.d"   # no daemons start in the chroot
     chmod 0755 "$r/usr/sbin/policy-rc.d"
-    say "host: apt-get install $pkgs (inside the chroot)"
+    say "$name: apt-get install $pkgs (inside the chroot)"
     # podman cannot go through debootstrap --include (dependency resolution fails).
     mkdir -p "$r/var/cache/apt/archives/partial"
     cp -a "$CACHE/debs/." "$r/var/cache/apt/archives/" 2>/dev/null || true
     chroot "$r" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
         sh -c "apt-get -q update && apt-get -q -y -o Dpkg::Use-Pty=0 install --no-install-recommends $pkgs" \
-        > "$CACHE/apt.log" 2>&1 \
-        || { tail -n 20 "$CACHE/apt.log" >&2; return 1; }
+        > "$CACHE/apt-$name.log" 2>&1 \
+        || { tail -n 20 "$CACHE/apt-$name.log" >&2; return 1; }
     cp -a "$r/var/cache/apt/archives/"*.deb "$CACHE/debs/" 2>/dev/null || true
-    install -m 0644 "$LAB_DIR/images/host/containers.conf" "$r/etc/containers/containers.conf"
-    install -m 0644 "$LAB_DIR/images/host/storage.conf" "$r/etc/containers/storage.conf"
-    install -m 0755 "$LAB_DIR/images/host/migrator-host-init" "$r/usr/local/sbin/migrator-host-init"
-    mkdir -p "$r/run/migrator-inner" "$r/var/lib/containers/storage"
-    # Make it small: nothing below is needed at run time. gnupg comes in only as
-    # a dependency of libgpgme11 (image signatures), which the lab never uses.
-    chroot "$r" dpkg --purge --force-depends gnupg gnupg-l10n gnupg-utils gpg-wks-server \
-        gpg-wks-client gpgsm dirmngr gpg-agent pinentry-curses >> "$CACHE/apt.log" 2>&1
+}
+
+debian_slim() { # dir -> drop what no lab image needs at run time
+    local r=$1
     chroot "$r" apt-get clean
     rm -rf "$r"/var/lib/apt/lists/* "$r"/var/cache/apt/*.bin "$r"/var/cache/debconf/*-old \
         "$r"/usr/share/doc/* "$r"/usr/share/man/* "$r"/usr/share/info/* "$r"/usr/share/lintian \
         "$r"/usr/share/locale/* "$r"/usr/share/zoneinfo/right "$r"/var/log/*.log "$r"/var/log/apt/* "$r"/dev/* \
-        "$r"/tmp/* "$r"/var/tmp/*
+        "$r"/tmp/* "$r"/var/tmp/* "$r/usr/sbin/policy-rc.d"
     : > "$r/etc/resolv.conf"
+}
+
+rootfs_host() { # dir -> Debian minbase with podman, configured as the Host image
+    local r=$1
+    debian_rootfs host "$r"
+    install -m 0644 "$LAB_DIR/images/host/containers.conf" "$r/etc/containers/containers.conf"
+    install -m 0644 "$LAB_DIR/images/host/storage.conf" "$r/etc/containers/storage.conf"
+    install -m 0755 "$LAB_DIR/images/host/migrator-host-init" "$r/usr/local/sbin/migrator-host-init"
+    mkdir -p "$r/run/migrator-inner" "$r/var/lib/containers/storage"
+    # Make it small: gnupg comes in only as a dependency of libgpgme11 (image signatures), which the lab
+    # never uses.
+    chroot "$r" dpkg --purge --force-depends gnupg gnupg-l10n gnupg-utils gpg-wks-server \
+        gpg-wks-client gpgsm dirmngr gpg-agent pinentry-curses >> "$CACHE/apt-host.log" 2>&1
+    debian_slim "$r"
     echo migrator-host > "$r/etc/hostname"
+}
+
+rootfs_mariadb() { # dir -> Debian minbase + MariaDB, data on a volume container's mount
+    local r=$1
+    debian_rootfs mariadb "$r"
+    install -m 0755 "$LAB_DIR/images/mariadb/entrypoint.sh" "$r/usr/local/bin/migrator-mariadb"
+    rm -rf "$r/var/lib/mysql"/*     # the package's own datadir; ours is initialised on the mount
+    debian_slim "$r"
+}
+
+rootfs_postgres() { # dir -> Debian minbase + PostgreSQL, cluster on a volume container's mount
+    local r=$1
+    debian_rootfs postgres "$r"
+    install -m 0755 "$LAB_DIR/images/postgres/entrypoint.sh" "$r/usr/local/bin/migrator-postgres"
+    # Debian puts pg_amcheck only in the versioned bin dir (pg_wrapper links the common clients).
+    ln -s "$(cd "$r" && ls -d usr/lib/postgresql/*/bin | tail -n 1 | sed 's|^|/|')/pg_amcheck" "$r/usr/local/bin/pg_amcheck"
+    rm -rf "$r/var/lib/postgresql"/*/main "$r/etc/postgresql"/*/main   # the package's cluster; ours is on the mount
+    debian_slim "$r"
 }
 
 # -- per-image import parameters ----------------------------------------------
@@ -158,6 +192,10 @@ changes_for() { # name -> --change arguments, one per line
         writer) printf '%s\n' 'CMD ["/usr/local/bin/migrator-writer"]' 'EXPOSE 8081' 'ENV WRITER_PORT=8081' ;;
         host) printf '%s\n' 'ENTRYPOINT ["/usr/bin/catatonit", "--"]' \
                   'CMD ["/usr/local/sbin/migrator-host-init"]' \
+                  'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' ;;
+        mariadb) printf '%s\n' 'CMD ["/usr/local/bin/migrator-mariadb"]' 'EXPOSE 3306' \
+                  'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' ;;
+        postgres) printf '%s\n' 'CMD ["/usr/local/bin/migrator-postgres"]' 'EXPOSE 5432' 'STOPSIGNAL SIGINT' \
                   'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' ;;
     esac
 }

@@ -82,6 +82,23 @@ class TreeEntry:
     entries: int  # paths it lists
 
 
+def dump_name(service: str, database: str, kind: str, encrypted: bool) -> str:
+    return f"dump.{service}.{database}." + ("pgdump" if kind == "postgres" else "sql") + ".zst" + \
+        (".age" if encrypted else "")
+
+
+@dataclass
+class DumpEntry:
+    """A logical dump of one database, streamed from its running service (plan services[].dump)."""
+    name: str
+    service: str
+    kind: str  # mariadb | postgres
+    database: str
+    size: int
+    sha256: str
+    uncompressed: int
+
+
 @dataclass
 class Manifest:
     snapshot_id: str
@@ -98,12 +115,16 @@ class Manifest:
     compression: str = "zstd"
     parent: str | None = None  # the snapshot the incremental volumes continue (volumes[v]["incremental"])
     trees: list[TreeEntry] = field(default_factory=list)
+    dumps: list[DumpEntry] = field(default_factory=list)
 
     def to_json(self) -> dict:
         out = dict(self.__dict__)
         out["format"] = FORMAT
         out["objects"] = [{k: v for k, v in o.__dict__.items() if v is not None} for o in self.objects]
         out["trees"] = [dict(t.__dict__) for t in self.trees]
+        out["dumps"] = [dict(d.__dict__) for d in self.dumps]
+        if not self.dumps:
+            out.pop("dumps")
         if self.parent is None:
             out.pop("parent")
         return out
@@ -113,8 +134,8 @@ class Manifest:
 
     @property
     def size(self) -> int:
-        """Bytes this snapshot added to the store: its archive objects and tree states."""
-        return sum(o.size for o in self.objects) + sum(t.size for t in self.trees)
+        """Bytes this snapshot added to the store: its archive objects, tree states and dumps."""
+        return sum(o.size for o in self.objects) + sum(t.size for t in self.trees) + sum(d.size for d in self.dumps)
 
     def objects_of(self, volume: str) -> list[ObjectEntry]:
         return sorted((o for o in self.objects if o.volume == volume), key=lambda o: o.phase)
@@ -151,12 +172,18 @@ class Manifest:
                                  details=[f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message[:200]}"
                                           for e in errors[:50]])
         trees = raw.get("trees", [])
-        names = [o["name"] for o in raw["objects"]] + [t["name"] for t in trees]
+        dumps = raw.get("dumps", [])
+        names = [o["name"] for o in raw["objects"]] + [t["name"] for t in trees] + [d["name"] for d in dumps]
         if len(set(names)) != len(names):
             raise IntegrityError(f"manifest {where} lists an object twice")
         for o in [*raw["objects"], *trees]:
             if o["volume"] not in raw["volumes"] or not o["name"].startswith(o["volume"] + "."):
                 raise IntegrityError(f"manifest {where}: object {o['name']} does not belong to a listed volume")
+        for d in dumps:
+            if d["name"] not in (dump_name(d["service"], d["database"], d["kind"], False),
+                                 dump_name(d["service"], d["database"], d["kind"], True)):
+                raise IntegrityError(f"manifest {where}: dump object {d['name']} is not named after its service "
+                                     f"and database")
         if len({t["volume"] for t in trees}) != len(trees):
             raise IntegrityError(f"manifest {where} lists two tree states for one volume")
         parent = raw.get("parent")
@@ -170,4 +197,5 @@ class Manifest:
         raw.pop("format")
         raw["objects"] = [ObjectEntry(**o) for o in raw["objects"]]
         raw["trees"] = [TreeEntry(**t) for t in trees]
+        raw["dumps"] = [DumpEntry(**d) for d in dumps]
         return cls(**raw)

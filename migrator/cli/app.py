@@ -22,10 +22,11 @@ COMMAND_MODULES = {
     "deploy": "stack_cmds", "teardown": "stack_cmds", "status": "stack_cmds", "upgrade": "stack_cmds",
     "recover": "stack_cmds", "start": "service_cmds", "stop": "service_cmds", "restart": "service_cmds",
     "backup": "snapshot_cmds", "snapshots": "snapshot_cmds", "verify": "snapshot_cmds", "prune": "snapshot_cmds",
-    "restore": "snapshot_cmds", "drill": "snapshot_cmds", "key": "key_cmds",
+    "restore": "snapshot_cmds", "load-dump": "snapshot_cmds", "drill": "snapshot_cmds", "key": "key_cmds",
     "move": "move_cmds",
     "health": "ops_cmds", "archive": "ops_cmds", "unarchive": "ops_cmds", "cleanup": "ops_cmds", "log": "ops_cmds",
     "os-update": "update_cmds", "agent": "agent_cmds", "cron": "ops_cmds",
+    "serve": "serve_cmds", "watch": "serve_cmds",
 }
 
 

@@ -67,6 +67,10 @@ class ContainerEngine(ABC):
     def ping(self) -> str:
         """Return the engine version; raise EngineUnreachable when the socket does not answer."""
 
+    def facts(self) -> dict[str, str]:
+        """What `check` reports about the daemon (storage and cgroup driver); {} where not known."""
+        return {}
+
     @abstractmethod
     def get(self, name: str) -> ContainerInfo | None: ...
 
@@ -93,6 +97,18 @@ class ContainerEngine(ABC):
     @abstractmethod
     def exec(self, name: str, argv: list[str], timeout: float = 60) -> tuple[int, str]:
         """Run argv inside a running container (no shell); return (exit code, combined output)."""
+
+    def exec_stream(self, name: str, argv: list[str], *, env: dict[str, str] | None = None, user: str | None = None,
+                    stdin=None, on_stdout=None):
+        """Run argv in a running container with streamed stdin/stdout (engine/execio.py); env stays out of
+        argv. Returns an ExecResult (exit code, stderr tail)."""
+        from migrator.engine.execio import exec_stream
+
+        return exec_stream(self.exec_api(), name, argv, env=env, user=user, stdin=stdin, on_stdout=on_stdout)
+
+    def exec_api(self):
+        """A docker-py APIClient on this engine's Docker-compatible API (podman serves one too)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot stream an exec")
 
     @abstractmethod
     def logs(self, name: str, tail: int = 20) -> str: ...

@@ -1,5 +1,9 @@
 """Docker through the docker SDK: a local socket, or a remote daemon over TLS (tcp://host:2376).
-Tested against podman's Docker-compatible API on the same socket."""
+
+Tested against a real Docker Engine (dockerd 20.10 with containerd) and podman's Docker-compatible API.
+A tcp:// daemon is only ever spoken to over TLS with the plan's CA and client certificate: a handshake that
+fails (wrong CA, a client certificate the daemon refuses, a daemon without TLS) is EngineRefused (exit 8),
+never retried in plain TCP."""
 
 from __future__ import annotations
 
@@ -11,9 +15,15 @@ from docker import errors as derr
 from docker.types import Mount as DockerMount
 
 from migrator.engine.base import ContainerEngine, ContainerInfo, ContainerSpec
-from migrator.errors import EngineError, EngineUnreachable, ImageMissing
+from migrator.errors import EngineError, EngineRefused, EngineUnreachable, ImageMissing
 
 API_TIMEOUT = 120  # same reasoning as the podman engine: vfs-backed creates are slow
+# What OpenSSL says when the peer is not speaking TLS at all (a plain-TCP daemon on the port).
+_NOT_TLS = ("wrong version number", "record layer failure", "unknown protocol", "packet length too long",
+            "http request")
+# ... when the daemon refused our client certificate (TLS 1.2 alerts, or TLS 1.3's after the handshake).
+_CLIENT_REFUSED = ("certificate required", "bad certificate", "unknown ca", "certificate unknown",
+                   "access denied", "handshake failure")
 
 
 def _info(c) -> ContainerInfo:
@@ -30,20 +40,81 @@ def _binding(p):
     return p.host_port if p.host_ip in ("", "0.0.0.0") else (p.host_ip, p.host_port)
 
 
+def _tls_config(url: str, tls):
+    """The client TLS settings, refusing (exit 8) a tcp:// daemon without them or a certificate file that
+    is not there: the SDK would otherwise fail later with a message that names neither."""
+    if tls is None:
+        if url.startswith(("tcp://", "https://", "http://")):
+            raise EngineRefused(f"docker at {url}: refusing to talk to a TCP daemon without TLS (vsn.tls)")
+        return None
+    for field_name in ("ca_cert", "client_cert", "client_key"):
+        path = getattr(tls, field_name)
+        if not Path(path).is_file():
+            raise EngineRefused(f"docker at {url}: vsn.tls.{field_name} {path} is not a readable file")
+    try:
+        return docker.tls.TLSConfig(client_cert=(tls.client_cert, tls.client_key), ca_cert=tls.ca_cert,
+                                    verify=tls.verify)
+    except derr.TLSParameterError as exc:
+        raise EngineRefused(f"docker at {url}: bad TLS settings: {exc}") from exc
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost reason of a requests/urllib3 error chain, as text (lower case), for classification."""
+    parts = []
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        parts.append(str(exc))
+        for arg in getattr(exc, "args", ()):
+            if isinstance(arg, BaseException):
+                parts.append(str(arg))
+                reason = getattr(arg, "reason", None)
+                if isinstance(reason, BaseException):
+                    parts.append(str(reason))
+        exc = exc.__cause__ or exc.__context__
+    return " | ".join(parts).lower()
+
+
 class DockerEngine(ContainerEngine):
     def __init__(self, url: str, tls=None):
         self.url = url
-        tls_config = None
-        if tls is not None:
-            tls_config = docker.tls.TLSConfig(client_cert=(tls.client_cert, tls.client_key),
-                                              ca_cert=tls.ca_cert, verify=tls.verify)
-        self.client = docker.DockerClient(base_url=url, tls=tls_config, timeout=API_TIMEOUT)
+        self.tls = tls is not None
+        tls_config = _tls_config(url, tls)
+        try:  # the SDK asks the daemon for its API version right here
+            self.client = docker.DockerClient(base_url=url, tls=tls_config, timeout=API_TIMEOUT)
+        except derr.DockerException as exc:
+            raise self._unreachable("version", exc) from exc
+
+    def _unreachable(self, what: str, exc: BaseException) -> Exception:
+        """Say why the daemon cannot be reached: TLS refusals (exit 8) apart from a daemon that is down,
+        a socket we may not open, or one that is missing (exit 4, with what to do)."""
+        cause = _root_cause(exc)
+        if self.tls:
+            if "certificate verify failed" in cause:
+                return EngineRefused(f"docker at {self.url}: the daemon's certificate is not signed by vsn.tls.ca_cert "
+                                     f"or does not name this host ({what})")
+            if any(s in cause for s in _NOT_TLS):
+                return EngineRefused(f"docker at {self.url} does not speak TLS (a plain-TCP daemon?): refusing to "
+                                     f"send the API over an unencrypted connection ({what})")
+            if any(s in cause for s in _CLIENT_REFUSED) or isinstance(exc, requests.exceptions.SSLError) \
+                    or "connection reset" in cause or "connection aborted" in cause or "eof occurred" in cause:
+                return EngineRefused(f"docker at {self.url} refused the TLS connection: our client certificate "
+                                     f"(vsn.tls.client_cert) is not signed by the CA it trusts ({what})")
+        sock = self.url[len("unix://"):] if self.url.startswith("unix://") else None
+        if sock and "permission denied" in cause:
+            return EngineUnreachable(f"docker at {self.url}: permission denied on the socket ({what})",
+                                     hint="run migrator as root (or as a member of the socket's group, e.g. docker)")
+        if sock and not Path(sock).exists():
+            return EngineUnreachable(f"docker at {self.url}: no socket at {sock}, the daemon is not running ({what})",
+                                     hint="start dockerd (e.g. `systemctl start docker`), or fix vsn.socket")
+        return EngineUnreachable(f"docker at {self.url} does not answer ({what})",
+                                 hint="start dockerd (e.g. `systemctl start docker`); `migrator check` says more")
 
     def _wrap(self, what: str, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (requests.ConnectionError, FileNotFoundError, ConnectionRefusedError) as exc:
-            raise EngineUnreachable(f"docker at {self.url} does not answer ({what})") from exc
+        except (requests.ConnectionError, FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
+            raise self._unreachable(what, exc) from exc
         except derr.ImageNotFound as exc:
             raise ImageMissing(f"{what}: image not found: {exc.explanation or exc}") from exc
         except derr.APIError as exc:
@@ -54,13 +125,18 @@ class DockerEngine(ContainerEngine):
     def ping(self) -> str:
         return self._wrap("version", self.client.version)["Version"]
 
+    def facts(self) -> dict[str, str]:
+        info = self._wrap("info", self.client.info)
+        return {"storage_driver": str(info.get("Driver", "")), "cgroup_driver": str(info.get("CgroupDriver", "")),
+                "cgroup_version": str(info.get("CgroupVersion", "")), "server": "docker"}
+
     def get(self, name: str) -> ContainerInfo | None:
         try:
             return _info(self.client.containers.get(name))
         except derr.NotFound:
             return None
         except requests.ConnectionError as exc:
-            raise EngineUnreachable(f"docker at {self.url} does not answer (inspect {name})") from exc
+            raise self._unreachable(f"inspect {name}", exc) from exc
 
     def list(self, labels: dict[str, str]) -> list[ContainerInfo]:
         filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
@@ -107,7 +183,7 @@ class DockerEngine(ContainerEngine):
         except derr.NotFound:
             return
         except requests.ConnectionError as exc:
-            raise EngineUnreachable(f"docker at {self.url} does not answer (remove {name})") from exc
+            raise self._unreachable(f"remove {name}", exc) from exc
         except derr.APIError as exc:
             raise EngineError(f"docker refused remove {name}: {exc.explanation or exc}") from exc
 
@@ -131,7 +207,7 @@ class DockerEngine(ContainerEngine):
         except derr.ImageNotFound:
             return False
         except requests.ConnectionError as exc:
-            raise EngineUnreachable(f"docker at {self.url} does not answer (image {ref})") from exc
+            raise self._unreachable(f"image {ref}", exc) from exc
 
     def pull(self, ref: str) -> None:
         self._wrap(f"pull {ref}", self.client.images.pull, ref)
@@ -156,6 +232,9 @@ class DockerEngine(ContainerEngine):
         for net in self._wrap(f"list networks {name}", self.client.networks.list, names=[name]):
             if net.name == name:
                 self._wrap(f"remove network {name}", net.remove)
+
+    def exec_api(self):
+        return self.client.api
 
     def close(self) -> None:
         self.client.close()

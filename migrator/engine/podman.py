@@ -185,5 +185,14 @@ class PodmanEngine(ContainerEngine):
         if self._wrap(f"network exists {name}", self.client.networks.exists, name):
             self._wrap(f"remove network {name}", self.client.networks.remove, name, force=True)
 
+    def exec_api(self):
+        import docker  # the Docker-compatible endpoints: podman-py cannot attach an exec's stdin
+
+        if getattr(self, "_exec_api", None) is None:
+            self._exec_api = docker.APIClient(base_url=self.url, timeout=API_TIMEOUT, version="1.41")
+        return self._exec_api
+
     def close(self) -> None:
+        if getattr(self, "_exec_api", None) is not None:
+            self._exec_api.close()
         self.client.close()

@@ -27,9 +27,11 @@ from migrator.archive.treeobject import seal
 from migrator.catalog.manifest import (
     MANIFEST,
     PLAN_COPY,
+    DumpEntry,
     Manifest,
     ObjectEntry,
     TreeEntry,
+    dump_name,
     is_snapshot_id,
     new_snapshot_id,
     object_name,
@@ -40,7 +42,8 @@ from migrator.catalog.signing import SIGNATURE, key_text_of, sign
 from migrator.catalog.snapshot import Snapshot
 from migrator.errors import MigratorError, PreflightFailed, UsageError
 from migrator.faults import checkpoint
-from migrator.plan.model import Plan, canonical_json
+from migrator.plan.model import Plan, Secrets, canonical_json
+from migrator.stack import dumps
 from migrator.stack.quiesce import Quiesce, writers_of
 from migrator.stack.signatures import trusted_keys
 from migrator.stack.topology import Report, Stack, quiet
@@ -86,8 +89,10 @@ class FileSink:
 
 class Backup:
     def __init__(self, plan: Plan, stores: list[SnapshotStore], tags: list[str], report: Report, progress=None, full: bool = False,
-                 signing_key=None):
+                 signing_key=None, secrets: Secrets | None = None):
         self.plan = plan
+        self.secrets = secrets
+        self.dumps_skipped: list[str] = []
         self.signing_key = signing_key if signing_key is not None else signkey.load_or_create()[0]
         self.trusted = trusted_keys(plan)
         self.stores = stores
@@ -169,6 +174,48 @@ class Backup:
         self._upload(path, name)
         self._record(vol, name, 2, stats)
 
+    def _password(self, svc) -> str | None:
+        key = svc.dump.password_secret
+        if key is None:
+            return None
+        if self.secrets is None and (deployed.current() or {}).get("secrets"):
+            from migrator.plan.load import load_secrets  # the secrets file deploy remembered (cron, os-update)
+
+            self.secrets = load_secrets(deployed.current()["secrets"])
+        if self.secrets is None or key not in self.secrets.values:
+            raise UsageError(f"service {svc.name}'s dump needs secret {key!r} and no secrets file holding it is "
+                             f"at hand", hint="pass --secrets FILE (or deploy with it, so it is remembered)")
+        return self.secrets.get(key)
+
+    def _take_dumps(self, stack: Stack, running: list) -> None:
+        """Each running service's database dumps, streamed from the service into every store (no downtime)."""
+        wanted = [s for s in self.plan.services if s.enabled and s.dump is not None]
+        up = {s.name for s in running}
+        for svc in wanted:
+            if svc.name not in up:
+                self.dumps_skipped.append(svc.name)
+                self.report(f"{svc.name} is not running: this snapshot holds no dump of it (its data directories "
+                            f"are captured as always)")
+                continue
+            password = self._password(svc)
+            for database in svc.dump.databases:
+                name = dump_name(svc.name, database, svc.dump.kind, bool(self.recipients))
+                self.report(f"dumping {svc.dump.kind} database {database} of {svc.name} -> {name}")
+                with ExitStack() as cleanup:
+                    writers = []
+                    for handle in self.handles:
+                        w = handle.open_writer(name)
+                        cleanup.callback(_abort_quietly, w)
+                        writers.append(w)
+                    stats = dumps.take(stack.rest_engine(), svc.name, svc.dump, database, password, writers,
+                                       level=self.level, recipients=self.recipients, progress=self.progress)
+                    for w in writers:
+                        w.commit()
+                    cleanup.pop_all()
+                self.manifest.dumps.append(DumpEntry(name=name, service=svc.name, kind=svc.dump.kind,
+                                                     database=database, size=stats.size, sha256=stats.sha256,
+                                                     uncompressed=stats.uncompressed))
+
     def _choose_parents(self, volumes: list[VolumePlan]) -> None:
         ident = (self.plan.backup.get("encryption") or {}).get("identity_file")
         self.choice = choose_parent(self.stores, self.plan.vsn.name, [v.name for v in volumes], self.policy,
@@ -228,6 +275,8 @@ class Backup:
         hook_services = quiesce.running([s for v in volumes for s in v.writers]) if live else []
         hook_services = list({s.name: s for s in hook_services}.values())
         quiesce.run_hooks(hook_services, "pre_backup")
+        if any(s.dump is not None for s in self.plan.services):
+            self._take_dumps(stack, quiesce.running([s for s in self.plan.services if s.enabled]) if live else [])
         phase1: dict[str, TreeState] = {}
         for vol in volumes:
             # Every pass scans before tar starts and notes what tar archives beyond the scan: the next
@@ -281,6 +330,7 @@ class Backup:
             "volumes": m.volumes, "encrypted": m.encrypted,
             "kind": m.kind, "parent": m.parent, "full_reasons": self.choice.reasons,
             "signed_by": key_text_of(self.signing_key),
+            "dumps": [dict(d.__dict__) for d in m.dumps], "dumps_skipped": self.dumps_skipped,
         }
 
     def discard(self) -> None:
@@ -314,7 +364,7 @@ def remove_dead_spools() -> list[str]:
 
 
 def backup(plan: Plan, targets: list[str] | None, tags: list[str], report: Report = quiet, progress=None,
-           full: bool = False) -> dict:
+           full: bool = False, secrets: Secrets | None = None) -> dict:
     moved = deployed.moved_away()
     if moved:
         raise PreflightFailed(f"the stack moved to {moved.get('to')}; this VSN's data is a stale copy",
@@ -333,7 +383,7 @@ def backup(plan: Plan, targets: list[str] | None, tags: list[str], report: Repor
         report(f"this VSN's signing key {own} is not in backup.trusted_keys: restores with this plan refuse its "
                f"snapshots, and backups cannot continue them (add it: `migrator key show`)")
     remove_dead_spools()  # of backups killed before their clean-up (we hold the lock: none is live)
-    job = Backup(plan, stores, tags, report, progress, full=full, signing_key=key)
+    job = Backup(plan, stores, tags, report, progress, full=full, signing_key=key, secrets=secrets)
     with open_journal("backup") as journal:
         try:
             result = job.run(stack, journal)

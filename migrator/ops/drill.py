@@ -17,6 +17,7 @@ from pathlib import Path
 from migrator.catalog.listing import open_snapshot
 from migrator.errors import MigratorError
 from migrator.ops.deploy import deploy
+from migrator.ops.load_dump import dump_password, load_entry
 from migrator.ops.restore import restore, snapshot_plan
 from migrator.plan.model import Plan, Secrets
 from migrator.stack.probes import probe_once
@@ -76,6 +77,32 @@ def drill_plan(raw: dict, scratch: Path, tag: str) -> tuple[dict, dict[str, str]
     return r, volume_names
 
 
+def _load_dumps(snap, source: Plan, drilled: Plan, engine, secrets: Secrets, identity: Path | None,
+                report: Report) -> dict[str, dict]:
+    """Each database dump of the snapshot, loaded into a scratch database (<database>_drill) of its service in
+    the drill stack: the dump is proved to load, beside the physical data proved to boot."""
+    out: dict[str, dict] = {}
+    if not snap.manifest.dumps:
+        return out
+    renamed = dict(zip([s.name for s in source.services], [s.name for s in drilled.services], strict=True))
+    by_name = {s.name: s for s in source.services}
+    for entry in snap.manifest.dumps:
+        svc = by_name.get(entry.service)
+        container = renamed.get(entry.service)
+        if svc is None or svc.dump is None or container is None or not svc.enabled:
+            out[f"{entry.service}/{entry.database}"] = {"ok": False, "detail": "no such service with a dump in the plan"}
+            continue
+        if identity is None and snap.manifest.encrypted:
+            ident = (source.backup.get("encryption") or {}).get("identity_file")
+            identity = Path(ident) if ident else None
+        scratch_db = f"{entry.database}_drill"[:63]
+        load_entry(snap, entry, engine, container, svc.dump, dump_password(svc.dump, secrets, entry.service),
+                   scratch_db, identity, report)
+        out[f"{entry.service}/{entry.database}"] = {"ok": True, "into": scratch_db, "bytes": entry.uncompressed}
+        report(f"drill: dump of {entry.database} loaded into {scratch_db} in {container}")
+    return out
+
+
 def drill(store: SnapshotStore, vsn: str, snapshot_id: str, *, plan: Plan | None, secrets: Secrets, identity: Path | None = None,
           scratch: Path | None = None, report: Report = quiet, trusted: TrustedKeys | None = None) -> dict:
     """`trusted`: the keys the snapshot's signature may come from (default: `plan`'s; the snapshot's own
@@ -118,6 +145,7 @@ def drill(store: SnapshotStore, vsn: str, snapshot_id: str, *, plan: Plan | None
         failed = [n for n, r in result["services"].items() if not r["ok"]]
         if failed:
             raise MigratorError(f"drill: service(s) unhealthy after restore: {', '.join(failed)}")
+        result["dumps"] = _load_dumps(snap, source_plan, drill_stack_plan, engine, secrets, identity, report)
         result["ok"] = True
         return result
     except MigratorError as exc:

@@ -111,6 +111,8 @@ def verify(store: SnapshotStore, vsn: str, snapshot_id: str, read_data: bool, re
             problems.append(exc.message)
         for tree in snap.manifest.trees:
             objects.setdefault(snap.key(tree.name), (snap, tree.name, tree.size, tree.sha256))
+        for dump in snap.manifest.dumps:
+            objects.setdefault(snap.key(dump.name), (snap, dump.name, dump.size, dump.sha256))
     present = []
     for key, (link, name, size, _sha) in sorted(objects.items()):
         got = link.object_size(name)

@@ -187,6 +187,8 @@ def _secret_refs(raw: dict, secrets, secrets_given: bool) -> list[str]:
             refs.append((f"services[{i}].env_secrets.{env}", key))
             if env in svc.get("env", {}):
                 problems.append(f"services[{i}].env_secrets.{env}: also set in services[{i}].env")
+        if "password_secret" in svc.get("dump", {}):
+            refs.append((f"services[{i}].dump.password_secret", svc["dump"]["password_secret"]))
     smtp = raw.get("health", {}).get("notify", {}).get("smtp", {})
     if "password_secret" in smtp:
         refs.append(("health.notify.smtp.password_secret", smtp["password_secret"]))

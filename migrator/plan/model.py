@@ -94,6 +94,17 @@ class Hook:
     timeout: int = 300
 
 
+@dataclass(frozen=True)
+class Dump:
+    """A service's logical database dump, streamed into every snapshot beside its data directories."""
+
+    kind: str  # mariadb | postgres
+    databases: tuple[str, ...]
+    user: str = "app"
+    password_secret: str | None = None
+    timeout: int = 21600
+
+
 # A service that mounts a volume runs in the network namespace of a holder container named after it
 # (see Service.netns_holder); plan checks reserve these names.
 NETNS_HOLDER_SUFFIX = "-netns"
@@ -115,6 +126,7 @@ class Service:
     pre_backup: tuple[Hook, ...] = ()
     post_backup: tuple[Hook, ...] = ()
     stop_timeout: int = 10
+    dump: Dump | None = None
 
     @property
     def netns_holder(self) -> str | None:
@@ -237,7 +249,15 @@ def _service(s: dict) -> Service:
         pre_backup=_hooks(hooks.get("pre_backup", [])),
         post_backup=_hooks(hooks.get("post_backup", [])),
         stop_timeout=s.get("stop_timeout", 10),
+        dump=_dump(s.get("dump")),
     )
+
+
+def _dump(raw: dict | None) -> Dump | None:
+    if raw is None:
+        return None
+    return Dump(kind=raw["kind"], databases=tuple(raw["databases"]), user=raw.get("user", "app"),
+                password_secret=raw.get("password_secret"), timeout=raw.get("timeout", 21600))
 
 
 @dataclass(frozen=True)
