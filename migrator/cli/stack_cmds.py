@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
     def deploy(plan: Path = typer.Argument(..., help="Deployment plan (JSON)."), secrets: Path = SecretsOpt,
                dry_run: bool = typer.Option(False, "--dry-run", help="Print the steps without acting."),
                wait: float = WaitOpt, json_out: bool = JsonOpt) -> None:
-        """Deploy a plan (seed flow): drop the stopped stack, create missing data dirs, start the Host
+        """Deploy a plan: drop the stopped stack, create missing data dirs, start the Host
         container, volume and service containers, wait for health.
 
         Any error rolls back to the containerless state with every data dir untouched (exit 7).

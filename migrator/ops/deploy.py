@@ -1,4 +1,4 @@
-"""`migrator deploy` — the seed flow: validate plan and VSN, drop Host+REST (refuse if the Host runs),
+"""`migrator deploy`: validate plan and VSN, drop Host+REST (refuse if the Host runs),
 create missing data dirs, start the Host, create volume then service containers in depends_on order
 waiting for health, record the deployment. Any error from step 2 on rolls back to the containerless
 state and raises DeployFailed (exit 7); existing data dirs are never altered."""

@@ -34,7 +34,7 @@ from migrator.state import registry, stackstate
 from migrator.state.files import read_json
 from migrator.state.lock import operation_lock
 
-DEFAULT_MAX_AGE_HOURS = 26  # a daily backup plus two hours of slack (README: backup.max_age_hours)
+DEFAULT_MAX_AGE_HOURS = 26  # a daily backup plus two hours of slack (docs/plan.md: backup.max_age_hours)
 
 
 @dataclass

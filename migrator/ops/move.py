@@ -8,7 +8,7 @@
 3. cut over, through one remote agent process started (and ready) BEFORE the services stop: stop every
    source service (hooks run), stream only what changed since the pre-copy (with deletions), compare
    stream checksums and metadata fingerprints, the agent swaps staging into the target's data root,
-   deploys there (its seed flow) and probes health; `downtime_steps` says where the window went;
+   deploys there (the deploy flow) and probes health; `downtime_steps` says where the window went;
 4. finish: the source goes containerless (data kept), or with --keep-source its containers stay, stopped.
    Data the target held before was set aside at its commit for the rollback only: removed once the stack
    runs there (kept with --keep-old); `target_old_data` says which and where.

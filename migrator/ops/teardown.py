@@ -9,8 +9,8 @@ from migrator.state.journal import open_journal, undo
 
 
 def teardown(plan: Plan, report: Report = quiet, verb: str = "teardown") -> dict:
-    """Containerless, data kept; the stack goes DeletePending -> Archived (`archive` is the same with seed
-    004's name)."""
+    """Containerless, data kept; the stack goes DeletePending -> Archived (`archive` is the same under the
+    lifecycle's name)."""
     stack = Stack.for_plan(plan, report)
     with stackstate.pending(verb), open_journal("teardown") as journal:
         journal.note("teardown", {"plan": plan.raw})

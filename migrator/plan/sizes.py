@@ -7,7 +7,7 @@ import re
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _SIZE_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([KMGT]?)B?$")
 
-# Seed 000: "The size of a volume container may not exceed 200 GB".
+# A volume container's data may not exceed 200 GB.
 DEFAULT_MAX_VOLUME_SIZE = 200 * 1024**3
 
 

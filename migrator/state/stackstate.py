@@ -55,7 +55,7 @@ VERBS: dict[str, tuple[str, str | None, str]] = {
 class InvalidTransition(StateError):
     """The stack's state does not allow this command now (exit 1, nothing was done)."""
 
-    default_hint = "`migrator status` shows the stack state; see README 'Stack states' for what is allowed"
+    default_hint = "`migrator status` shows the stack state; see docs/operations.md 'Stack states' for what is allowed"
 
 
 def _path():
