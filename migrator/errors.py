@@ -101,6 +101,14 @@ class EngineUnreachable(PreflightFailed):
     default_hint = "start the engine's API service (e.g. `podman system service --time=0 unix:///run/podman/podman.sock &`)"
 
 
+class EngineRefused(Unreachable):
+    """A remote engine's API refused us over TLS: its certificate, our client certificate, or no TLS at all
+    (exit 8). Never retried in plain TCP."""
+
+    default_hint = ("check vsn.tls: ca_cert must be the CA that signed the daemon's certificate, client_cert and "
+                    "client_key a pair that CA signed, and the daemon must listen with --tlsverify")
+
+
 class ImageMissing(EngineError):
     """An image is neither present nor pullable."""
 

@@ -12,8 +12,8 @@ from tests.lab.vsn import LAB, PodmanVSN, lab_env
 LAB_IMAGES = ("busybox", "httpd", "writer", "host")
 
 # Lab fixtures shared by several test modules: s3_server, s3_env, s3_bucket, s3_fault_proxy, ssh_host, ...
-pytest.register_assert_rewrite("tests.lab.s3server", "tests.lab.sshhost")
-pytest_plugins = ["tests.lab.s3server", "tests.lab.sshhost"]
+pytest.register_assert_rewrite("tests.lab.s3server", "tests.lab.sshhost", "tests.lab.docker")
+pytest_plugins = ["tests.lab.s3server", "tests.lab.sshhost", "tests.lab.docker"]
 
 
 def pytest_collection_modifyitems(config, items):

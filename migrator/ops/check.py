@@ -10,13 +10,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from migrator.engine.factory import engine_for_url
-from migrator.errors import MigratorError, PreflightFailed
+from migrator.errors import MigratorError, PreflightFailed, Unreachable
 from migrator.plan.model import DEFAULT_SOCKETS, Plan
 from migrator.plan.sizes import format_size
 from migrator.stack.datadirs import data_dirs, existing_ancestor, tree_size
 
 # Commands migrator runs on a VSN: bash for hooks and cron lines, GNU tar + zstd for the archive pipeline.
 REQUIRED_COMMANDS = ("bash", "tar", "zstd")
+# Docker storage drivers the Host container runs well on: copy-on-write layers. vfs copies the whole Host
+# image (150 MB and more, nested podman and its storage inside) for every container; devicemapper and aufs
+# are gone from current Docker releases.
+HOST_STORAGE_DRIVERS = ("overlay2", "btrfs", "zfs", "fuse-overlayfs")
+CGROUP_DRIVERS = ("cgroupfs", "systemd")
 
 
 @dataclass(frozen=True)
@@ -53,19 +58,49 @@ def run(plan: Plan | None) -> list[CheckResult]:
     try:
         engine = engine_for_url(kind, url, plan.vsn.tls if plan else None)
         version = engine.ping()
+        facts = engine.facts()
         engine.close()
         results.append(CheckResult(f"engine {kind}", True, f"{url} answers (version {version})"))
+        results += daemon_results(facts, host=bool(plan and plan.host))
+    except Unreachable:
+        raise  # a TLS daemon that refused us (exit 8): never reported as a mere missing engine
     except MigratorError as exc:
-        results.append(CheckResult(f"engine {kind}", False, exc.message))
+        results.append(CheckResult(f"engine {kind}", False, f"{exc.message} (hint: {exc.hint})"))
     if plan is None:
         return results
     root = Path(plan.vsn.data_root)
-    results.append(_writable(root))
-    free = shutil.disk_usage(existing_ancestor(root)).free
+    try:
+        results.append(_writable(root))
+        free = shutil.disk_usage(existing_ancestor(root)).free
+    except OSError as exc:  # a data root this user may not even look into (not root)
+        return results + [CheckResult("data root", False, f"{root}: {exc.strerror or exc}")]
     results.append(CheckResult("free space", free >= plan.vsn.min_free,
                                f"{format_size(free)} free on {existing_ancestor(root)}, "
                                f"need at least {format_size(plan.vsn.min_free)}"))
     return results + size_results(plan)
+
+
+def daemon_results(facts: dict[str, str], *, host: bool) -> list[CheckResult]:
+    """A Docker daemon's storage and cgroup driver, with what to change when they do not fit."""
+    results = []
+    driver = facts.get("storage_driver")
+    if driver is not None:
+        fits = driver in HOST_STORAGE_DRIVERS or not host
+        detail = driver if fits else (f"{driver}: the Host container needs one of {', '.join(HOST_STORAGE_DRIVERS)} "
+                                      "(hint: set \"storage-driver\": \"overlay2\" in /etc/docker/daemon.json and "
+                                      "restart dockerd; images and containers must be recreated)")
+        results.append(CheckResult("engine storage driver", fits, detail))
+    cgroup = facts.get("cgroup_driver")
+    if cgroup is not None:
+        fits = cgroup in CGROUP_DRIVERS
+        version = facts.get("cgroup_version")
+        detail = f"{cgroup} (cgroup v{version})" if fits and version else cgroup or "none"
+        if not fits:
+            detail = (f"{detail}: containers run without cgroups, so stop timeouts and the Host container's "
+                      "nested podman cannot work (hint: run dockerd as root with native.cgroupdriver=cgroupfs or "
+                      "systemd in /etc/docker/daemon.json's exec-opts)")
+        results.append(CheckResult("engine cgroup driver", fits, detail))
+    return results
 
 
 def size_results(plan: Plan) -> list[CheckResult]:
