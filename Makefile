@@ -59,7 +59,7 @@ demo: deps venv images
 	examples/demo.sh
 
 lint: venv
-	$(VENV)/bin/ruff check migrator tests
+	$(VENV)/bin/ruff check migrator tests bench
 
 clean-lab:
 	rm -rf /var/cache/migrator-lab /var/lib/migrator-lab

@@ -15,7 +15,7 @@ steps must not touch the shared data set the other stages compare against):
    backed up again into another empty store (a full snapshot). Timed: `migrator restore <head> --from
    <chain store>` and `migrator restore <full> --from <full store>`, each into an empty directory,
    alternating first; both stores are read once before each restore so both come from the page cache. The
-   first run checks both restored trees against the live tree (`Bench._same_tree`, metadata included).
+   first run checks both restored trees against the live tree (`restore.same_tree`, metadata included).
 
 A change step (`Changer.step`, seeded by its name, ~1 % of the data set's bytes; ~0.1 s at 1x) writes
 through the filesystem like the services would, so mtimes and ctimes move as they really do:
@@ -40,9 +40,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import dataset
-from measure import du_bytes, median, run, shell, sync
-from vsn import REPO, flat_plan
+from bench import dataset
+from bench.common import RACY_WAIT_S, flat_plan, loadavg, log, rotate, warm
+from bench.measure import du_bytes, median, run, shell, sync
+from bench.restore import same_tree
+from tests.lab.vsn import REPO
 
 MIB = 1024 * 1024
 ZSTD_LEVEL = 3
@@ -71,7 +73,7 @@ def migrator_has_incremental() -> bool:
 
 @dataclass
 class Helpers:
-    """run.py's module-level helpers (run.py is __main__, so it is passed in rather than imported)."""
+    """The harness helpers the stage uses (bench.common's)."""
     log: Callable[[str], None]
     warm: Callable[[Path], None]
     loadavg: Callable[[], float]
@@ -169,7 +171,7 @@ class Stage:
         subprocess.run(["cp", "-a", str(self.b.ds1), str(self.live)], check=True)
         sync()
         self.h.log(f"incremental: copied the data set to {self.live} in {time.monotonic() - started:.1f} s")
-        plan = flat_plan(self.b.vsn.sock, self.live_root)
+        plan = flat_plan(self.b.vsn.socket_url, self.live_root)
         if self.supported:
             plan["backup"] = dict(CHAIN_BACKUP)
         else:
@@ -309,7 +311,7 @@ class Stage:
                 self.h.log(f"incremental restore run {i + 1}: {name} {r['wall_s']:.2f} s (cpu {r['cpu_s']:.2f} s), "
                            f"rss {r['rss_mb']:.0f} MB")
                 if i == 0:
-                    same[name] = self.b._same_tree(self.live, dests[name] / "vol" / "data", metadata=True)
+                    same[name] = same_tree(self.live, dests[name] / "vol" / "data", metadata=True)
                 rmtree(dests[name])
                 sync()
             if i == 0:
@@ -333,7 +335,7 @@ class Stage:
 
 # -- summary -------------------------------------------------------------------------------------------------
 
-def summarize(rows: list[dict], add, data_mib: float) -> None:
+def summarize_rows(rows: list[dict], add, data_mib: float) -> None:
     """Adds the stage's rows to run.py's table through its `add(metric, mig, peer, ratio, target, ok)`."""
     second = [r for r in rows if r["part"] == "second"]
     build = next((r for r in rows if r["part"] == "chain_build"), None)
@@ -407,3 +409,11 @@ def summarize(rows: list[dict], add, data_mib: float) -> None:
                 s(median([x["wall_s"] for x in steps])), mib(median([x["growth"] for x in steps])), None, "info", None)
         add("  chain store (full + increments) vs full store (info)", mib(build["chain_store_bytes"]),
             mib(build["full_store_bytes"]), build["chain_store_bytes"] / build["full_store_bytes"], "info", None)
+
+
+def run_stage(b) -> None:
+    Stage(b, Helpers(log, warm, loadavg, rotate, RACY_WAIT_S)).run()
+
+
+def summarize(b, add, data_mib: float) -> None:
+    summarize_rows(b.raw["incremental"], add, data_mib)

@@ -4,7 +4,7 @@ same data set, with a writer changing ~1% of the data while migrator's pre-copy 
 own network + mount namespace, sshd, podman). A fresh source and target per measurement (their start/stop
 is not measured). Run as root from the repository root with the lab images built:
 
-    .venv/bin/python bench/move_bench.py [--size-gb 1] [--runs 3]
+    .venv/bin/python -m bench.move_bench [--size-gb 1] [--runs 3]
 
 Prints the medians and the ratio, writes bench/out/move.json.
 """
@@ -24,17 +24,13 @@ import time
 import traceback
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(BENCH))
+from bench import dataset
+from bench.load import Load
+from tests.lab.plans import demo_plan, secrets_file, web_port
+from tests.lab.vsn import LAB, REPO, PodmanVSN, lab_env, write_json
+from tests.lab.vsn2 import start_target
 
-import dataset  # noqa: E402
-from load import Load  # noqa: E402
-
-from tests.lab.plans import demo_plan, secrets_file, web_port  # noqa: E402
-from tests.lab.vsn import LAB, PodmanVSN, lab_env, write_json  # noqa: E402
-from tests.lab.vsn2 import start_target  # noqa: E402
+BENCH = REPO / "bench"
 
 CACHE = Path("/var/tmp/migrator-move-bench")
 PRECOPY_S_PER_GB = 5.0  # from the pre-copy's start the load spreads its 1 % over about this long (it stops
