@@ -124,7 +124,7 @@ def register(app: typer.Typer) -> None:
 
         def action() -> dict:
             with operation("recover", wait, report, auto_recover=False):
-                return recover_op.recover(report)
+                return recover_op.recover(report).to_json()
 
         def human(r: dict) -> None:
             if not r["actions"]:

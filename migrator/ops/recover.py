@@ -9,10 +9,24 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from migrator.stack.topology import Report, quiet
 from migrator.state import journal, stackstate
 from migrator.state.lock import operation_lock
+
+
+@dataclass
+class RecoverResult:
+    """What recover did: whether a dead run's journal was there (and its verb), one line per action."""
+    recovered: bool
+    verb: str | None = None
+    actions: list[str] = field(default_factory=list)
+    spools_removed: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        out = {"recovered": self.recovered, "actions": self.actions, "spools_removed": self.spools_removed}
+        return {**out, "verb": self.verb} if self.recovered else out
 
 
 def _pid_alive(pid: int) -> bool:
@@ -40,7 +54,7 @@ def pending() -> dict | None:
     return entry
 
 
-def recover(report: Report = quiet) -> dict:
+def recover(report: Report = quiet) -> RecoverResult:
     """Undo what the journal of a dead run lists, remove dead spools, settle the stack state. The caller
     holds the operation lock (so a pending stack state can only be the dead run's)."""
     from migrator.ops.backup import remove_dead_spools
@@ -66,8 +80,8 @@ def recover(report: Report = quiet) -> dict:
         report(actions[-1])
     stackstate.settle_interrupted()
     if entry is None:
-        return {"recovered": False, "actions": actions, "spools_removed": spools}
-    return {"recovered": True, "verb": entry.get("verb"), "actions": actions, "spools_removed": spools}
+        return RecoverResult(False, actions=actions, spools_removed=spools)
+    return RecoverResult(True, entry.get("verb"), actions, spools)
 
 
 @contextmanager

@@ -198,7 +198,7 @@ def test_recover_restarts_only_what_a_killed_run_stopped_in_depends_on_order(lab
     _dead_journal({JOURNAL_KEY: {"plan": plan.raw, "services": ["web", "db"]}})
     out = recover_ops.recover()
     assert engine.verbs("start") == ["db", "web"]
-    assert out["recovered"] is True and "db, web" in out["actions"][0]
+    assert out.recovered is True and out.verb == "test" and "db, web" in out.actions[0]
     assert journal.load() is None
 
 
@@ -206,10 +206,10 @@ def test_recover_leaves_a_journal_it_cannot_read_and_one_whose_owner_lives(lab):
     _plan, engine, _root = lab
     _dead_journal({"from-a-newer-version": {}})
     out = recover_ops.recover()
-    assert "unknown journal entry 'from-a-newer-version'" in out["actions"][0]
+    assert "unknown journal entry 'from-a-newer-version'" in out.actions[0]
     assert journal.load()["undo"] == {"from-a-newer-version": {}}
     write_json(registry.JOURNAL.path, {"verb": "backup", "pid": os.getppid(), "undo": {JOURNAL_KEY: {}}})
-    assert recover_ops.pending() is None and recover_ops.recover()["recovered"] is False
+    assert recover_ops.pending() is None and recover_ops.recover().to_json() == {"recovered": False, "actions": [], "spools_removed": []}
     assert journal.load()["pid"] == os.getppid() and engine.verbs("start") == []
 
 
@@ -230,7 +230,7 @@ def test_recover_rolls_a_killed_deploy_back_and_settles_its_stack_state(lab, sec
     stackstate.transition(stackstate.CREATE_PENDING, "deploy")
     _dead_journal({"deploy": {"plan": plan.raw}})
     out = recover_ops.recover()
-    assert engine.containers == {} and "containerless" in out["actions"][0]
+    assert engine.containers == {} and "containerless" in out.actions[0]
     assert (root / "data" / "dbdata" / "data" / "table").exists()  # data dirs are never touched
     assert deployed.current()["deployed_at"] is None
     assert stackstate.current() == stackstate.FAILURE
