@@ -26,8 +26,9 @@ PASSWORD_ENV = {"mariadb": "MARIADB_PASSWORD", "postgres": "POSTGRES_PASSWORD"}
 DB_PASSWORD = "db-pa55 'quoted' \\ never logged"  # quotes and a backslash: the entrypoints must escape them
 # A probe that runs a real query through the database's own client over its socket.
 PROBE = {
-    "mariadb": ["mariadb", "--user=root", "--execute=SELECT 1"],
-    "postgres": ["psql", "--host=/run/postgresql", "--username=postgres", "--dbname=app", "--command=SELECT 1"],
+    "mariadb": ["mariadb", "--user=root", "--skip-column-names", "--execute=SELECT 1"],
+    "postgres": ["psql", "--host=/run/postgresql", "--username=postgres", "--dbname=app", "--tuples-only",
+                 "--command=SELECT 1"],
 }
 # First start initialises the data dir (initdb / mariadb-install-db): give it time on a loaded 2-core box.
 START_TIMEOUT = 180

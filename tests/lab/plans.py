@@ -17,7 +17,7 @@ IMAGES = {
 
 
 def demo_plan(vsn: PodmanVSN, *, host: bool = True, name: str = "t", host_name: str | None = None) -> dict:
-    raw = copy.deepcopy(json.loads((REPO / "examples" / "demo-plan.json").read_text()))
+    raw = copy.deepcopy(json.loads((REPO / "tests" / "lab" / "writer-plan.json").read_text()))
     raw["vsn"].update({"name": name, "socket": vsn.socket_url, "data_root": str(vsn.data_root),
                        "engine": getattr(vsn, "engine", "podman")})
     raw["network"] = f"{name}-net"

@@ -1,4 +1,4 @@
-"""Fixtures the unit tests share: the demo plan (data root under tmp_path) and a valid secrets file."""
+"""Fixtures the unit tests share: the lab's writer plan (data root under tmp_path) and a valid secrets file."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+# The demo's shape with a shell writer standing in for the database: what most tests deploy.
+WRITER_PLAN = Path(__file__).resolve().parents[1] / "lab" / "writer-plan.json"
 
 
 @pytest.fixture()
 def good(tmp_path) -> dict:
-    """The demo plan as a dict, its data root inside tmp_path."""
-    raw = json.loads((EXAMPLES / "demo-plan.json").read_text())
+    """The writer plan as a dict, its data root inside tmp_path."""
+    raw = json.loads(WRITER_PLAN.read_text())
     raw["vsn"]["data_root"] = str(tmp_path / "data")
     return raw
 

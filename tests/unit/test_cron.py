@@ -21,7 +21,7 @@ from migrator.plan.model import Plan
 from migrator.state import registry
 from tests.lab.vsn import REPO
 
-DEMO = json.loads((REPO / "examples" / "demo-plan.json").read_text())
+DEMO = json.loads((REPO / "tests" / "lab" / "writer-plan.json").read_text())
 
 
 def plan(**changes) -> Plan:

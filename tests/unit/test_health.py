@@ -18,7 +18,7 @@ from tests.lab.plans import secrets_file
 from tests.lab.vsn import REPO
 
 runner = CliRunner()
-DEMO = json.loads((REPO / "examples" / "demo-plan.json").read_text())
+DEMO = json.loads((REPO / "tests" / "lab" / "writer-plan.json").read_text())
 
 
 @pytest.fixture(autouse=True)
