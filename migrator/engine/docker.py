@@ -80,10 +80,22 @@ class DockerEngine(ContainerEngine):
         self.url = url
         self.tls = tls is not None
         tls_config = _tls_config(url, tls)
-        try:  # the SDK asks the daemon for its API version right here
-            self.client = docker.DockerClient(base_url=url, tls=tls_config, timeout=API_TIMEOUT)
-        except derr.DockerException as exc:
+        # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE from the environment override the session's CA:
+        # the plan's pinned CA would silently give way to a system bundle. So the sessions ignore the
+        # environment (trust_env), and the API version is asked for here rather than by the SDK's "auto",
+        # which would ask before trust_env can be switched off.
+        try:
+            probe = docker.APIClient(base_url=url, tls=tls_config, timeout=API_TIMEOUT,
+                                     version=docker.constants.MINIMUM_DOCKER_API_VERSION)
+            probe.trust_env = False
+            try:
+                api_version = probe.version(api_version=False)["ApiVersion"]
+            finally:
+                probe.close()
+            self.client = docker.DockerClient(base_url=url, tls=tls_config, timeout=API_TIMEOUT, version=api_version)
+        except (derr.DockerException, requests.ConnectionError) as exc:
             raise self._unreachable("version", exc) from exc
+        self.client.api.trust_env = False
 
     def _unreachable(self, what: str, exc: BaseException) -> Exception:
         """Say why the daemon cannot be reached: TLS refusals (exit 8) apart from a daemon that is down,
