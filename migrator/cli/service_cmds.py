@@ -37,7 +37,7 @@ def _command(app: typer.Typer, verb: str) -> None:
 
             p, _ = load_plan_args(plan, secrets)
             with operation(verb, wait, report):
-                return act(p, verb, list(services), report)
+                return act(p, verb, list(services), report).to_json()
 
         def human(r: dict) -> None:
             if r["stopped"]:

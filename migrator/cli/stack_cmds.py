@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
         def action() -> dict:
             p, _ = load_plan_args(plan, secrets)
             with operation("teardown", wait, report):
-                return teardown_op(p, report)
+                return teardown_op(p, report).to_json()
 
         run(json_out, action, lambda r: print(f"{r['vsn']} is containerless ({len(r['removed'])} removed); "
                                               f"data kept under {r['data_root']}"))
@@ -110,7 +110,7 @@ def register(app: typer.Typer) -> None:
         def action() -> dict:
             p, s = load_plan_args(plan, secrets)
             with operation("upgrade", wait, report):
-                return upgrade_op(p, s, service, image, report)
+                return upgrade_op(p, s, service, image, report).to_json()
 
         run(json_out, action, lambda r: print(f"{r['service']} now runs {r['image']} ({r['health']})"))
 

@@ -23,10 +23,10 @@ from migrator.stack.topology import Report, Stack, quiet
 from migrator.state import chainrecord, deployed, registry, stackstate
 
 FINAL_TAG = "final"
-# What the state dir remembers about a stack; cleanup forgets it, and its chain record (history and
-# metrics stay).
+
+
 def archive(plan: Plan, report: Report = quiet) -> dict:
-    result = teardown(plan, report, verb="archive")
+    result = teardown(plan, report, verb="archive").to_json()
     return {**result, "stack_state": stackstate.current()}
 
 

@@ -55,7 +55,7 @@ def prepare(plan: Plan, secrets: Secrets, targets: list[str] | None, report: Rep
     prints = _fingerprints(plan)
     write_json(registry.OS_UPDATE_FINGERPRINT.path, prints)
     write_json(_marker(), {"prepared": time.time(), "snapshot_id": snap["snapshot_id"], "targets": urls,
-                           "plan": plan.raw, "secrets": secrets.path, "removed": down["removed"]})
+                           "plan": plan.raw, "secrets": secrets.path, "removed": down.removed})
     return {"prepared": True, "snapshot_id": snap["snapshot_id"], "targets": urls,
             "files": sum(len(p) for p in prints.values()), "volumes": sorted(prints)}
 

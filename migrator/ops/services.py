@@ -6,6 +6,8 @@ leaves the services down on purpose (`health` then reports them, naming `migrato
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from migrator.errors import MigratorError, PreflightFailed, UsageError
 from migrator.faults import checkpoint
 from migrator.plan.model import Plan, Service
@@ -68,7 +70,21 @@ def _start(stack: Stack, services: list[Service], report: Report) -> tuple[list[
     return started, health
 
 
-def act(plan: Plan, verb: str, names: list[str], report: Report = quiet) -> dict:
+@dataclass
+class ServicesResult:
+    verb: str
+    vsn: str
+    services: list[str]
+    stopped: list[str]
+    started: list[str]
+    health: dict[str, str]
+
+    def to_json(self) -> dict:
+        return {"verb": self.verb, "vsn": self.vsn, "services": self.services, "stopped": self.stopped,
+                "started": self.started, "health": self.health}
+
+
+def act(plan: Plan, verb: str, names: list[str], report: Report = quiet) -> ServicesResult:
     """Start, stop or restart the named services; returns what was stopped and started, and their health."""
     if verb not in VERBS:
         raise UsageError(f"unknown verb {verb!r}")
@@ -102,11 +118,10 @@ def act(plan: Plan, verb: str, names: list[str], report: Report = quiet) -> dict
             if verb == "stop":
                 quiesce.keep_stopped()  # down on purpose: nothing for `recover` to restart
             else:
-                quiesce._settle()  # the engine's clean-up of each stop finishes before its start
+                quiesce.settle()  # the engine's clean-up of each stop finishes before its start
         if verb in ("start", "restart"):
             try:
                 started, health = _start(stack, with_dependencies(plan, services), report)
             finally:
                 quiesce.keep_stopped()  # started (or tried): nothing left for `recover`
-    return {"verb": verb, "vsn": plan.vsn.name, "services": [s.name for s in services], "stopped": stopped,
-            "started": started, "health": health}
+    return ServicesResult(verb, plan.vsn.name, [s.name for s in services], stopped, started, health)

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from migrator.plan.model import Plan
 from migrator.stack.topology import Report, Stack, quiet
 from migrator.state import deployed, stackstate
 from migrator.state.journal import open_journal, undo
 
 
-def teardown(plan: Plan, report: Report = quiet, verb: str = "teardown") -> dict:
+@dataclass
+class TeardownResult:
+    vsn: str
+    removed: list[str]
+    data_root: str
+
+    def to_json(self) -> dict:
+        return {"vsn": self.vsn, "removed": self.removed, "data_root": self.data_root}
+
+
+def teardown(plan: Plan, report: Report = quiet, verb: str = "teardown") -> TeardownResult:
     """Containerless, data kept; the stack goes DeletePending -> Archived (`archive` is the same under the
     lifecycle's name)."""
     stack = Stack.for_plan(plan, report)
@@ -17,7 +29,7 @@ def teardown(plan: Plan, report: Report = quiet, verb: str = "teardown") -> dict
         removed = stack.drop_all()
         deployed.forget()
         journal.forget("teardown")
-    return {"vsn": plan.vsn.name, "removed": removed, "data_root": plan.vsn.data_root}
+    return TeardownResult(plan.vsn.name, removed, plan.vsn.data_root)
 
 
 @undo("teardown")

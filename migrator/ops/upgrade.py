@@ -5,6 +5,7 @@ probed; on failure the new one goes and the old one comes back. Other containers
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from migrator.errors import DeployFailed, MigratorError, UsageError
 from migrator.plan.model import Plan, Secrets
@@ -14,7 +15,18 @@ from migrator.state import deployed, stackstate
 from migrator.state.journal import open_journal, undo
 
 
-def upgrade(plan: Plan, secrets: Secrets, service: str, image: str, report: Report = quiet) -> dict:
+@dataclass
+class UpgradeResult:
+    service: str
+    old_image: str
+    image: str
+    health: str
+
+    def to_json(self) -> dict:
+        return {"service": self.service, "old_image": self.old_image, "image": self.image, "health": self.health}
+
+
+def upgrade(plan: Plan, secrets: Secrets, service: str, image: str, report: Report = quiet) -> UpgradeResult:
     svc = next((s for s in plan.enabled_services if s.name == service), None)
     if svc is None:
         raise UsageError(f"no enabled service named {service!r} in the plan",
@@ -59,7 +71,7 @@ def upgrade(plan: Plan, secrets: Secrets, service: str, image: str, report: Repo
             entry["image"] = image
     info = deployed.current() or {}
     deployed.record(raw, info.get("secrets") or secrets.path)
-    return {"service": service, "old_image": old.image, "image": image, "health": probe.detail}
+    return UpgradeResult(service, old.image, image, probe.detail)
 
 
 @undo("upgrade")

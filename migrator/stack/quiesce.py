@@ -105,7 +105,7 @@ class Quiesce:
         if stopper.error is not None:
             raise stopper.error
 
-    def _settle(self) -> None:
+    def settle(self) -> None:
         """Wait for the engine's clean-up of every stop; a clean-up error is reported, the start then decides."""
         for svc, stopper in self._stoppers:
             stopper.join()
@@ -116,7 +116,7 @@ class Quiesce:
     def start_all(self) -> None:
         """Start every stopped service in depends_on order and wait for health. Raises after trying all."""
         settle_from = time.monotonic()
-        self._settle()
+        self.settle()
         settled = time.monotonic()
         if not self.stopped:
             return
@@ -148,7 +148,7 @@ class Quiesce:
 
     def keep_stopped(self) -> None:
         """The stopped services are meant to stay down (a finished move): no restart on exit."""
-        self._settle()
+        self.settle()
         self.stopped = []
         self.journal.forget(JOURNAL_KEY)
 

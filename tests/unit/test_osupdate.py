@@ -19,7 +19,7 @@ runner = CliRunner()
 def _flat_vsn(tmp_path, monkeypatch, health: list[str]) -> tuple:
     """A flat plan with one volume and no services; teardown and deploy stubbed (no containers here)."""
     monkeypatch.setenv("MIGRATOR_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setattr(osupdate, "teardown", lambda plan, report: {"removed": []})
+    monkeypatch.setattr(osupdate, "teardown", lambda plan, report: SimpleNamespace(removed=[]))
     monkeypatch.setattr(osupdate, "deploy", lambda plan, secrets, report: SimpleNamespace(health=health))
     tree = tmp_path / "data" / "vol" / "data"
     tree.mkdir(parents=True)
