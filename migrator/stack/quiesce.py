@@ -1,13 +1,8 @@
-"""Stopping the services that write a volume, and always bringing them back. Stops go in reverse
-depends_on order, starts in depends_on order with a health probe; the journal records what is stopped
-before anything stops, so a killed run's services are restarted by `recover`. Used by backup, restore
-and move; downtime per service is measured from its stop to its healthy restart.
+"""Quiesce: stop the services that write a volume, and always bring them back.
 
-A stop returns as soon as the container's processes are gone (podman's "stopped": the init process exited,
-and with it, by the kernel's rule for PID namespaces, every process in the container). The engine's own
-clean-up after that (mounts, cgroup: ~0.05 s with podman here; the network stays, it belongs to the
-service's network holder, Service.netns_holder) finishes in a thread while the stopped window's work runs;
-the start waits for it."""
+Stops go in reverse depends_on order, starts in depends_on order with a health probe. The journal records
+what is stopped before anything stops, so a killed run's services are restarted by `recover`. Downtime
+per service runs from its stop to its healthy restart."""
 
 from __future__ import annotations
 
@@ -93,7 +88,12 @@ class Quiesce:
             self.steps[svc.name] = {"stop": round(time.monotonic() - self.stopped_at[svc.name], 3)}
 
     def _stop_until_exited(self, engine, svc: Service) -> None:
-        """Return once the container's processes are gone (see the module docstring); raise if the stop failed."""
+        """Return once the container's processes are gone; raise if the stop failed.
+
+        That is podman's "stopped": the init process exited, and with it, by the kernel's rule for PID
+        namespaces, every process in the container. The engine's own clean-up after that (mounts, cgroup:
+        ~0.05 s with podman; the network stays, it belongs to the service's network holder) finishes in a
+        thread while the stopped window's work runs; the start waits for it (`settle`)."""
         stopper = Pump(f"stop-{svc.name}", lambda: engine.stop(svc.name, timeout=svc.stop_timeout))
         stopper.start()
         self._stoppers.append((svc, stopper))
