@@ -93,6 +93,7 @@ class Backup:
         self.plan = plan
         self.secrets = secrets
         self.dumps_skipped: list[str] = []
+        self.dump_seconds: dict[str, float] = {}  # "<service>/<database>" -> seconds its dump took
         self.signing_key = signing_key if signing_key is not None else signkey.load_or_create()[0]
         self.trusted = trusted_keys(plan)
         self.stores = stores
@@ -201,6 +202,7 @@ class Backup:
             for database in svc.dump.databases:
                 name = dump_name(svc.name, database, svc.dump.kind, bool(self.recipients))
                 self.report(f"dumping {svc.dump.kind} database {database} of {svc.name} -> {name}")
+                began = time.monotonic()
                 with ExitStack() as cleanup:
                     writers = []
                     for handle in self.handles:
@@ -215,6 +217,7 @@ class Backup:
                 self.manifest.dumps.append(DumpEntry(name=name, service=svc.name, kind=svc.dump.kind,
                                                      database=database, size=stats.size, sha256=stats.sha256,
                                                      uncompressed=stats.uncompressed))
+                self.dump_seconds[f"{svc.name}/{database}"] = round(time.monotonic() - began, 3)
 
     def _choose_parents(self, volumes: list[VolumePlan]) -> None:
         ident = (self.plan.backup.get("encryption") or {}).get("identity_file")
@@ -330,7 +333,8 @@ class Backup:
             "volumes": m.volumes, "encrypted": m.encrypted,
             "kind": m.kind, "parent": m.parent, "full_reasons": self.choice.reasons,
             "signed_by": key_text_of(self.signing_key),
-            "dumps": [dict(d.__dict__) for d in m.dumps], "dumps_skipped": self.dumps_skipped,
+            "dumps": [{**d.__dict__, "seconds": self.dump_seconds.get(f"{d.service}/{d.database}")} for d in m.dumps],
+            "dumps_skipped": self.dumps_skipped,
         }
 
     def discard(self) -> None:

@@ -14,6 +14,7 @@ from migrator.errors import MigratorError, PreflightFailed, Unreachable
 from migrator.plan.model import DEFAULT_SOCKETS, Plan
 from migrator.plan.sizes import format_size
 from migrator.stack.datadirs import data_dirs, existing_ancestor, tree_size
+from migrator.stack.topology import Stack
 
 # Commands migrator runs on a VSN: bash for hooks and cron lines, GNU tar + zstd for the archive pipeline.
 REQUIRED_COMMANDS = ("bash", "tar", "zstd")
@@ -77,7 +78,42 @@ def run(plan: Plan | None) -> list[CheckResult]:
     results.append(CheckResult("free space", free >= plan.vsn.min_free,
                                f"{format_size(free)} free on {existing_ancestor(root)}, "
                                f"need at least {format_size(plan.vsn.min_free)}"))
-    return results + size_results(plan)
+    return results + size_results(plan) + database_results(plan)
+
+
+DUMP_TOOLS = {"mariadb": "mariadb-dump", "postgres": "pg_dump"}
+
+
+def database_results(plan: Plan) -> list[CheckResult]:
+    """For each service with a dump: its dump tool is in the running container, and its probe runs a query
+    (a tcp probe only proves a port is open, not that the database answers)."""
+    wanted = [s for s in plan.services if s.enabled and s.dump is not None]
+    if not wanted:
+        return []
+    results = []
+    try:
+        stack = Stack.for_plan(plan)
+        engine = stack.rest_engine() if stack.rest_reachable() else None
+    except MigratorError:  # the engine line above already says why
+        engine = None
+    for svc in wanted:
+        tool = DUMP_TOOLS[svc.dump.kind]
+        info = engine.get(svc.name) if engine is not None else None
+        if info is None or not info.running:
+            results.append(CheckResult(f"dump tool {svc.name}", True, f"{svc.name} is not running: {tool} is looked "
+                                                                      f"for at the next backup"))
+        else:
+            code, out = engine.exec(svc.name, ["sh", "-c", f"command -v {tool}"], timeout=30)
+            results.append(CheckResult(f"dump tool {svc.name}", code == 0,
+                                       out.strip() if code == 0 else f"{tool} is not in {svc.name}'s image (hint: "
+                                       f"use an image with the {svc.dump.kind} client, or drop the dump section)"))
+        probe = svc.health
+        results.append(CheckResult(f"database probe {svc.name}", True,
+                                   "runs a query: " + " ".join(probe.command)[:80] if probe and probe.type == "cmd" else
+                                   f"{probe.type if probe else 'no'} probe (hint: a cmd probe that runs a query, e.g. "
+                                   f"[\"mariadb\", \"--user=root\", \"--execute=SELECT 1\"], proves the database "
+                                   f"answers)"))
+    return results
 
 
 def daemon_results(facts: dict[str, str], *, host: bool) -> list[CheckResult]:

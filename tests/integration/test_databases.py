@@ -45,7 +45,11 @@ def _ok(done) -> dict:
 
 def test_two_phase_backup_drill_dump_and_restore_under_write_load(vsn, kind, tmp_path):
     raw = db_plan(vsn, kind)
-    _deploy(vsn, tmp_path, raw)
+    plan, _secrets = _deploy(vsn, tmp_path, raw)
+    checks = {c["name"]: c for c in json.loads(vsn.migrator("check", str(plan), "--json").stdout)["checks"]}
+    tool = {"mariadb": "mariadb-dump", "postgres": "pg_dump"}[kind]
+    assert checks["dump tool db"]["ok"] and checks["dump tool db"]["detail"].endswith(tool)
+    assert checks["database probe db"]["detail"].startswith("runs a query")
     store = f"file://{tmp_path}/store"
     loader = Loader(kind, db_port(raw)).start()
     before = loader.acked
@@ -97,3 +101,20 @@ def test_quiesce_none_with_a_dump_has_no_downtime_and_a_consistent_dump(vsn, kin
     in_dump = ledger(_exec_in(vsn), kind, "app_check")
     assert before <= in_dump <= after, (before, in_dump, after)
     loader.stop()
+
+
+def test_move_under_write_load_keeps_every_committed_transaction(vsn, target_vsn, kind, tmp_path):
+    raw = db_plan(vsn, kind)
+    _deploy(vsn, tmp_path, raw)
+    loader = Loader(kind, db_port(raw)).start()
+    moved = _ok(vsn.migrator("move", *target_vsn.move_args(), "--json"))
+    assert moved["volumes"] == ["dbdata"] and moved["downtime_s"] > 0
+    # The source stopped for the final sync: the loader's first failed statement marks what was committed.
+    loader.wait_for(lambda: bool(loader.outages), 60, "the source's stop")
+    stopped_at = loader.outages[0].acked_before
+    loader.stop()
+    exec_target = _exec_in(target_vsn)
+    own_checks(exec_target, kind)
+    there = ledger(exec_target, kind)
+    assert stopped_at <= there <= stopped_at + 1, (stopped_at, there)
+    assert target_vsn.containers()["db"] == "running"
