@@ -161,7 +161,6 @@ class DockerEngine(ContainerEngine):
             "environment": spec.env,
             "mounts": [DockerMount(m.target, m.source, type="bind", read_only=m.read_only) for m in spec.mounts],
             "privileged": spec.privileged,
-            "stop_signal": "SIGTERM",
         }
         if spec.command:
             kwargs["command"] = spec.command
@@ -176,7 +175,7 @@ class DockerEngine(ContainerEngine):
                     spec.network: self.client.api.create_endpoint_config(aliases=list(spec.aliases))}
         if spec.network_from:
             kwargs["network_mode"] = f"container:{spec.network_from}"
-        if spec.stop_signal:
+        if spec.stop_signal:  # else the image's (PostgreSQL's lab image stops on SIGINT: a fast shutdown)
             kwargs["stop_signal"] = spec.stop_signal
         self._wrap(f"create {spec.name}", self.client.containers.create, spec.image, **kwargs)
 
