@@ -31,6 +31,11 @@ def register(app: typer.Typer) -> None:
                                              "and wheelhouse go on the target."),
              install_link: str = typer.Option(DEFAULT_LINK, "--install-link", help="With --install: symlink to the "
                                               "installed migrator (on the target's PATH; '' for none)."),
+             target_engine: str = typer.Option(None, "--target-engine", help="The target's engine when it differs "
+                                               "from the plan's vsn.engine (podman or docker); the rest of the plan "
+                                               "stays the same."),
+             target_socket: str = typer.Option(None, "--target-socket", help="The target's engine socket (default: "
+                                               "the plan's, or --target-engine's default socket)."),
              ssh_config: Path = typer.Option(None, "--ssh-config", help="SSH config file (default ~/.ssh/config)."),
              identity: Path = typer.Option(None, "--ssh-identity", help="SSH private key for the target."),
              known_hosts: Path = typer.Option(None, "--known-hosts", help="known_hosts file (default ~/.ssh/known_hosts)."),
@@ -46,12 +51,17 @@ def register(app: typer.Typer) -> None:
         Example: migrator move --to root@new-vsn --install   (installs into /opt/migrator/venv,
         links /usr/local/bin/migrator)
 
+        Example: migrator move --to root@docker-vsn --target-engine docker   (podman here, Docker there)
+
         Example: migrator move --to root@old-vsn --keep-old   (a move back: the data old-vsn still held
         stays there as <volume>.pre-move-<ts>)
         """
         report = progress_printer()
         options = {k: str(v) for k, v in (("ssh_config_file", ssh_config), ("identity_file", identity),
                                           ("known_hosts_file", known_hosts)) if v}
+
+        if target_engine not in (None, "podman", "docker"):
+            raise typer.BadParameter("must be podman or docker", param_hint="--target-engine")
 
         def action() -> dict:
             from migrator.ops.move import move as move_op  # paramiko loads only for a move
@@ -61,7 +71,8 @@ def register(app: typer.Typer) -> None:
             with operation("move", wait, report):
                 return move_op(p, s, to, keep_source=keep_source, keep_old=keep_old, remote_command=shlex.split(remote_migrator),
                                ssh_options=options, report=report,
-                               install=InstallOptions(install_dir, install_link) if install else None)
+                               install=InstallOptions(install_dir, install_link) if install else None,
+                               target_engine=target_engine, target_socket=target_socket)
 
         def human(r: dict) -> None:
             if r.get("installed"):

@@ -18,6 +18,7 @@ undone from the journal by the next command or `migrator recover` (it asks the t
 
 from __future__ import annotations
 
+import copy
 import json
 import shlex
 import socket
@@ -119,8 +120,26 @@ def target_info(remote: RemoteVSN, plan: Plan, install: InstallOptions | None, r
     return info
 
 
+def retarget(raw: dict, engine: str | None = None, socket_url: str | None = None) -> dict:
+    """The plan as the target runs it: the same stack and data, another engine (podman <-> docker) or engine
+    socket there. A new engine without a socket gets that engine's default one; TLS stays only for tcp://."""
+    if not engine and not socket_url:
+        return raw
+    out = copy.deepcopy(raw)
+    vsn = out["vsn"]
+    if engine and engine != vsn["engine"]:
+        vsn["engine"] = engine
+        if not socket_url:
+            vsn.pop("socket", None)
+    if socket_url:
+        vsn["socket"] = socket_url
+    if not str(vsn.get("socket", "")).startswith("tcp://"):
+        vsn.pop("tls", None)
+    return out
+
+
 def preflight(remote: RemoteVSN, plan: Plan, secrets: Secrets, report: Report,
-              install: InstallOptions | None = None) -> dict:
+              install: InstallOptions | None = None, target_raw: dict | None = None) -> dict:
     info = target_info(remote, plan, install, report)
     if info.get("deployed_at"):
         raise PreflightFailed(f"{remote.what} already runs a deployed stack; a move would replace its deployment",
@@ -142,7 +161,7 @@ def preflight(remote: RemoteVSN, plan: Plan, secrets: Secrets, report: Report,
                               f"the data needs {needed} + {margin} margin")
     incoming = f"{info['state_dir']}/{registry.INCOMING.name}"
     remote.makedirs(incoming)
-    remote.put_file(f"{incoming}/{registry.PLAN.name}", canonical_json(plan.raw), 0o600)
+    remote.put_file(f"{incoming}/{registry.PLAN.name}", canonical_json(target_raw or plan.raw), 0o600)
     secrets_path = None
     if secrets.path:
         secrets_path = f"{incoming}/secrets.json"
@@ -173,14 +192,15 @@ def send_volume(remote: RemoteVSN, plan: Plan, volume: str, capture, fresh: bool
 
 def move(plan: Plan, secrets: Secrets, target: str, *, keep_source: bool = False, keep_old: bool = False,
          remote_command: list[str] | None = None, ssh_options: dict | None = None,
-         install: InstallOptions | None = None, report: Report = quiet) -> dict:
+         install: InstallOptions | None = None, target_engine: str | None = None, target_socket: str | None = None,
+         report: Report = quiet) -> dict:
     started = time.monotonic()
     remote = RemoteVSN.open(target, ssh_options, remote_command)
     result = MoveResult(target=target, volumes=[v.name for v in plan.volumes])
     stack = Stack.for_plan(plan, report)
     try:
         report(f"preflight of {remote.what}")
-        files = preflight(remote, plan, secrets, report, install)
+        files = preflight(remote, plan, secrets, report, install, retarget(plan.raw, target_engine, target_socket))
         files["keep_old"] = keep_old
         result.installed = files["installed"]
         with open_journal("move") as journal:

@@ -29,13 +29,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from tests.lab.procs import stop_process
+from tests.lab.sshhost import start_ssh_host
 from tests.lab.vsn import LAB, free_port, lab_env
+from tests.lab.vsn2 import TargetVSN
 
 NETNS_PREFIX = "migdk"
 SHARED_ROOT = Path(os.environ.get("MIGRATOR_LAB_DOCKER", "/var/lib/migrator-lab/docker"))
@@ -168,11 +171,11 @@ class Dockerd:
     proc: subprocess.Popen | None = None
     tcp_port: int | None = None
     lock_fd: int | None = None
-    extra_netns: list[str] = field(default_factory=list)
+    socket_name: str = "d.sock"
 
     @property
     def socket_path(self) -> Path:
-        return self.dir / "d.sock"
+        return self.dir / self.socket_name
 
     @property
     def socket_url(self) -> str:
@@ -370,6 +373,10 @@ class DockerVSN:
 
 # -- pytest fixtures (registered in tests/conftest.py) -------------------------------------------------
 
+# An engine-independent integration test runs on both engines: `vsn` is then a podman VSN, then a Docker one.
+both_engines = pytest.mark.parametrize("vsn", ["podman", "docker"], indirect=True)
+
+
 @pytest.fixture(scope="session")
 def docker_tls(tmp_path_factory) -> TLSFiles:
     """A CA with a server certificate for 127.0.0.1 and a client certificate, made by openssl."""
@@ -397,3 +404,52 @@ def docker_vsn(docker_daemon) -> Iterator[DockerVSN]:
         yield machine
     finally:
         machine.stop()
+
+
+# -- a Docker VSN reached over SSH (the target of a cross-engine move) ---------------------------------
+
+@dataclass
+class DockerTarget(TargetVSN):
+    """A second VSN whose engine is Docker: the SSH lab host (own network and mount namespaces) with a dockerd
+    started inside both. As with the podman target, its VSN dir is bind-mounted over the source's path there,
+    so the plan's data root names the target's own data; its socket is `<that dir>/docker.sock`."""
+
+    daemon: Dockerd | None = None
+
+    @property
+    def socket_url(self) -> str:
+        return f"unix://{self.path}/docker.sock"
+
+    def containers(self) -> dict[str, str]:
+        assert self.daemon is not None
+        return self.daemon.containers()
+
+
+@contextmanager
+def start_docker_target(source) -> Iterator[DockerTarget]:
+    local = Path(tempfile.mkdtemp(prefix="dt", dir="/tmp"))
+    with start_ssh_host() as host:
+        target = DockerTarget(host=host, path=str(source.base), local=local)
+        host.bind(local, target.path)
+        (local / "daemon.json").write_text(json.dumps({
+            "storage-driver": "overlay2", "exec-opts": ["native.cgroupdriver=cgroupfs"],
+            "runtimes": {"lab-runc": {"path": str(LAB / "docker-runc")}}, "default-runtime": "lab-runc",
+            "bip": "172.28.255.1/24", "default-address-pools": [{"base": BRIDGE_POOL, "size": 24}]}))
+        p = target.path
+        host.spawn(["dockerd", "--config-file", f"{p}/daemon.json", "--data-root", f"{p}/droot", "--exec-root",
+                    f"{p}/dexec", "--pidfile", f"{p}/dockerd.pid", "-H", f"unix://{p}/docker.sock"], log_name="dockerd")
+        # The daemon as seen from here: the same files under `local` (for the docker CLI and assertions).
+        target.daemon = Dockerd(dir=local, data_root=local, netns=host.netns, socket_name="docker.sock")
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _answers(target.daemon.socket_path):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"target dockerd did not come up: {(host.workdir / 'dockerd.log').read_text()[-2000:]}")
+            time.sleep(POLL)
+        try:
+            yield target
+        finally:
+            with contextlib.suppress(Exception):
+                target.daemon.clean()
+            # host.stop() (leaving the block) stops dockerd by pid, then everything in its netns.
+    _umount_below(local)
+    shutil.rmtree(local, ignore_errors=True)
