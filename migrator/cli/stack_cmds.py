@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
 
         def action() -> dict:
             p, _ = load_plan_args(plan, secrets)
-            return status_op(p)
+            return status_op(p).to_json()
 
         def human(r: dict) -> None:
             print(f"stack {r['vsn']}: {r['state']} (stack state {r.get('stack_state') or 'absent'})")

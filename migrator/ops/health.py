@@ -57,7 +57,7 @@ def _start_hint(row: dict) -> str | None:
 
 
 def container_checks(plan: Plan) -> list[Check]:
-    rows = status(plan)["containers"]
+    rows = status(plan).containers
     checks = []
     host_down = False
     for row in rows:

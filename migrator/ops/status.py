@@ -3,6 +3,8 @@ lifecycle state (state/stackstate.py)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from migrator.engine.base import LABEL_STACK
 from migrator.plan.model import Plan
 from migrator.stack.topology import Stack
@@ -22,7 +24,25 @@ def container_ok(row: dict) -> bool:
             or (row["expected"] == NOT_RUNNING and row["state"] in (*CREATED_STATES, "missing")))
 
 
-def status(plan: Plan) -> dict:
+@dataclass
+class StatusResult:
+    """The stack's containers against the plan, its lifecycle state, and its recent history."""
+    vsn: str
+    state: str  # running | degraded | containerless | moved-away
+    containers: list[dict]
+    stack_state: str | None
+    stack_state_since: float | None
+    stack_state_error: str | None
+    deployed_at: float | None
+    history: dict  # recent_history(): last_snapshot, last_drill, moved_to
+
+    def to_json(self) -> dict:
+        return {"stack_state": self.stack_state, "stack_state_since": self.stack_state_since,
+                "stack_state_error": self.stack_state_error, "vsn": self.vsn, "state": self.state,
+                "deployed_at": self.deployed_at, "containers": self.containers, **self.history}
+
+
+def status(plan: Plan) -> StatusResult:
     stack = Stack.for_plan(plan)
     lifecycle = stackstate.load()
     history = recent_history()
@@ -61,16 +81,9 @@ def status(plan: Plan) -> dict:
     ok = all(container_ok(r) for r in rows)
     containerless = not stack.stack_containers()
     info = deployed.current() or {}
-    return {
-        "stack_state": lifecycle["state"],
-        "stack_state_since": lifecycle["since"],
-        "stack_state_error": lifecycle["error"],
-        "vsn": plan.vsn.name,
-        "state": _state(containerless, ok, history["moved_to"]),
-        "deployed_at": info.get("deployed_at"),
-        "containers": rows,
-        **history,
-    }
+    return StatusResult(vsn=plan.vsn.name, state=_state(containerless, ok, history["moved_to"]), containers=rows,
+                        stack_state=lifecycle["state"], stack_state_since=lifecycle["since"],
+                        stack_state_error=lifecycle["error"], deployed_at=info.get("deployed_at"), history=history)
 
 
 def _state(containerless: bool, ok: bool, moved_to: dict | None) -> str:
