@@ -190,7 +190,7 @@ def register(app: typer.Typer) -> None:
         def action() -> dict:
             p, _ = load_plan_args(plan, secrets)
             with operation("archive", wait, report):
-                return lifecycle.archive(p, report)
+                return lifecycle.archive(p, report).to_json()
 
         run(json_out, action, lambda r: print(f"{r['vsn']} archived ({len(r['removed'])} containers removed); "
                                               f"data kept under {r['data_root']}"))
@@ -205,7 +205,7 @@ def register(app: typer.Typer) -> None:
 
         def action() -> dict:
             with operation("unarchive", wait, report):
-                return lifecycle.unarchive(report)
+                return lifecycle.unarchive(report).to_json()
 
         run(json_out, action, lambda r: print(f"{r['vsn']} is {r['stack_state']} again: {len(r['containers'])} "
                                               f"containers in {r['duration']}s"))
@@ -230,7 +230,8 @@ def register(app: typer.Typer) -> None:
             if not yes:
                 _confirm_cleanup(p, not no_snapshot)
             with operation("cleanup", wait, report):
-                return lifecycle.cleanup(p, snapshot=not no_snapshot, targets=list(to or []) or None, report=report)
+                return lifecycle.cleanup(p, snapshot=not no_snapshot, targets=list(to or []) or None,
+                                         report=report).to_json()
 
         def human(r: dict) -> None:
             if r["snapshot_id"]:

@@ -38,7 +38,7 @@ def prepare(plan: Path = PlanOpt, secrets: Path = SecretsOpt, to: list[str] = To
     def action() -> dict:
         p, s = load_plan_args(plan, secrets)
         with operation("os-update", wait, report):
-            return osupdate.prepare(p, s, list(to or []) or None, report)
+            return osupdate.prepare(p, s, list(to or []) or None, report).to_json()
 
     run(json_out, action, lambda r: print(f"ready for the OS update: snapshot {r['snapshot_id']}, "
                                           f"{r['files']} paths fingerprinted; run `migrator os-update finish` after"))
@@ -56,7 +56,7 @@ def finish(restore_on_mismatch: bool = RestoreOpt,
 
     def action() -> dict:
         with operation("os-update", wait, report):
-            return osupdate.finish(restore_on_mismatch, identity, report)
+            return osupdate.finish(restore_on_mismatch, identity, report).to_json()
 
     run(json_out, action, lambda r: print(f"OS update finished: {data_outcome(r)}; stack redeployed "
                                           f"({', '.join(r['health'])} healthy)"))
@@ -75,7 +75,7 @@ def run_cmd(command: str = typer.Option(..., "--command", help="The update comma
     def action() -> dict:
         p, s = load_plan_args(plan, secrets)
         with operation("os-update", wait, report):
-            return osupdate.run_update(p, s, command, list(to or []) or None, restore_on_mismatch, report)
+            return osupdate.run_update(p, s, command, list(to or []) or None, restore_on_mismatch, report).to_json()
 
     run(json_out, action, lambda r: print(f"OS update done (command exit {r['command_exit']}); "
                                           f"{data_outcome(r['finished'])}; stack redeployed"))

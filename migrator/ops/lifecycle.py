@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from migrator.errors import MigratorError, UsageError
 from migrator.ops import cron
 from migrator.ops.backup import backup
-from migrator.ops.deploy import deploy
-from migrator.ops.teardown import teardown
+from migrator.ops.deploy import DeployResult, deploy
+from migrator.ops.teardown import TeardownResult, teardown
 from migrator.plan import validate_files
 from migrator.plan.model import Plan
 from migrator.stack.topology import Report, Stack, quiet
@@ -25,12 +26,50 @@ from migrator.state import chainrecord, deployed, registry, stackstate
 FINAL_TAG = "final"
 
 
-def archive(plan: Plan, report: Report = quiet) -> dict:
-    result = teardown(plan, report, verb="archive").to_json()
-    return {**result, "stack_state": stackstate.current()}
+@dataclass
+class ArchiveResult:
+    teardown: TeardownResult
+    stack_state: str | None
+
+    def to_json(self) -> dict:
+        return {**self.teardown.to_json(), "stack_state": self.stack_state}
 
 
-def unarchive(report: Report = quiet) -> dict:
+@dataclass
+class UnarchiveResult:
+    deploy: DeployResult
+    plan: str
+    secrets: str | None
+    stack_state: str | None
+
+    def to_json(self) -> dict:
+        return {**self.deploy.to_json(), "plan": self.plan, "secrets": self.secrets, "stack_state": self.stack_state}
+
+
+@dataclass
+class CleanupResult:
+    vsn: str
+    snapshot_id: str | None = None  # the final snapshot (with its targets and size), if one was taken
+    targets: list[str] = field(default_factory=list)
+    size: int = 0
+    removed_containers: list[str] = field(default_factory=list)
+    removed_data: list[str] = field(default_factory=list)
+    removed_schedules: list[str] = field(default_factory=list)
+    stack_state: str | None = None
+
+    def to_json(self) -> dict:
+        snap = {"targets": self.targets, "size": self.size} if self.snapshot_id else {}
+        return {"vsn": self.vsn, "snapshot_id": self.snapshot_id, **snap,
+                "removed_containers": self.removed_containers, "removed_data": self.removed_data,
+                "removed_schedules": self.removed_schedules, "stack_state": self.stack_state}
+
+
+def archive(plan: Plan, report: Report = quiet) -> ArchiveResult:
+    done = teardown(plan, report, verb="archive")
+    return ArchiveResult(done, stackstate.current())
+
+
+def unarchive(report: Report = quiet) -> UnarchiveResult:
     if stackstate.current() != stackstate.ARCHIVED:
         raise stackstate.InvalidTransition(f"stack is {stackstate.current() or 'absent'}: only an Archived stack "
                                            "can be unarchived",
@@ -39,8 +78,8 @@ def unarchive(report: Report = quiet) -> dict:
     if not info.get("plan") or not Path(info["plan"]).exists():
         raise UsageError("no remembered plan to unarchive", hint="deploy with `migrator deploy PLAN --secrets F`")
     plan, secrets = validate_files(info["plan"], info.get("secrets"))
-    result = deploy(plan, secrets, report=report, verb="unarchive").to_json()
-    return {**result, "plan": info["plan"], "secrets": info.get("secrets"), "stack_state": stackstate.current()}
+    done = deploy(plan, secrets, report=report, verb="unarchive")
+    return UnarchiveResult(done, info["plan"], info.get("secrets"), stackstate.current())
 
 
 def _remove_data(plan: Plan, report: Report) -> list[str]:
@@ -73,21 +112,22 @@ def _forget_stack(plan: Plan) -> None:
         entry.path.unlink(missing_ok=True)
 
 
-def cleanup(plan: Plan, *, snapshot: bool = True, targets: list[str] | None = None, report: Report = quiet) -> dict:
+def cleanup(plan: Plan, *, snapshot: bool = True, targets: list[str] | None = None,
+            report: Report = quiet) -> CleanupResult:
     """Final snapshot (unless `snapshot` is False), then everything of the stack goes. The confirmation
     (--yes or the typed VSN name) is the CLI's job; nothing here asks."""
     if snapshot and not (targets or plan.backup.get("targets")):
         raise UsageError("cleanup needs a final snapshot but the plan has no backup.targets",
                          hint="pass --to URL for the final snapshot, or --no-snapshot to delete without one")
-    result: dict = {"vsn": plan.vsn.name, "snapshot_id": None}
+    result = CleanupResult(plan.vsn.name)
     with stackstate.pending("cleanup"):
         if snapshot:
             report("cleanup: taking the final snapshot")
             snap = backup(plan, targets, [FINAL_TAG], report)
-            result.update(snapshot_id=snap["snapshot_id"], targets=snap["targets"], size=snap["size"])
-        result["removed_containers"] = Stack.for_plan(plan, report).drop_all()
-        result["removed_data"] = _remove_data(plan, report)
-        result["removed_schedules"] = cron.remove_all_installed()
+            result.snapshot_id, result.targets, result.size = snap["snapshot_id"], snap["targets"], snap["size"]
+        result.removed_containers = Stack.for_plan(plan, report).drop_all()
+        result.removed_data = _remove_data(plan, report)
+        result.removed_schedules = cron.remove_all_installed()
         _forget_stack(plan)
-    result["stack_state"] = stackstate.current()
+    result.stack_state = stackstate.current()
     return result

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from migrator.archive.fingerprint import compare, fingerprint
@@ -39,7 +40,46 @@ def _fingerprints(plan: Plan) -> dict[str, dict]:
             if Path(v.root_dir(plan.vsn.data_root)).exists()}
 
 
-def prepare(plan: Plan, secrets: Secrets, targets: list[str] | None, report: Report = quiet) -> dict:
+@dataclass
+class Prepared:
+    """The pre-update snapshot and the fingerprint taken of the data."""
+    snapshot_id: str
+    targets: list[str]
+    files: int
+    volumes: list[str]
+
+    def to_json(self) -> dict:
+        return {"prepared": True, "snapshot_id": self.snapshot_id, "targets": self.targets, "files": self.files,
+                "volumes": self.volumes}
+
+
+@dataclass
+class Finished:
+    """The data checked against the fingerprint (restored on a mismatch when asked), the stack redeployed."""
+    snapshot_id: str
+    differences: list[str]
+    restored: bool
+    health: dict[str, str]
+
+    def to_json(self) -> dict:
+        return {"finished": True, "snapshot_id": self.snapshot_id, "differences": self.differences,
+                "restored": self.restored, "health": self.health}
+
+
+@dataclass
+class UpdateRun:
+    prepared: Prepared
+    command: str
+    command_exit: int
+    command_output: str
+    finished: Finished
+
+    def to_json(self) -> dict:
+        return {"prepared": self.prepared.to_json(), "command": self.command, "command_exit": self.command_exit,
+                "command_output": self.command_output, "finished": self.finished.to_json()}
+
+
+def prepare(plan: Plan, secrets: Secrets, targets: list[str] | None, report: Report = quiet) -> Prepared:
     if _marker().exists():
         raise UsageError("an OS update is already prepared on this VSN",
                          hint="run `migrator os-update finish` (after the update) first")
@@ -56,11 +96,10 @@ def prepare(plan: Plan, secrets: Secrets, targets: list[str] | None, report: Rep
     write_json(registry.OS_UPDATE_FINGERPRINT.path, prints)
     write_json(_marker(), {"prepared": time.time(), "snapshot_id": snap["snapshot_id"], "targets": urls,
                            "plan": plan.raw, "secrets": secrets.path, "removed": down.removed})
-    return {"prepared": True, "snapshot_id": snap["snapshot_id"], "targets": urls,
-            "files": sum(len(p) for p in prints.values()), "volumes": sorted(prints)}
+    return Prepared(snap["snapshot_id"], urls, sum(len(p) for p in prints.values()), sorted(prints))
 
 
-def finish(restore_on_mismatch: bool = False, identity: Path | None = None, report: Report = quiet) -> dict:
+def finish(restore_on_mismatch: bool = False, identity: Path | None = None, report: Report = quiet) -> Finished:
     marker = read_json(_marker())
     if marker is None:
         raise UsageError("no OS update is prepared on this VSN", hint="run `migrator os-update prepare` first")
@@ -87,8 +126,7 @@ def finish(restore_on_mismatch: bool = False, identity: Path | None = None, repo
     deployed = deploy(plan, secrets, report=report)
     _marker().unlink()
     registry.OS_UPDATE_FINGERPRINT.path.unlink(missing_ok=True)
-    return {"finished": True, "snapshot_id": marker["snapshot_id"], "differences": differences,
-            "restored": bool(restored), "health": deployed.health}
+    return Finished(marker["snapshot_id"], differences, restored is not None, deployed.health)
 
 
 def _differences(before: dict, after: dict) -> list[str]:
@@ -99,16 +137,15 @@ def _differences(before: dict, after: dict) -> list[str]:
 
 
 def run_update(plan: Plan, secrets: Secrets, command: str, targets: list[str] | None,
-               restore_on_mismatch: bool = False, report: Report = quiet) -> dict:
+               restore_on_mismatch: bool = False, report: Report = quiet) -> UpdateRun:
     prepared = prepare(plan, secrets, targets, report)
     report(f"running the update: {command}")
     # The operator's own update command line (not plan data): bash interprets it, as on a terminal.
     proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
     finished = finish(restore_on_mismatch, report=report)
-    result = {"prepared": prepared, "command": command, "command_exit": proc.returncode,
-              "command_output": (proc.stdout + proc.stderr)[-4000:], "finished": finished}
+    result = UpdateRun(prepared, command, proc.returncode, (proc.stdout + proc.stderr)[-4000:], finished)
     if proc.returncode != 0:
-        data = (f"data restored from the pre-update snapshot {finished['snapshot_id']}" if finished["restored"]
+        data = (f"data restored from the pre-update snapshot {finished.snapshot_id}" if finished.restored
                 else "unchanged data")
         raise MigratorError(f"the update command exited {proc.returncode}; the stack was redeployed on the "
                             f"{data}: {(proc.stderr or proc.stdout).strip()[-300:]}",
