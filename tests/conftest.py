@@ -30,8 +30,17 @@ def lab_images() -> None:
 
 
 @pytest.fixture()
-def vsn(lab_images) -> PodmanVSN:
-    machine = PodmanVSN().start()
+def vsn(request, lab_images) -> PodmanVSN:
+    """A fresh podman VSN; a test marked with tests.lab.docker.both_engines also runs on a Docker VSN (the
+    session's Docker Engine, in its own network namespace) with the same helpers."""
+    if getattr(request, "param", "podman") == "docker":
+        from tests.lab.docker import DockerVSN
+
+        daemon = request.getfixturevalue("docker_daemon")
+        daemon.clean()
+        machine = DockerVSN(daemon)
+    else:
+        machine = PodmanVSN().start()
     try:
         yield machine
     finally:

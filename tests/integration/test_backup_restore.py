@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab.docker import both_engines
 from tests.lab.fingerprint import fingerprint
 from tests.lab.plans import demo_plan, web_port
 from tests.lab.vsn import write_json
@@ -134,6 +135,7 @@ def test_restore_single_volume_into_and_on_a_fresh_machine(vsn, stack, tmp_path)
     assert (tmp_path / "elsewhere" / "dbdata" / "data" / "log.txt").exists()
 
 
+@both_engines
 def test_corrupted_object_exit_6_and_live_data_untouched(vsn, stack):
     raw, store = stack
     snap = run_json(vsn, "backup", "--to", store)
@@ -204,6 +206,7 @@ def test_any_next_command_recovers_first(vsn, stack):
     assert vsn.containers()["db"] == "running"
 
 
+@both_engines
 def test_killed_restore_is_entirely_old_or_entirely_new(vsn, stack):
     raw, store = stack
     run_json(vsn, "backup", "--to", store)
@@ -248,6 +251,7 @@ def test_prune_gfs_and_dry_run(vsn, stack):
     assert vsn.migrator("prune", "--from", store).returncode in (2,)  # no retention anywhere: refused
 
 
+@both_engines
 def test_encrypted_snapshot_round_trip(vsn, secrets, tmp_path):
     key = tmp_path / "age.key"
     subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
@@ -307,6 +311,7 @@ def test_drill_passes_on_healthy_snapshot_without_touching_production(vsn, stack
     assert not Path(out["scratch"]).exists()
 
 
+@both_engines
 def test_drill_fails_when_a_service_cannot_become_healthy(vsn, secrets, tmp_path):
     # web probes /health.html from its volume; the snapshot is taken after that file was deleted, so the
     # restored service can never become healthy (quiesce "none": the backup itself does not restart it).

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from tests.lab.docker import both_engines
 from tests.lab.fingerprint import fingerprint
 from tests.lab.plans import demo_plan
 from tests.lab.vsn import LAB, write_json
@@ -42,6 +43,7 @@ def containers_up(vsn) -> bool:
 DEPLOY_POINTS = ["deploy.dropped", "deploy.host-started", "deploy.volumes-created", "deploy.service-healthy.db"]
 
 
+@both_engines
 @pytest.mark.parametrize("point", DEPLOY_POINTS)
 def test_killed_deploy_is_rolled_back_by_recover(vsn, secrets, tmp_path, point):
     raw = demo_plan(vsn, host=True)
@@ -64,6 +66,7 @@ def test_killed_deploy_is_rolled_back_by_recover(vsn, secrets, tmp_path, point):
     assert vsn.migrator("deploy", str(plan), "--secrets", str(secrets)).returncode == 0
 
 
+@both_engines
 @pytest.mark.parametrize("point", ["backup.phase1-done", "backup.services-stopped", "backup.before-manifest"])
 def test_killed_backup_lists_nothing_and_services_return(vsn, secrets, tmp_path, point):
     deployed(vsn, secrets, tmp_path)
@@ -191,6 +194,7 @@ def test_engine_socket_gone_mid_deploy_then_recover(vsn, secrets, tmp_path):
     assert vsn.containers() == {}
 
 
+@both_engines
 def test_container_that_ignores_sigterm_is_stopped_by_timeout(vsn, secrets, tmp_path):
     def stubborn(raw):
         db = next(s for s in raw["services"] if s["name"] == "db")

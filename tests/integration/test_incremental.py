@@ -24,6 +24,7 @@ import pytest
 
 from tests.integration.test_backup_restore import counter_consistent, run_json, web_tree
 from tests.integration.test_move import move
+from tests.lab.docker import both_engines
 from tests.lab.fingerprint import fingerprint
 from tests.lab.plans import demo_plan
 from tests.lab.vsn import write_json
@@ -363,6 +364,7 @@ def test_parent_is_the_newest_snapshot_every_target_holds(vsn, secrets, tmp_path
         assert out["chain"]["webdata"] == [full["snapshot_id"], both["snapshot_id"]]
 
 
+@both_engines
 def test_restore_in_place_then_the_chain_goes_on(vsn, secrets, tmp_path):
     """Back in time: restore the full in place over newer data, then back up. The local record still names
     the newest snapshot, whose tree state the restored data differs from in every inode; the delta must

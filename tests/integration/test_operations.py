@@ -17,6 +17,7 @@ import pytest
 from croniter import croniter
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.lab.docker import both_engines
 from tests.lab.plans import demo_plan, web_port
 from tests.lab.smtpsink import SINK_WARNING, SMTPSink
 from tests.lab.vsn import write_json
@@ -209,6 +210,7 @@ def test_the_plans_smtp_wins_over_mutt_and_an_unsent_mail_surfaces(vsn, secrets,
     assert any("mutt exited" in w and "MIGRATOR_MAILER=mutt" in w for w in warnings), warnings
 
 
+@both_engines
 def test_start_stop_restart_act_on_what_health_reports(vsn, secrets, tmp_path):
     """Issue 22, item 8: services stopped and started in depends_on order (web depends on db), under the
     lock and in the history; health names the verb; a restart killed after its stop is undone by recover."""
