@@ -191,3 +191,30 @@ def test_check_refuses_a_storage_driver_the_host_container_cannot_use(tmp_path):
             "name": "engine storage driver", "ok": True, "detail": "vfs"}
     finally:
         daemon.stop()
+
+
+def test_os_update_archive_unarchive_cleanup_on_docker(docker_vsn, secrets, tmp_path):
+    vsn = docker_vsn
+    raw = demo_plan(vsn, host=False)
+    raw["backup"] = {"targets": [f"file://{tmp_path}/store"]}
+    plan = write_json(tmp_path / "plan.json", raw)
+    seed(vsn)
+    assert vsn.migrator("deploy", str(plan), "--secrets", str(secrets)).returncode == 0
+    before = fingerprint(vsn.data_root / "webdata")
+
+    prepared = run_json(vsn, "os-update", "prepare")
+    assert prepared["snapshot_id"] and vsn.containers() == {}  # containerless while the OS is updated
+    finished = run_json(vsn, "os-update", "finish")
+    assert finished["differences"] == [] and set(finished["health"]) == {"db", "web"}
+    assert vsn.http_get(web_port(raw)) == "docker page"
+
+    run_json(vsn, "archive")
+    assert vsn.containers() == {} and fingerprint(vsn.data_root / "webdata") == before
+    assert run_json(vsn, "status")["stack_state"] == "Archived"
+    run_json(vsn, "unarchive")
+    assert vsn.http_get(web_port(raw)) == "docker page"
+    assert run_json(vsn, "status")["stack_state"] == "Running"
+
+    run_json(vsn, "cleanup", "--yes", "--no-snapshot")
+    assert vsn.containers() == {}
+    assert not (vsn.data_root / "webdata").exists()
