@@ -365,7 +365,7 @@ def register(app: typer.Typer) -> None:
                 from migrator.ops.drill import drill as drill_op
 
                 return drill_op(s, name, snapshot, plan=None, secrets=sec or Secrets(), identity=identity,
-                                scratch=scratch, report=report, trusted=_trusted(p, trusted_key))
+                                scratch=scratch, report=report, trusted=_trusted(p, trusted_key)).to_json()
 
         def human(r: dict) -> None:
             print(f"drill of {r['snapshot_id']} passed: data restored in {r['rto_data_s']}s, "

@@ -12,6 +12,7 @@ import secrets as pysecrets
 import shutil
 import socket
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from migrator.catalog.listing import open_snapshot
@@ -103,8 +104,35 @@ def _load_dumps(snap, source: Plan, drilled: Plan, engine, secrets: Secrets, ide
     return out
 
 
+@dataclass
+class DrillResult:
+    """A drill's outcome; the optional fields are set as far as it got (and left out of the JSON before)."""
+    snapshot_id: str
+    store: str
+    scratch: str
+    bytes: int
+    kind: str
+    signature: str | None
+    ok: bool = False
+    services: dict[str, dict] = field(default_factory=dict)
+    rto_data_s: float | None = None
+    files: int | None = None
+    rto_healthy_s: float | None = None
+    dumps: dict[str, dict] | None = None
+    error: str | None = None
+    duration: float | None = None
+
+    def to_json(self) -> dict:
+        out = {"snapshot_id": self.snapshot_id, "store": self.store, "scratch": self.scratch, "ok": self.ok,
+               "bytes": self.bytes, "kind": self.kind, "services": self.services, "signature": self.signature}
+        for key in ("rto_data_s", "files", "rto_healthy_s", "dumps", "error", "duration"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+
 def drill(store: SnapshotStore, vsn: str, snapshot_id: str, *, plan: Plan | None, secrets: Secrets, identity: Path | None = None,
-          scratch: Path | None = None, report: Report = quiet, trusted: TrustedKeys | None = None) -> dict:
+          scratch: Path | None = None, report: Report = quiet, trusted: TrustedKeys | None = None) -> DrillResult:
     """`trusted`: the keys the snapshot's signature may come from (default: `plan`'s; the snapshot's own
     plan copy is what the signature vouches for, so it never names them)."""
     started = time.monotonic()
@@ -117,8 +145,7 @@ def drill(store: SnapshotStore, vsn: str, snapshot_id: str, *, plan: Plan | None
     tag = pysecrets.token_hex(2)
     scratch = Path(scratch) if scratch else registry.DRILL.path / f"{manifest.snapshot_id}-{tag}"
     scratch.mkdir(parents=True, exist_ok=False, mode=0o700)
-    result = {"snapshot_id": manifest.snapshot_id, "store": store.url, "scratch": str(scratch), "ok": False,
-              "bytes": snap.restore_size(), "kind": manifest.kind, "services": {}, "signature": signature}
+    result = DrillResult(manifest.snapshot_id, store.url, str(scratch), snap.restore_size(), manifest.kind, signature)
     stack = None
     try:
         report(f"drill: restoring {manifest.snapshot_id} into {scratch}")
@@ -130,8 +157,8 @@ def drill(store: SnapshotStore, vsn: str, snapshot_id: str, *, plan: Plan | None
             src = scratch / "restored" / original
             if src.exists():
                 os.rename(src, scratch / "data" / renamed)
-        result["rto_data_s"] = round(time.monotonic() - started, 3)
-        result["files"] = restored.files
+        result.rto_data_s = round(time.monotonic() - started, 3)
+        result.files = restored.files
         drill_stack_plan = Plan.from_json(raw)
         stack = Stack.for_plan(drill_stack_plan, report)
         report("drill: booting the isolated stack")
@@ -139,17 +166,17 @@ def drill(store: SnapshotStore, vsn: str, snapshot_id: str, *, plan: Plan | None
         engine = stack.rest_engine()
         for svc in drill_stack_plan.enabled_services:
             probe = probe_once(engine, svc, svc.health) if svc.health else None
-            result["services"][svc.name] = {"ok": probe.ok if probe else True,
+            result.services[svc.name] = {"ok": probe.ok if probe else True,
                                             "detail": probe.detail if probe else deployed.health.get(svc.name)}
-        result["rto_healthy_s"] = round(time.monotonic() - started, 3)
-        failed = [n for n, r in result["services"].items() if not r["ok"]]
+        result.rto_healthy_s = round(time.monotonic() - started, 3)
+        failed = [n for n, r in result.services.items() if not r["ok"]]
         if failed:
             raise MigratorError(f"drill: service(s) unhealthy after restore: {', '.join(failed)}")
-        result["dumps"] = _load_dumps(snap, source_plan, drill_stack_plan, engine, secrets, identity, report)
-        result["ok"] = True
+        result.dumps = _load_dumps(snap, source_plan, drill_stack_plan, engine, secrets, identity, report)
+        result.ok = True
         return result
     except MigratorError as exc:
-        result["error"] = exc.message
+        result.error = exc.message
         raise
     finally:
         if stack is not None:
@@ -158,6 +185,6 @@ def drill(store: SnapshotStore, vsn: str, snapshot_id: str, *, plan: Plan | None
             except MigratorError as exc:
                 report(f"drill: could not remove the drill stack: {exc.message}")
         shutil.rmtree(scratch, ignore_errors=True)
-        result["duration"] = round(time.monotonic() - started, 3)
+        result.duration = round(time.monotonic() - started, 3)
         # Health checks read this (drill freshness); notification on failure plugs in here as well.
-        write_json(registry.LAST_DRILL.path, {**result, "time": time.time()})
+        write_json(registry.LAST_DRILL.path, {**result.to_json(), "time": time.time()})
