@@ -174,7 +174,7 @@ def register(app: typer.Typer) -> None:
 
             result = snap_ops.verify(s, name, snapshot, read_data, report,
                                      subset=snap_ops.parse_subset(read_data_subset), trusted=_trusted(p, trusted_key))
-            return {**result, "not_verified": _other_targets(store, p)}
+            return {**result.to_json(), "not_verified": _other_targets(store, p)}
 
         def human(r: dict) -> None:
             print(f"{r['snapshot_id']} ok in {r['store']}: {r['objects']} objects present"

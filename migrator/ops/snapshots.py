@@ -10,6 +10,7 @@ import hashlib
 import math
 import random
 import time
+from dataclasses import dataclass
 
 from migrator.catalog.listing import list_snapshots, open_snapshot
 from migrator.catalog.manifest import snapshot_time
@@ -52,16 +53,64 @@ def uncommitted(listing) -> list[str]:
     return [sid for sid in listing.debris if sid not in listing.broken]
 
 
-def snapshots(store: SnapshotStore, vsn: str) -> dict:
+@dataclass
+class SnapshotList:
+    """The committed snapshots of one VSN in one store, and what is not (uncommitted, damaged)."""
+    store: str
+    vsn: str
+    snapshots: list[dict]
+    uncommitted: int
+    damaged: list[dict]
+
+    def to_json(self) -> dict:
+        return {"store": self.store, "vsn": self.vsn, "snapshots": self.snapshots, "uncommitted": self.uncommitted,
+                "damaged": self.damaged}
+
+
+@dataclass
+class VerifyResult:
+    store: str
+    snapshot_id: str  # or "all"
+    snapshots: int
+    objects: int
+    read: int
+    read_data: bool
+    subset: float | None
+    size: int
+    signature: str
+
+    def to_json(self) -> dict:
+        return {"store": self.store, "snapshot_id": self.snapshot_id, "snapshots": self.snapshots,
+                "objects": self.objects, "read": self.read, "read_data": self.read_data, "subset": self.subset,
+                "size": self.size, "signature": self.signature, "ok": True}
+
+
+@dataclass
+class PruneResult:
+    store: str
+    vsn: str
+    dry_run: bool
+    keep: dict[str, list[str]]  # id -> why it is kept
+    remove: list[str]
+    debris_removed: list[str]
+    damaged: list[dict]
+
+    def to_json(self) -> dict:
+        return {"store": self.store, "vsn": self.vsn, "dry_run": self.dry_run, "keep": self.keep,
+                "remove": self.remove, "debris_removed": self.debris_removed, "damaged": self.damaged}
+
+
+def snapshots(store: SnapshotStore, vsn: str) -> SnapshotList:
     listing = list_snapshots(store, vsn, conforming.remembered())
-    return {"store": store.url, "vsn": vsn, "snapshots": [snapshot_row(h) for h in listing.handles()],
-            "uncommitted": len(uncommitted(listing)), "damaged": damaged(listing)}
+    return SnapshotList(store.url, vsn, [snapshot_row(h) for h in listing.handles()], len(uncommitted(listing)),
+                        damaged(listing))
 
 
-def per_store(results: list[dict]) -> dict:
+def per_store(results: list[SnapshotList] | list[PruneResult]) -> dict:
     """One result per store: the first store's at the top level (the shape of a single-store run), every
     store's under "stores"."""
-    return {**results[0], "stores": results}
+    rows = [r.to_json() for r in results]
+    return {**rows[0], "stores": rows}
 
 
 def parse_subset(text: str | None) -> float | None:
@@ -79,7 +128,8 @@ def parse_subset(text: str | None) -> float | None:
 
 
 def verify(store: SnapshotStore, vsn: str, snapshot_id: str, read_data: bool, report: Report = quiet,
-           subset: float | None = None, rng: random.Random | None = None, trusted: TrustedKeys | None = None) -> dict:
+           subset: float | None = None, rng: random.Random | None = None,
+           trusted: TrustedKeys | None = None) -> VerifyResult:
     """Every object the snapshot's restore reads (its chain), and its tree states, present with the
     manifest's size; with `read_data` every sha256 recomputed; with `subset` those of a random share.
     First each snapshot's signatures (and its chain's): with `trusted` keys, one that fails is a problem
@@ -143,11 +193,9 @@ def verify(store: SnapshotStore, vsn: str, snapshot_id: str, read_data: bool, re
     label = "the store" if snapshot_id == "all" else f"snapshot {scope[0].id}"
     if problems:
         raise IntegrityError(f"{label} in {store.url} is damaged: {problems[0]}", details=problems)
-    result = {"store": store.url, "snapshot_id": scope[0].id if snapshot_id != "all" else "all",
-              "snapshots": len(scope), "objects": len(present), "read": len(to_read),
-              "read_data": bool(read_data or subset), "subset": subset,
-              "size": sum(objects[k][2] for k in present), "signature": signature, "ok": True}
-    return result
+    return VerifyResult(store.url, scope[0].id if snapshot_id != "all" else "all", len(scope), len(present),
+                        len(to_read), bool(read_data or subset), subset, sum(objects[k][2] for k in present),
+                        signature)
 
 
 def _needed(listing, keep: list[str]) -> dict[str, str]:
@@ -163,7 +211,7 @@ def _needed(listing, keep: list[str]) -> dict[str, str]:
 
 
 def prune(store: SnapshotStore, vsn: str, policy: Policy, dry_run: bool, report: Report = quiet,
-          now: float | None = None) -> dict:
+          now: float | None = None) -> PruneResult:
     listing = list_snapshots(store, vsn, conforming.remembered())
     decision = decide([(m.snapshot_id, m.created, m.tags) for m in listing.snapshots], policy)
     if policy.empty and not dry_run:
@@ -188,5 +236,4 @@ def prune(store: SnapshotStore, vsn: str, policy: Policy, dry_run: bool, report:
         for sid in debris:
             report(f"removing debris {sid}")
             store.delete_prefix(f"{vsn}/{sid}")
-    return {"store": store.url, "vsn": vsn, "dry_run": dry_run, "keep": decision.keep,
-            "remove": remove, "debris_removed": debris, "damaged": damaged(listing)}
+    return PruneResult(store.url, vsn, dry_run, decision.keep, remove, debris, damaged(listing))

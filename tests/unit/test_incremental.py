@@ -195,7 +195,7 @@ def test_incremental_stores_changed_blocks_only_and_restore_reads_the_chain(lab)
     snap = open_snapshot(store, VSN, second["snapshot_id"])
     assert [link.id for link in snap.chain("vol")] == [first["snapshot_id"], second["snapshot_id"]]
     assert _restored(root, second["snapshot_id"], "b") == fingerprint(tree.parent)
-    rows = {r["id"]: r for r in snap_ops.snapshots(store, VSN)["snapshots"]}
+    rows = {r["id"]: r for r in snap_ops.snapshots(store, VSN).snapshots}
     assert rows[second["snapshot_id"]]["kind"] == "incremental"
     parent = open_snapshot(store, VSN, first["snapshot_id"]).manifest
     assert rows[second["snapshot_id"]]["restore_size"] == sum(o.size for o in parent.objects + snap.manifest.objects)
@@ -371,11 +371,11 @@ def test_verify_reads_a_subset_of_the_chain(lab):
         _backup(root)
     store = get_store(f"file://{root / 'store'}")
     full = snap_ops.verify(store, VSN, "latest", read_data=True)
-    assert full["objects"] == 4 + 1 and full["read"] == 5  # 4 archive objects of the chain, its tree state
+    assert full.objects == 4 + 1 and full.read == 5  # 4 archive objects of the chain, its tree state
     part = snap_ops.verify(store, VSN, "latest", read_data=False, subset=0.2, rng=random.Random(1))
-    assert part["read"] == 1 and part["objects"] == 5
+    assert part.read == 1 and part.objects == 5
     everything = snap_ops.verify(store, VSN, "all", read_data=False)
-    assert everything["snapshots"] == 4 and everything["objects"] == 8
+    assert everything.snapshots == 4 and everything.objects == 8
     assert snap_ops.parse_subset("10%") == pytest.approx(0.1)
     with pytest.raises(Exception, match="percentage"):
         snap_ops.parse_subset("0%")

@@ -188,7 +188,7 @@ def test_signed_snapshots_restore_with_the_trusted_key_and_say_so(lab):
     assert out.signature == "valid" and any("signature valid" in ln for ln in lines)
     assert fingerprint(root / "restored" / "vol") == fingerprint(tree.parent)
     checked = snap_ops.verify(_store(root), VSN, "latest", read_data=True, trusted=TrustedKeys.of([_own_key()]))
-    assert checked["signature"] == "valid"
+    assert checked.signature == "valid"
 
 
 def test_without_trusted_keys_a_signed_snapshot_is_unchecked_and_an_unsigned_one_unsigned(lab):
@@ -202,7 +202,7 @@ def test_without_trusted_keys_a_signed_snapshot_is_unchecked_and_an_unsigned_one
     out = restore(_store(root), VSN, first["snapshot_id"], plan=_plan(root), into=root / "b", report=lines.append)
     assert out.signature == "unsigned" and any("UNSIGNED" in ln for ln in lines)
     assert fingerprint(root / "b" / "vol") == fingerprint(tree.parent)
-    assert snap_ops.verify(_store(root), VSN, "all", read_data=False)["signature"] == "unsigned"
+    assert snap_ops.verify(_store(root), VSN, "all", read_data=False).signature == "unsigned"
 
 
 @pytest.mark.parametrize("attack", ATTACKS, ids=[a.__name__ for a in ATTACKS])
