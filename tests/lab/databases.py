@@ -100,6 +100,7 @@ class Outage:
     acked_before: int  # the last sequence number acknowledged before the first failed statement
     started: float
     ended: float | None = None
+    resumed_from: int | None = None  # the highest row the server held when the loader got back in
 
 
 @dataclass
@@ -176,6 +177,7 @@ class Loader:
                         n = int(cur.fetchone()[0])
                     conn.commit()
                     self.acked = n
+                    self.outages[-1].resumed_from = n
                     self.outages[-1].ended = time.time()
         except BaseException as exc:  # handed to the test thread (unless it asked us to stop meanwhile)
             if not self._stop.is_set():
