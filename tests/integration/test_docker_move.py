@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -52,3 +53,39 @@ def test_move_podman_to_docker_with_the_writer_running(vsn, docker_target, secre
     assert json.loads(status.stdout)["state"] == "running"
     health = target.host.run(["bash", "-c", f"{target.remote_migrator()} health --json"], check=False)
     assert health.returncode == 0, health.stdout + health.stderr
+
+
+def test_move_docker_to_docker(docker_vsn, secrets, tmp_path):
+    """Source and target both Docker VSNs. The source's migrator runs where it reaches the target's SSH address
+    (the machine's network namespace): a move probes health on the target only."""
+    source = docker_vsn
+    raw = deploy_source(source, secrets, tmp_path, host=False)
+    with start_docker_target(source) as target:
+        argv = [*source.migrator_argv()[3:], "move", *target.move_args(), "--target-socket", target.socket_url,
+                "--json"]
+        result = subprocess.run(argv, env=source.env(), capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr + result.stdout
+        assert set(json.loads(result.stdout)["health"]) == {"db", "web"}
+        assert source.containers() == {}
+        assert target.containers()["web"] == "running" and target.containers()["db"] == "running"
+        assert target.http_get(web_port(raw)) == "moved page"
+        assert fingerprint(target.data_root / "webdata") == fingerprint(source.data_root / "webdata")
+        moved_log = (target.data_root / "dbdata" / "data" / "log.txt").read_bytes()
+        assert moved_log.startswith((source.data_root / "dbdata" / "data" / "log.txt").read_bytes())
+
+
+def test_move_docker_to_podman(docker_vsn, secrets, tmp_path):
+    """The way back: a Docker VSN's stack onto a podman VSN; images go from `docker save` into podman."""
+    from tests.lab.vsn2 import start_target
+
+    source = docker_vsn
+    raw = deploy_source(source, secrets, tmp_path, host=False)
+    with start_target(source) as target:
+        argv = [*source.migrator_argv()[3:], "move", *target.move_args(), "--target-engine", "podman",
+                "--target-socket", f"unix://{target.path}/podman.sock", "--json"]
+        result = subprocess.run(argv, env=source.env(), capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr + result.stdout
+        assert source.containers() == {}
+        assert target.containers()["web"] == "running" and target.containers()["db"] == "running"
+        assert target.http_get(web_port(raw)) == "moved page"
+        assert fingerprint(target.data_root / "webdata") == fingerprint(source.data_root / "webdata")
