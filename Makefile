@@ -9,9 +9,10 @@ VENV       ?= .venv
 PY         := $(VENV)/bin/python
 PYTEST_ARGS ?=
 # Debian packages the tool and its lab need (podman and its runtime, image building, archive pipeline,
-# the second VSN's sshd, mail, cron, Docker Engine for the Docker VSNs).
+# the second VSN's sshd, mail, cron, Docker Engine for the Docker VSNs, chromium for the dashboard test).
 APT_PACKAGES := podman runc netavark aardvark-dns uidmap debootstrap busybox-static zstd age tar \
                 openssl iproute2 iptables openssh-server openssh-client acl attr cron mutt curl ca-certificates python3-venv python3-apt \
+                chromium chromium-driver \
                 docker.io
 export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 export CONTAINERS_STORAGE_CONF := $(CURDIR)/lab/storage.conf

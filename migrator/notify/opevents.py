@@ -9,6 +9,8 @@ caught and comes back as one warning from `finish`.
 from __future__ import annotations
 
 import json
+import os
+import re
 import time
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from migrator.state.files import read_json
 # switch for the health cron job itself).
 SILENT = {"validate", "check", "status", "snapshots", "log", "cron show", "key show", "watch", "serve"}
 SILENT_TOP = {"agent", "serve", "watch"}
+OP_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
 
 
 def _remembered() -> tuple[dict | None, str | None]:
@@ -40,7 +43,10 @@ def _secrets(path: str | None) -> dict:
 class Operation:
     def __init__(self, verb: str) -> None:
         self.verb = verb
-        self.op = events.new_op_id()
+        # `migrator serve` names the operations it starts, to answer with the id at once; the variable is
+        # dropped here so nothing this operation runs inherits it.
+        given = os.environ.pop("MIGRATOR_OP_ID", "")
+        self.op = given if OP_ID.fullmatch(given) else events.new_op_id()
         self.t0 = time.monotonic()
         self.warnings: list[str] = []
         self.dispatcher = outbound.Dispatcher()

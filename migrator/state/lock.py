@@ -59,6 +59,12 @@ def _holder(path: Path) -> str:
     return ", ".join(f"pid {pid} ({_command(pid)})" for pid in pids)
 
 
+def held_by() -> str | None:
+    """Who holds the operation lock now (as a refusal would name it), or None when it is free."""
+    path = state_dir() / "lock"
+    return _holder(path) if _flock_holders(path) else None
+
+
 @contextmanager
 def operation_lock(verb: str, wait: float = 0.0):
     path = state_dir() / "lock"
