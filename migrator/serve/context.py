@@ -73,4 +73,6 @@ def stack_info() -> dict:
     running = state in (stackstate.RUNNING, stackstate.FAILURE)
     allowed = [v for v in VERBS if v in lifecycle or (running and v in ("backup", "drill", "verify", "restore"))
                or (v == "verify")]
+    if state != stackstate.ARCHIVED and "unarchive" in allowed:  # deploy's way in, not unarchive's
+        allowed.remove("unarchive")
     return {**rec, "allowed_actions": allowed, "lock": held_by()}

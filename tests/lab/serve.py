@@ -4,6 +4,7 @@ its secrets file, the server as a child process on a free loopback port, and sma
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -135,4 +136,11 @@ class EventTap:
         return list(self.events)
 
     def close(self) -> None:
+        # The reader thread sits in a read holding the response's buffer lock: shut the socket down so
+        # that read returns now (a plain close would wait for the server's next keep-alive).
+        try:
+            self._resp.fp.raw._sock.shutdown(socket.SHUT_RDWR)
+        except (AttributeError, OSError):
+            pass
+        self._thread.join(timeout=10)
         self._resp.close()
