@@ -323,8 +323,8 @@ def register(app: typer.Typer) -> None:
         report = progress_printer()
 
         def action() -> dict:
-            s, name, _ = _store_and_vsn(store, vsn, plan)
             p, sec = load_plan_args(plan, secrets)
+            s, name = _store_for(store, vsn, p)
             from migrator.ops.load_dump import load_dump as load_op
 
             with operation("load-dump", wait, report):
