@@ -62,6 +62,9 @@ def register(app: typer.Typer) -> None:
                    client_ca: Path = typer.Option(None, "--client-ca",
                                                   help="Require client certificates signed by this CA (PEM)."),
                    secrets: Path = SecretsOpt,
+                   follow: bool = typer.Option(False, "--follow-dependents",
+                                               help="Start a service that died outside an operation again, "
+                                                    "and restart what depends on it after it (bounded tries)."),
                    insecure_http: bool = typer.Option(False, "--insecure-http",
                                                       help="Allow plain HTTP on a non-loopback address "
                                                            "(behind a TLS-terminating proxy only).")) -> None:
@@ -76,7 +79,7 @@ def register(app: typer.Typer) -> None:
         if ctx.invoked_subcommand is not None:
             return
         try:
-            _serve(listen, tls_cert, tls_key, client_ca, secrets, insecure_http)
+            _serve(listen, tls_cert, tls_key, client_ca, secrets, insecure_http, follow)
         except MigratorError as exc:
             fail(exc, False)
 
@@ -154,7 +157,7 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(code)
 
 
-def _serve(listen: str, tls_cert, tls_key, client_ca, secrets, insecure_http: bool) -> None:
+def _serve(listen: str, tls_cert, tls_key, client_ca, secrets, insecure_http: bool, follow: bool = False) -> None:
     import ssl
 
     import uvicorn
@@ -173,7 +176,7 @@ def _serve(listen: str, tls_cert, tls_key, client_ca, secrets, insecure_http: bo
     for f in (tls_cert, tls_key, client_ca, secrets):
         if f is not None and not Path(f).is_file():
             raise UsageError(f"{f}: no such file")
-    app = build(Config(str(secrets) if secrets else None, tls=bool(tls_cert)))
+    app = build(Config(str(secrets) if secrets else None, tls=bool(tls_cert), follow=follow))
     scheme = "https" if tls_cert else "http"
     print(f"migrator: serving on {scheme}://{listen}", file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",

@@ -250,13 +250,23 @@ def routes() -> list[Route]:
 def build(config: Config) -> Starlette:
     broadcaster = Broadcaster()
 
+    follower = None
+    if config.follow:
+        from migrator.serve.follow import Follower
+
+        follower = Follower(config.command)
+
     @asynccontextmanager
     async def lifespan(app):
         broadcaster.start()
+        if follower is not None:
+            follower.start()
         try:
             yield
         finally:
             broadcaster.stop()
+            if follower is not None:
+                follower.stop()
 
     app = Starlette(routes=routes(), lifespan=lifespan)
     app.state.config = config

@@ -20,7 +20,9 @@ SESSION_COOKIE = "migrator_session"
 
 
 class Config:
-    def __init__(self, secrets_path: str | None, tls: bool, command: list[str] | None = None) -> None:
+    def __init__(self, secrets_path: str | None, tls: bool, command: list[str] | None = None,
+                 follow: bool = False) -> None:
+        self.follow = follow
         self.secrets_path = secrets_path
         self.startup_secrets = (deployed.current() or {}).get("secrets")
         self.tls = tls

@@ -37,6 +37,7 @@ class Served:
     viewer_token: str = ""
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    extra_args: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -51,7 +52,7 @@ class Served:
         self.operator_token = self._token("ci", env)
         self.viewer_token = self._token("dash", env, "--read-only")
         self.proc = subprocess.Popen([sys.executable, "-m", "migrator", "serve", "--listen", f"127.0.0.1:{self.port}",
-                                      "--secrets", str(self.secrets)],
+                                      "--secrets", str(self.secrets), *self.extra_args],
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:

@@ -1,5 +1,6 @@
 """`migrator serve`'s pieces that need no server: password hashes, API tokens, session cookies (expiry,
-forgery), the login limiter, and the action parameters that become a `migrator` argument vector."""
+forgery), the login limiter, the action parameters that become a `migrator` argument vector, and which
+services follow a dead one."""
 
 from __future__ import annotations
 
@@ -98,3 +99,13 @@ def test_chart_escapes_and_scales():
     svg = chart("<b>size</b>", [1.0, 4.0], "MiB")
     assert "<b>" not in svg and "&lt;b&gt;" in svg and 'height="58.0"' in svg
     assert "no data yet" in chart("x", [], "s")
+
+
+def test_dependents_are_transitive_enabled_and_in_plan_order():
+    from migrator.serve.follow import dependents
+
+    plan = {"services": [{"name": "db"}, {"name": "cache", "depends_on": ["db"]},
+                         {"name": "web", "depends_on": ["cache"]}, {"name": "off", "depends_on": ["db"], "enabled": False},
+                         {"name": "other"}]}
+    assert dependents(plan, "db") == ["cache", "web"]
+    assert dependents(plan, "web") == [] and dependents(plan, "other") == []
