@@ -123,7 +123,7 @@ def one_size(kind: str, size_gb: float, runs: int, work: Path) -> dict:
                 plan = db_plan(vsn, kind, name="bench", quiesce=mode)
                 plan["services"][0]["ports"][0]["host"] = db_port(raw)
                 deploy(vsn, tmp, plan)
-                loader = Loader(kind, db_port(raw)).start(ready_rows=20)
+                loader = Loader(kind, db_port(raw)).start(ready_rows=20, timeout=300)
                 result = backup(vsn, store)
                 loader.wait_for(lambda ld=loader: bool(ld.outages) and ld.outages[-1].ended is not None, 300,
                                 "a reconnect")

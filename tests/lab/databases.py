@@ -80,7 +80,7 @@ def _connect(kind: str, port: int):
         import pymysql
 
         return pymysql.connect(host="127.0.0.1", port=port, user="app", password=DB_PASSWORD, database="app",
-                               connect_timeout=5, read_timeout=30, write_timeout=30, autocommit=False)
+                               connect_timeout=5, read_timeout=120, write_timeout=120, autocommit=False)
     import psycopg
 
     return psycopg.connect(host="127.0.0.1", port=port, user="app", password=DB_PASSWORD, dbname="app",
