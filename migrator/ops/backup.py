@@ -128,18 +128,25 @@ class Backup:
         name = object_name(vol.name, phase, two_phase, bool(self.recipients))
         kind = "changes of " if vol.base is not None else ""
         self.report(f"archiving {kind}{vol.name} phase {phase} -> {name}")
+        stats, state = self._to_every_store(
+            name, lambda writers: self._capture(vol, writers, live, vol.base, progress=self.progress))
+        self._record(vol, name, phase, stats)
+        return state
+
+    def _to_every_store(self, name: str, produce):
+        """One object `name` in every store: `produce(writers)` writes it to a writer per store; it is committed
+        everywhere only when produce returns (an error aborts every writer). Returns what produce returned."""
         with ExitStack() as cleanup:
             writers = []
             for handle in self.handles:
                 w = handle.open_writer(name)
                 cleanup.callback(_abort_quietly, w)
                 writers.append(w)
-            stats, state = self._capture(vol, writers, live, vol.base, progress=self.progress)
+            result = produce(writers)
             for w in writers:
                 w.commit()
             cleanup.pop_all()
-        self._record(vol, name, phase, stats)
-        return state
+        return result
 
     def _record(self, vol: VolumePlan, name: str, phase: int, stats) -> None:
         self.manifest.objects.append(ObjectEntry(name=name, volume=vol.name, phase=phase, size=stats.size,
@@ -203,17 +210,10 @@ class Backup:
                 name = dump_name(svc.name, database, svc.dump.kind, bool(self.recipients))
                 self.report(f"dumping {svc.dump.kind} database {database} of {svc.name} -> {name}")
                 began = time.monotonic()
-                with ExitStack() as cleanup:
-                    writers = []
-                    for handle in self.handles:
-                        w = handle.open_writer(name)
-                        cleanup.callback(_abort_quietly, w)
-                        writers.append(w)
-                    stats = dumps.take(stack.rest_engine(), svc.name, svc.dump, database, password, writers,
-                                       level=self.level, recipients=self.recipients, progress=self.progress)
-                    for w in writers:
-                        w.commit()
-                    cleanup.pop_all()
+                stats = self._to_every_store(name, lambda writers, svc=svc, database=database, password=password:
+                                             dumps.take(stack.rest_engine(), svc.name, svc.dump, database, password,
+                                                        writers, level=self.level, recipients=self.recipients,
+                                                        progress=self.progress))
                 self.manifest.dumps.append(DumpEntry(name=name, service=svc.name, kind=svc.dump.kind,
                                                      database=database, size=stats.size, sha256=stats.sha256,
                                                      uncompressed=stats.uncompressed))

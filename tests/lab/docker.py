@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ import pytest
 
 from tests.lab.procs import stop_process
 from tests.lab.sshhost import start_ssh_host
-from tests.lab.vsn import LAB, free_port, lab_env
+from tests.lab.vsn import LAB, answers, free_port, lab_env
 from tests.lab.vsn2 import TargetVSN
 
 NETNS_PREFIX = "migdk"
@@ -225,21 +224,6 @@ class Dockerd:
             self.lock_fd = None
 
 
-def _answers(sock: Path) -> bool:
-    if not sock.exists():
-        return False
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(2)
-    try:
-        s.connect(str(sock))
-        s.sendall(b"GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n")
-        return b"200" in s.recv(64)
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
 def _lock(data_root: Path) -> int:
     data_root.mkdir(parents=True, exist_ok=True)
     fd = os.open(data_root / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
@@ -307,7 +291,7 @@ def start_dockerd(*, data_root: Path | None = None, tls: TLSFiles | None = None,
             daemon.proc = subprocess.Popen(daemon.enter() + argv, stdout=log, stderr=subprocess.STDOUT,
                                            stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT
-        while not _answers(daemon.socket_path):
+        while not answers(daemon.socket_path):
             if daemon.proc.poll() is not None or time.monotonic() > deadline:
                 tail = (d / "dockerd.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"dockerd did not come up: {tail}")
@@ -441,7 +425,7 @@ def start_docker_target(source) -> Iterator[DockerTarget]:
         # The daemon as seen from here: the same files under `local` (for the docker CLI and assertions).
         target.daemon = Dockerd(dir=local, data_root=local, netns=host.netns, socket_name="docker.sock")
         deadline = time.monotonic() + START_TIMEOUT
-        while not _answers(target.daemon.socket_path):
+        while not answers(target.daemon.socket_path):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"target dockerd did not come up: {(host.workdir / 'dockerd.log').read_text()[-2000:]}")
             time.sleep(POLL)

@@ -33,7 +33,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _answers(sock: Path) -> bool:
+def answers(sock: Path) -> bool:
+    """Whether an engine API (podman or dockerd) answers GET /_ping on the unix socket `sock`."""
     if not sock.exists():
         return False
     s = socket.socket(socket.AF_UNIX)
@@ -87,7 +88,7 @@ class PodmanVSN:
     def start(self) -> PodmanVSN:
         subprocess.run([str(LAB / "vsn.sh"), "start", str(self.base)], env=lab_env(), check=True,
                        capture_output=True, timeout=SERVICE_START_TIMEOUT + 10)
-        if not _answers(self.socket_path):
+        if not answers(self.socket_path):
             raise RuntimeError(f"VSN engine at {self.socket_path} does not answer")
         return self
 
