@@ -104,7 +104,8 @@ if [ "$rows" -ge "$stopped_at" ] && [ "$rows" -le $((stopped_at + 1)) ]; then
     echo "MariaDB started on the restored files and holds rows 1..$rows, every one intact (stopped after $stopped_at)"
 else echo "restored database holds $rows rows; the backup stopped it after $stopped_at" >&2; exit 1; fi
 
-step "load the snapshot's dump into a scratch database (app_dump) beside the restored one"
-"$MIGRATOR" load-dump latest db --as app_dump --from "file://$STORE"
-echo "the dump holds rows 1..$(.venv/bin/python examples/demo_db.py check --port 13306 --database app_dump), every one intact"
+scratch=app_dump_$(date -u +%H%M%S)   # a new name each run: an earlier run's scratch database is in the data
+step "load the snapshot's dump into a scratch database ($scratch) beside the restored one"
+"$MIGRATOR" load-dump latest db --as "$scratch" --from "file://$STORE"
+echo "the dump holds rows 1..$(.venv/bin/python examples/demo_db.py check --port 13306 --database "$scratch"), every one intact"
 step "demo finished"

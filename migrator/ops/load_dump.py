@@ -8,6 +8,7 @@ a new database of that name and leaves the dumped one alone (a scratch copy to c
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,9 @@ from migrator.stack.topology import Report, Stack, quiet
 from migrator.state import conforming
 from migrator.storage.base import SnapshotStore
 
+# The same rule as the plan's dump.databases: the name goes into CREATE DATABASE / createdb.
+DATABASE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}")
+
 
 @dataclass
 class LoadDumpResult:
@@ -43,6 +47,9 @@ def load_dump(store: SnapshotStore, vsn: str, snapshot_id: str, *, plan: Plan, s
               service: str, database: str | None = None, as_name: str | None = None, identity: Path | None = None,
               trusted: TrustedKeys | None = None, report: Report = quiet) -> LoadDumpResult:
     started = time.monotonic()
+    if as_name is not None and not DATABASE_NAME.fullmatch(as_name):
+        raise UsageError(f"--as {as_name[:80]!r} is not a database name migrator creates",
+                         hint="letters, digits, _ and -, at most 63, not starting with -")
     snap = open_snapshot(store, vsn, snapshot_id, conforming.remembered())
     entries = [d for d in snap.manifest.dumps if d.service == service and database in (None, d.database)]
     if not entries:

@@ -106,7 +106,7 @@ def load(engine: ContainerEngine, container: str, dump: Dump, database: str, pas
         result = engine.exec_stream(container, cmd.argv, env=cmd.env, user=cmd.user)
         if result.exit_code != 0:
             raise DumpFailed(f"{cmd.argv[0]} in {container} exited {result.exit_code}: {_tail(result.stderr)}",
-                             hint=f"does database {into} exist already? --into names a new one")
+                             hint=f"does database {into} exist already? --as names a new one")
     result = engine.exec_stream(container, loader.argv, env=loader.env, user=loader.user, stdin=chunks)
     if result.exit_code != 0:
         raise DumpFailed(f"{loader.argv[0]} into {into or database} in {container} exited {result.exit_code}: "

@@ -136,3 +136,12 @@ def test_manifest_dump_entries_round_trip_and_are_checked():
             Manifest.parse(_manifest_with({**entry, "name": name}), "t")
     with pytest.raises(IntegrityError):
         Manifest.parse(_manifest_with({**entry, "size": -1}), "t")
+
+
+def test_load_dump_refuses_a_scratch_name_that_is_not_a_plain_database_name(tmp_path):
+    from migrator.errors import UsageError
+    from migrator.ops.load_dump import load_dump
+
+    for bad in ("x`; DROP DATABASE app; --", "-c", "a b", "", "a" * 64):
+        with pytest.raises(UsageError, match="not a database name"):
+            load_dump(None, "v", "latest", plan=None, secrets=None, service="db", as_name=bad)
