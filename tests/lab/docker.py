@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab.procs import run_checked as _sh
 from tests.lab.procs import stop_process
 from tests.lab.sshhost import start_ssh_host
 from tests.lab.vsn import LAB, answers, free_port, lab_env
@@ -51,13 +52,6 @@ POLL = 0.05
 BRIDGE_POOL = "172.28.0.0/16"
 
 _counter = itertools.count(1)
-
-
-def _sh(argv: list[str], *, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(argv, capture_output=True, text=True, **kw)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc
 
 
 def _alive(pid: int) -> bool:

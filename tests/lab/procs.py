@@ -1,4 +1,5 @@
-"""Stopping a server process the lab started (moto, sshd's anchor): SIGTERM, a grace period, then SIGKILL."""
+"""The lab's process helpers: running a command checked, and stopping a server process it started (moto,
+sshd's anchor, dockerd): SIGTERM, a grace period, then SIGKILL."""
 
 from __future__ import annotations
 
@@ -17,3 +18,11 @@ def stop_process(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout)
+
+
+def run_checked(argv: list[str], *, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run a command (no shell), capturing output; raise with its stderr when `check` fails."""
+    proc = subprocess.run(argv, capture_output=True, text=True, **kw)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab.procs import run_checked as _sh
 from tests.lab.procs import stop_process
 
 NETNS_PREFIX = "miglab"
@@ -55,14 +56,6 @@ POLL_INTERVAL = 0.05
 STOP_TIMEOUT = 5.0
 
 _counter = itertools.count(1)
-
-
-def _sh(argv: list[str], *, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    """Run a command (no shell), capturing output; raise with its stderr when `check` fails."""
-    proc = subprocess.run(argv, capture_output=True, text=True, **kw)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc
 
 
 def _pid_alive(pid: int) -> bool:
