@@ -183,17 +183,11 @@ class Backup:
         self._record(vol, name, 2, stats)
 
     def _password(self, svc) -> str | None:
-        key = svc.dump.password_secret
-        if key is None:
-            return None
-        if self.secrets is None and (deployed.current() or {}).get("secrets"):
+        if svc.dump.password_secret and self.secrets is None and (deployed.current() or {}).get("secrets"):
             from migrator.plan.load import load_secrets  # the secrets file deploy remembered (cron, os-update)
 
             self.secrets = load_secrets(deployed.current()["secrets"])
-        if self.secrets is None or key not in self.secrets.values:
-            raise UsageError(f"service {svc.name}'s dump needs secret {key!r} and no secrets file holding it is "
-                             f"at hand", hint="pass --secrets FILE (or deploy with it, so it is remembered)")
-        return self.secrets.get(key)
+        return dumps.password_of(svc.dump, self.secrets, svc.name)
 
     def _take_dumps(self, stack: Stack, running: list) -> None:
         """Each running service's database dumps, streamed from the service into every store (no downtime)."""

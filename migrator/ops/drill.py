@@ -18,9 +18,10 @@ from pathlib import Path
 from migrator.catalog.listing import open_snapshot
 from migrator.errors import MigratorError
 from migrator.ops.deploy import deploy
-from migrator.ops.load_dump import dump_password, load_entry
+from migrator.ops.load_dump import load_entry
 from migrator.ops.restore import restore, snapshot_plan
 from migrator.plan.model import Plan, Secrets
+from migrator.stack import dumps
 from migrator.stack.probes import probe_once
 from migrator.stack.signatures import TrustedKeys, trusted_keys
 from migrator.stack.signatures import check as check_signatures
@@ -97,7 +98,7 @@ def _load_dumps(snap, source: Plan, drilled: Plan, engine, secrets: Secrets, ide
             ident = (source.backup.get("encryption") or {}).get("identity_file")
             identity = Path(ident) if ident else None
         scratch_db = f"{entry.database}_drill"[:63]
-        load_entry(snap, entry, engine, container, svc.dump, dump_password(svc.dump, secrets, entry.service),
+        load_entry(snap, entry, engine, container, svc.dump, dumps.password_of(svc.dump, secrets, entry.service),
                    scratch_db, identity, report)
         out[f"{entry.service}/{entry.database}"] = {"ok": True, "into": scratch_db, "bytes": entry.uncompressed}
         report(f"drill: dump of {entry.database} loaded into {scratch_db} in {container}")

@@ -73,7 +73,7 @@ def load_dump(store: SnapshotStore, vsn: str, snapshot_id: str, *, plan: Plan, s
         if not ident:
             raise UsageError("the snapshot is encrypted: pass --identity FILE (an age identity)")
         identity = Path(ident)
-    password = dump_password(svc.dump, secrets, service)
+    password = dumps.password_of(svc.dump, secrets, service)
     stack = Stack.for_plan(plan, report)
     engine = stack.rest_engine()
     info = engine.get(service)
@@ -87,14 +87,6 @@ def load_dump(store: SnapshotStore, vsn: str, snapshot_id: str, *, plan: Plan, s
                               "bytes": entry.uncompressed})
     result.duration = round(time.monotonic() - started, 3)
     return result
-
-
-def dump_password(dump, secrets: Secrets | None, service: str) -> str | None:
-    if not dump.password_secret:
-        return None
-    if secrets is None or dump.password_secret not in secrets.values:
-        raise UsageError(f"service {service}'s dump needs secret {dump.password_secret!r}", hint="pass --secrets FILE")
-    return secrets.get(dump.password_secret)
 
 
 def load_entry(snap: Snapshot, entry: DumpEntry, engine: ContainerEngine, container: str, dump: Dump,

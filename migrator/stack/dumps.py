@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from migrator.archive.sealstream import StreamStats, seal_stream
 from migrator.engine.base import ContainerEngine
-from migrator.errors import MigratorError
-from migrator.plan.model import Dump
+from migrator.errors import MigratorError, UsageError
+from migrator.plan.model import Dump, Secrets
 
 DUMP_STDERR_SHOWN = 300  # characters of a failing tool's stderr quoted in the error
 
@@ -111,6 +111,17 @@ def load(engine: ContainerEngine, container: str, dump: Dump, database: str, pas
     if result.exit_code != 0:
         raise DumpFailed(f"{loader.argv[0]} into {into or database} in {container} exited {result.exit_code}: "
                          f"{_tail(result.stderr)}", hint="the database's own message above says why")
+
+
+def password_of(dump: Dump, secrets: Secrets | None, service: str) -> str | None:
+    """The password `dump` logs in with, from the secrets file (None: the local superuser, no password)."""
+    key = dump.password_secret
+    if key is None:
+        return None
+    if secrets is None or key not in secrets.values:
+        raise UsageError(f"service {service}'s dump needs secret {key!r} and no secrets file holding it is at hand",
+                         hint="pass --secrets FILE (or deploy with it, so it is remembered)")
+    return secrets.get(key)
 
 
 def _tail(stderr: str) -> str:
