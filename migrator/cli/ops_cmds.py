@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import shlex
 import sys
 from pathlib import Path
 
@@ -29,6 +30,14 @@ CronFileOpt = typer.Option(None, "--file", help="Cron file (default $MIGRATOR_CR
                                                  "the one install wrote; else /etc/cron.d/migrator).")
 SystemdOpt = typer.Option(None, "--systemd", help="Write systemd .service/.timer units into this directory "
                                                   "instead of a cron file (e.g. /etc/systemd/system).")
+ServeOpt = typer.Option(None, "--serve/--no-serve",
+                        help="Also start `migrator serve` at boot: an @reboot line (output to <state dir>/"
+                             "cron-serve.log), or migrator-serve.service with --systemd. Neither given: keep "
+                             "what was installed there before.")
+ServeArgsOpt = typer.Option(None, "--serve-args", metavar="<args>",
+                            help='Options for that serve, one shell-quoted string (implies --serve), e.g. '
+                                 '"--listen 0.0.0.0:8765 --tls-cert /etc/migrator/cert.pem --tls-key '
+                                 '/etc/migrator/key.pem --follow-dependents".')
 
 
 def _when(ts: float | None) -> str:
@@ -105,19 +114,22 @@ def register(app: typer.Typer) -> None:
 
     @cron.command("install")
     def cron_install(plan: Path = PlanOpt, secrets: Path = SecretsOpt, file: Path = CronFileOpt,
-                     systemd: Path = SystemdOpt, json_out: bool = JsonOpt) -> None:
+                     systemd: Path = SystemdOpt, serve: bool = ServeOpt, serve_args: str = ServeArgsOpt,
+                     json_out: bool = JsonOpt) -> None:
         """Write the plan's schedules to one cron file (idempotent, atomic), or systemd units with --systemd.
 
-        Cron expressions are validated (exit 3 with the JSON path of a bad one).
+        Cron expressions are validated (exit 3 with the JSON path of a bad one). --serve adds `migrator serve`
+        at boot (@reboot, or migrator-serve.service); --serve-args must be one line of shell words (exit 2).
 
-        Example: migrator cron install --file /etc/cron.d/migrator
+        Example: migrator cron install --file /etc/cron.d/migrator --serve --serve-args "--listen 127.0.0.1:8765"
         """
 
         def action() -> dict:
+            argv = cron_op.serve_args(serve_args) if serve_args is not None else None
             p, _ = load_plan_args(plan, secrets)
             if systemd:
-                return cron_op.install_systemd(p, systemd)
-            return cron_op.install(p, file)
+                return cron_op.install_systemd(p, systemd, serve, argv)
+            return cron_op.install(p, file, serve, argv)
 
         def human(r: dict) -> None:
             if "directory" in r:
@@ -127,6 +139,8 @@ def register(app: typer.Typer) -> None:
             print(f"{r['file']}: {'written' if r['changed'] else 'unchanged'} ({len(r['jobs'])} job(s))")
             for job in r["jobs"]:
                 print(f"  {job['schedule']:15} {' '.join([job['verb'], *job['args']])}")
+            if r["serve"] is not None:
+                print(f"  {'@reboot':15} {shlex.join(['serve', *r['serve']])}")
 
         run(json_out, action, human)
 
@@ -159,6 +173,8 @@ def register(app: typer.Typer) -> None:
                 print(f"# also installed: {other} (`migrator cron show --file {other}`)")
             for directory in r["systemd_dirs"]:
                 print(f"# systemd timers installed in {directory}")
+            for unit in r["serve_units"]:
+                print(f"# migrator serve starts at boot: {unit}")
 
         run(json_out, action, human)
 

@@ -1,11 +1,8 @@
-"""`migrator cron install|show|remove` — the plan's schedules as one file in /etc/cron.d (or systemd
-timer units). Jobs: backup (backup.schedule), health --notify (health.schedule), drill
-(backup.drill_schedule), prune (backup.retention.schedule). Each line runs this migrator by absolute
-path with the lock wait it needs and appends its output to <state dir>/cron-<verb>.log.
+"""`migrator cron install|show|remove`: the plan's schedules, and with --serve `migrator serve` at boot,
+as one cron file or systemd units.
 
-Expressions are validated with croniter (five fields); a bad one is a plan problem (exit 3) named by its
-JSON path. Installing is idempotent (same content: no write) and atomic (temp file + rename). The file
-written is remembered in the state dir so `cleanup` can remove it with the stack.
+Installing is idempotent (same content: no write) and atomic, as cron reads /etc/cron.d at any moment. What
+was written (and the serve options) is remembered in the state dir, for show, remove and `cleanup`.
 """
 
 from __future__ import annotations
@@ -25,6 +22,7 @@ from migrator.state.files import atomic_write, read_json, write_json
 from migrator.state.paths import DEFAULT_STATE_DIR
 
 DEFAULT_CRON_FILE = "/etc/cron.d/migrator"
+SERVE_UNIT = "migrator-serve.service"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Lock waits: a scheduled job that finds another operation running (a backup meeting a long drill)
 # waits for it rather than skipping the day. Health never waits: it skips the container checks instead.
@@ -53,6 +51,40 @@ def cron_file(path: str | os.PathLike | None = None) -> Path:
 def _remembered(kind: str) -> list[str]:
     """Schedule files (`cron`) or unit dirs (`systemd`) that `install` wrote, from the state dir."""
     return list((read_json(registry.CRON.path, {}) or {}).get(kind, []))
+
+
+def remembered_serve(path: str | os.PathLike) -> list[str] | None:
+    """The `serve` arguments installed into this cron file or unit dir; None: no serve line there."""
+    args = ((read_json(registry.CRON.path, {}) or {}).get("serve") or {}).get(str(path))
+    return None if args is None else list(args)
+
+
+def serve_args(text: str) -> list[str]:
+    """`--serve-args "..."` as argv words (shell quoting rules); refused (exit 2) when it cannot go into a
+    cron line or a unit: a newline, or quoting shlex cannot parse."""
+    if "\n" in text or "\r" in text:
+        raise UsageError("--serve-args contains a newline; it cannot go into a cron line or a unit",
+                         hint='give the serve options on one line, e.g. --serve-args "--listen 127.0.0.1:8765"')
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise UsageError(f"--serve-args is not parseable: {exc}: {text!r}",
+                         hint="quote it as a shell would, e.g. --serve-args \"--listen 0.0.0.0:8765 "
+                              "--tls-cert /etc/migrator/cert.pem --tls-key /etc/migrator/key.pem\"") from None
+
+
+def serve_choice(path: str | os.PathLike, serve: bool | None, args: list[str] | None) -> list[str] | None:
+    """What `install` writes for serve into `path`: --no-serve (False) none; --serve-args those words;
+    --serve alone or nothing said: what was installed there before (`--serve` alone: [] when nothing was),
+    so installing again after a plan change keeps the serve line."""
+    if serve is False:
+        if args is not None:
+            raise UsageError("--serve-args and --no-serve contradict each other")
+        return None
+    if args is not None:
+        return list(args)
+    before = remembered_serve(path)
+    return before if before is not None or not serve else []
 
 
 def installed_file(path: str | os.PathLike | None = None) -> tuple[Path, list[str]]:
@@ -119,29 +151,42 @@ def environment() -> dict[str, str]:
     return env
 
 
-def command_line(job: Job) -> str:
-    """The shell command of one job (cron runs it with /bin/sh; every word is quoted)."""
-    log = registry.cron_log(job.verb)
-    argv = [*migrator_command(), job.verb, *job.args]
+def _shell_line(verb: str, args: tuple[str, ...] | list[str]) -> str:
+    log = registry.cron_log(verb)
+    argv = [*migrator_command(), verb, *args]
     # cron turns an unescaped % into a newline.
     return f"{shlex.join(argv)} >> {shlex.quote(str(log))} 2>&1".replace("%", "\\%")
 
 
-def render_cron(plan: Plan) -> str:
+def command_line(job: Job) -> str:
+    """The shell command of one job (cron runs it with /bin/sh; every word is quoted)."""
+    return _shell_line(job.verb, job.args)
+
+
+def render_cron(plan: Plan, serve: list[str] | None = None) -> str:
+    """The cron file; `serve` (argv words after `migrator serve`) adds an @reboot line for it."""
     lines = [f"# migrator schedules for VSN {plan.vsn.name}. Written by `migrator cron install`; edit the plan",
              "# and install again instead of editing this file.",
              "SHELL=/bin/sh"]
     lines += [f"{k}={v}" for k, v in sorted(environment().items())]
     for job in jobs(plan):
         lines.append(f"{job.schedule} root {command_line(job)}")
+    if serve is not None:
+        lines.append(f"@reboot root {_shell_line('serve', serve)}")
     return "\n".join(lines) + "\n"
 
 
-def _remember(kind: str, path: Path, present: bool) -> None:
+def _remember(kind: str, path: Path, present: bool, serve: list[str] | None = None) -> None:
     info = read_json(registry.CRON.path, {}) or {}
     files = set(info.get(kind, []))
     (files.add if present else files.discard)(str(path))
     info[kind] = sorted(files)
+    served = dict(info.get("serve") or {})
+    if present and serve is not None:
+        served[str(path)] = list(serve)
+    else:
+        served.pop(str(path), None)
+    info["serve"] = served
     write_json(registry.CRON.path, info)
 
 
@@ -158,12 +203,21 @@ def _write_if_changed(path: Path, text: str, mode: int) -> bool:
     return True
 
 
-def install(plan: Plan, path: str | os.PathLike | None = None) -> dict:
+def install(plan: Plan, path: str | os.PathLike | None = None, serve: bool | None = None,
+            serve_argv: list[str] | None = None) -> dict:
+    """Write the cron file. serve True/False adds/drops the @reboot serve line; None keeps what is
+    installed there (see serve_choice)."""
     target = cron_file(path)
-    text = render_cron(plan)
+    served = serve_choice(target, serve, serve_argv)
+    text = render_cron(plan, served)
     changed = _write_if_changed(target, text, 0o644)
-    _remember("cron", target, True)
-    return {"file": str(target), "changed": changed, "jobs": [j.to_json() for j in jobs(plan)], "content": text}
+    _remember("cron", target, True, served)
+    return {"file": str(target), "changed": changed, "jobs": [j.to_json() for j in jobs(plan)], "content": text,
+            "serve": served}
+
+
+def _serve_units(dirs: list[str]) -> list[str]:
+    return [str(Path(d) / SERVE_UNIT) for d in dirs if (Path(d) / SERVE_UNIT).exists()]
 
 
 def show(plan: Plan | None, path: str | os.PathLike | None = None) -> dict:
@@ -172,10 +226,13 @@ def show(plan: Plan | None, path: str | os.PathLike | None = None) -> dict:
         installed = target.read_text()
     except FileNotFoundError:
         installed = None
-    expected = render_cron(plan) if plan else None
+    served = remembered_serve(target) if installed is not None else None
+    expected = render_cron(plan, served) if plan else None
+    systemd_dirs = _remembered("systemd")
     return {"file": str(target), "installed": installed, "expected": expected,
             "in_sync": installed is not None and installed == expected,
-            "other_files": others, "systemd_dirs": _remembered("systemd")}
+            "other_files": others, "systemd_dirs": systemd_dirs, "serve": served,
+            "serve_units": _serve_units(systemd_dirs)}
 
 
 def remove(path: str | os.PathLike | None = None) -> dict:
@@ -250,8 +307,14 @@ def on_calendar(expr: str) -> str:
     return f"{days}*-{fields[3]}-{fields[2]} {fields[1]}:{fields[0]}:00"
 
 
-def render_systemd(plan: Plan) -> dict[str, str]:
-    """{unit file name: content} for every job: a oneshot service and its timer."""
+def _environment_lines(env: dict[str, str]) -> str:
+    # systemd expands %-specifiers in these lines: a literal % is written %%.
+    return "".join(f"Environment={shlex.quote(f'{k}={v}')}\n".replace("%", "%%") for k, v in sorted(env.items()))
+
+
+def render_systemd(plan: Plan, serve: list[str] | None = None) -> dict[str, str]:
+    """{unit file name: content} for every job: a oneshot service and its timer; `serve` (argv words after
+    `migrator serve`) adds migrator-serve.service, started at boot."""
     env = environment()
     units: dict[str, str] = {}
     problems = []
@@ -262,8 +325,7 @@ def render_systemd(plan: Plan) -> dict[str, str]:
             problems.append(f"{job.path}: {exc}")
             continue
         argv = [*migrator_command(), job.verb, *job.args]
-        # systemd expands %-specifiers in these lines: a literal % is written %%.
-        env_lines = "".join(f"Environment={shlex.quote(f'{k}={v}')}\n".replace("%", "%%") for k, v in sorted(env.items()))
+        env_lines = _environment_lines(env)
         units[f"migrator-{job.verb}.service"] = (
             f"[Unit]\nDescription=migrator {job.verb} of VSN {plan.vsn.name}\n\n"
             f"[Service]\nType=oneshot\n{env_lines}ExecStart={shlex.join(argv).replace('%', '%%')}\n")
@@ -275,20 +337,30 @@ def render_systemd(plan: Plan) -> dict[str, str]:
     if problems:
         raise PlanInvalid("some schedules have no systemd equivalent; use the cron file instead",
                           details=problems)
+    if serve is not None:
+        argv = [*migrator_command(), "serve", *serve]
+        # KillMode=process: stopping serve leaves an action it started (a child migrator) to finish.
+        units[SERVE_UNIT] = (
+            f"[Unit]\nDescription=migrator serve (dashboard and API) of VSN {plan.vsn.name}\n"
+            "Wants=network-online.target\nAfter=network-online.target\n\n"
+            f"[Service]\nType=simple\n{_environment_lines(env)}ExecStart={shlex.join(argv).replace('%', '%%')}\n"
+            "Restart=on-failure\nKillMode=process\n\n[Install]\nWantedBy=multi-user.target\n")
     return units
 
 
-def install_systemd(plan: Plan, directory: str | os.PathLike) -> dict:
+def install_systemd(plan: Plan, directory: str | os.PathLike, serve: bool | None = None,
+                    serve_argv: list[str] | None = None) -> dict:
     base = Path(directory)
-    units = render_systemd(plan)
+    served = serve_choice(base, serve, serve_argv)
+    units = render_systemd(plan, served)
     changed = [name for name, text in sorted(units.items()) if _write_if_changed(base / name, text, 0o644)]
     stale = [p.name for p in base.glob("migrator-*.*") if p.suffix in (".service", ".timer") and p.name not in units]
     for name in stale:
         (base / name).unlink()
-    _remember("systemd", base, True)
-    timers = sorted(n for n in units if n.endswith(".timer"))
+    _remember("systemd", base, True, served)
+    enable = sorted(n for n in units if n.endswith(".timer")) + ([SERVE_UNIT] if served is not None else [])
     return {"directory": str(base), "units": sorted(units), "changed": changed, "removed": stale,
-            "next_step": f"systemctl daemon-reload && systemctl enable --now {' '.join(timers)}"}
+            "next_step": f"systemctl daemon-reload && systemctl enable --now {' '.join(enable)}", "serve": served}
 
 
 def remove_systemd(directory: str | os.PathLike) -> dict:

@@ -5,11 +5,14 @@ as cron would run them, the metrics textfile, stack states, archive/unarchive/cl
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.lab.docker import both_engines
 from tests.lab.plans import demo_plan, web_port
 from tests.lab.smtpsink import SINK_WARNING, SMTPSink
-from tests.lab.vsn import write_json
+from tests.lab.vsn import free_port, write_json
 
 pytestmark = pytest.mark.filterwarnings(SINK_WARNING)
 
@@ -250,20 +253,25 @@ def test_cron_file_lines_run_as_cron_would(vsn, secrets, tmp_path):
         deploy(vsn, tmp_path, raw, secrets)
         cron_file = tmp_path / "cron.d" / "migrator"
         env = {**vsn.env(), "MIGRATOR_CRON_FILE": str(cron_file), "MIGRATOR_MAILER": "smtp"}
-        first = json.loads(vsn.migrator("cron", "install", "--json", env=env).stdout)
+        port = free_port()
+        serve_args = f"--listen 127.0.0.1:{port} --secrets {shlex.quote(str(secrets))}"
+        first = json.loads(vsn.migrator("cron", "install", "--serve-args", serve_args, "--json", env=env).stdout)
         assert first["ok"] and first["changed"] and first["file"] == str(cron_file)
         again = json.loads(vsn.migrator("cron", "install", "--json", env=env).stdout)
-        assert again["changed"] is False  # idempotent
+        assert again["changed"] is False and again["serve"] == shlex.split(serve_args)  # idempotent, serve kept
         shown = json.loads(vsn.migrator("cron", "show", "--json", env=env).stdout)
         assert shown["in_sync"] and shown["installed"] == cron_file.read_text()
 
-        env_lines, jobs = {}, {}
+        env_lines, jobs, reboot = {}, {}, []
         for line in cron_file.read_text().splitlines():
             if not line or line.startswith("#"):
                 continue
             if re.match(r"^[A-Z_]+=", line):
                 key, value = line.split("=", 1)
                 env_lines[key] = value
+                continue
+            if line.startswith("@reboot "):
+                reboot.append(line.split(None, 2))
                 continue
             fields = line.split(None, 6)
             schedule, user, command = " ".join(fields[:5]), fields[5], fields[6]
@@ -295,6 +303,25 @@ def test_cron_file_lines_run_as_cron_would(vsn, secrets, tmp_path):
     assert m[("migrator_snapshots", (("store", f"file://{tmp_path}/store"),))] == 1
     assert m[("migrator_health_ok", ())] == 1
     assert m[("migrator_stack_state", (("state", "Running"),))] == 1
+
+    # The @reboot line, as cron runs it at boot: serve answers on its port, its output goes to the log.
+    assert [user for _, user, _ in reboot] == ["root"]
+    server = subprocess.Popen(["/bin/sh", "-c", reboot[0][2]], env=_cron_env(env_lines), start_new_session=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert _get(f"http://127.0.0.1:{port}/api/v1") == 200
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, (
+                    (vsn.state_dir / "cron-serve.log").read_text())
+                time.sleep(0.2)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+    assert server.stdout.read() == b"" and (vsn.state_dir / "cron-serve.log").exists()
 
     removed = json.loads(vsn.migrator("cron", "remove", "--json", env=env).stdout)
     assert removed["removed"] and not cron_file.exists()

@@ -179,3 +179,94 @@ def test_show_and_remove_find_the_file_install_wrote(tmp_path, secrets_file):
     removed = runner.invoke(app, ["cron", "remove"])
     assert removed.exit_code == 0 and f"{target}: removed" in removed.stdout and not target.exists()
     assert "not installed" in runner.invoke(app, ["cron", "show", *args]).stdout
+
+
+SERVE_ARGS = "--listen 0.0.0.0:8765 --tls-cert '/etc/migrator/my cert.pem' --tls-key /etc/migrator/key.pem --follow-dependents"
+
+
+def test_serve_adds_an_reboot_line_and_is_remembered(tmp_path, state):
+    target = tmp_path / "cron.d" / "migrator"
+    argv = cron.serve_args(SERVE_ARGS)
+    assert argv[3] == "/etc/migrator/my cert.pem"
+    first = cron.install(plan(), target, True, argv)
+    assert first["changed"] and first["serve"] == argv
+    reboot = [line for line in target.read_text().splitlines() if line.startswith("@reboot")]
+    assert len(reboot) == 1
+    words = shlex.split(reboot[0])
+    assert words[:2] == ["@reboot", "root"] and os.path.isabs(words[2]) and words[3] == "serve"
+    assert words[4:-3] == argv and words[-3:] == [">>", f"{state}/cron-serve.log", "2>&1"]
+    assert "MIGRATOR_STATE_DIR=" in target.read_text()  # the same carried environment as the jobs
+    # Installing again after a plan change, without --serve, keeps the line (remembered in the state dir).
+    again = cron.install(plan(backup__schedule="4 6 * * *"), target)
+    assert again["changed"] and again["serve"] == argv and "@reboot root" in target.read_text()
+    assert not cron.install(plan(backup__schedule="4 6 * * *"), target, True)["changed"]  # --serve alone: same args
+    shown = cron.show(plan(backup__schedule="4 6 * * *"), target)
+    assert shown["in_sync"] and shown["serve"] == argv
+    dropped = cron.install(plan(backup__schedule="4 6 * * *"), target, False)
+    assert dropped["changed"] and dropped["serve"] is None and "@reboot" not in target.read_text()
+    assert cron.show(plan(backup__schedule="4 6 * * *"), target)["in_sync"]
+    cron.install(plan(), target, True)
+    assert cron.show(plan(), target)["serve"] == []  # --serve alone, nothing before: serve's defaults
+    assert cron.remove(target)["removed"] and cron.remembered_serve(target) is None
+    assert [p.name for p in target.parent.iterdir()] == []
+
+
+def test_serve_percent_is_escaped_for_cron(tmp_path):
+    text = cron.render_cron(plan(), ["--tls-key", "/etc/50%/key.pem"])
+    assert "/etc/50\\%/key.pem" in text
+
+
+@pytest.mark.parametrize("text,why", [("--listen 0.0.0.0:1\n--insecure-http", "newline"),
+                                      ("--listen 0.0.0.0:1\r", "newline"),
+                                      ("--tls-cert '/etc/unclosed", "not parseable")])
+def test_bad_serve_args_are_usage_errors(text, why):
+    from migrator.errors import UsageError
+
+    with pytest.raises(UsageError, match=why) as exc:
+        cron.serve_args(text)
+    assert exc.value.exit_code == 2
+
+
+def test_serve_args_and_no_serve_contradict(tmp_path):
+    from migrator.errors import UsageError
+
+    with pytest.raises(UsageError):
+        cron.install(plan(), tmp_path / "c", False, ["--listen", "127.0.0.1:1"])
+
+
+def test_systemd_serve_unit(tmp_path):
+    argv = cron.serve_args(SERVE_ARGS)
+    res = cron.install_systemd(plan(), tmp_path, True, argv)
+    assert "migrator-serve.service" in res["units"] and "migrator-serve.timer" not in res["units"]
+    assert res["next_step"].endswith(" migrator-serve.service") and res["serve"] == argv
+    unit = (tmp_path / "migrator-serve.service").read_text()
+    assert "Type=simple" in unit and "Restart=on-failure" in unit and "WantedBy=multi-user.target" in unit
+    assert "Environment=MIGRATOR_STATE_DIR=" in unit
+    exec_start = re.search(r"^ExecStart=(.*)$", unit, re.M).group(1)
+    assert shlex.split(exec_start)[1:] == ["serve", *argv]
+    assert cron.show(None)["serve_units"] == [str(tmp_path / "migrator-serve.service")]
+    assert not cron.install_systemd(plan(), tmp_path)["changed"]  # kept without --serve, unchanged
+    dropped = cron.install_systemd(plan(), tmp_path, False)
+    assert dropped["removed"] == ["migrator-serve.service"] and not (tmp_path / "migrator-serve.service").exists()
+    cron.install_systemd(plan(), tmp_path, True)
+    assert len(cron.remove_systemd(tmp_path)["removed"]) == 9 and cron.remembered_serve(tmp_path) is None
+
+
+def test_cli_serve_args(tmp_path, secrets_file):
+    from typer.testing import CliRunner
+
+    from migrator.cli.app import app
+
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(plan().raw))
+    target = tmp_path / "cron.d" / "migrator"
+    runner = CliRunner()
+    args = ["cron", "install", "--plan", str(plan_file), "--secrets", str(secrets_file), "--file", str(target)]
+    bad = runner.invoke(app, [*args, "--serve-args", "--listen 'x"])
+    assert bad.exit_code == 2 and "not parseable" in bad.stderr and not target.exists()
+    ok = runner.invoke(app, [*args, "--serve-args", "--listen 127.0.0.1:8765", "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["serve"] == ["--listen", "127.0.0.1:8765"]
+    human = runner.invoke(app, args)
+    assert human.exit_code == 0 and "@reboot         serve --listen 127.0.0.1:8765" in human.stdout
+    assert "@reboot root" in target.read_text()
