@@ -1,12 +1,8 @@
 """Child processes and helper threads of the archive pipelines (tar, age): no shell, always reaped.
 
-Owns the one rule every pipeline stage outside Python follows: whatever fails (a sink, the decompressor,
-a hostile member, the child itself), the child is killed and waited for and the thread draining its
-stderr is joined, so an error leaves no zombie and no thread blocked on a pipe. `Pump` (migrator.threads)
-runs one copy loop in a thread and hands its exception back to the caller; `Stage` runs a consumer
-in a thread behind a small bounded queue, so two CPU-heavy steps (compressing, hashing and writing) overlap
-while memory stays at a few chunks.
-"""
+Whatever fails (a sink, the decompressor, a hostile member, the child), the child is killed and waited
+for and its stderr thread joined: no zombie, no thread blocked on a pipe. `Stage` runs a consumer behind a
+small bounded queue, so two CPU-heavy steps overlap while memory stays at a few chunks."""
 
 from __future__ import annotations
 

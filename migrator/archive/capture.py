@@ -1,14 +1,8 @@
 """Capture: one archive object per data directory, pushed tar -> zstd -> (age) -> sha256 -> every sink.
 
-Owns `write_archive`. GNU tar reads the tree (all of it, or the phase-2 member list fed on its stdin),
-zstandard compresses it multi-threaded in ~1 MiB chunks, `age` encrypts when recipients are given, and
-every byte of the final object is hashed, counted and handed to each sink in turn. Memory stays flat
-whatever the data size: no temp copy of the data, only fixed-size buffers in flight.
-
-On any error every child is killed and reaped, every thread joined, and the error raised; the sinks may
-then hold a partial object, which the caller must discard (never commit). A capture whose tar failed is
-never finalised (no zstd frame end, no age final chunk), so a partial object cannot pass for a whole one.
-"""
+Memory stays flat whatever the data size: no temp copy, only fixed-size buffers in flight. On error the
+sinks may hold a partial object the caller must discard; a capture whose tar failed is never finalised
+(no zstd frame end, no age final chunk), so a partial object cannot pass for a whole one."""
 
 from __future__ import annotations
 

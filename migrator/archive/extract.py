@@ -1,26 +1,8 @@
 """Extraction: verify one archive object and apply it to a staging directory, streaming.
 
-Owns `extract_archive`. Raw bytes are hashed and counted as they stream in, decrypted by `age -d` when
-the object is encrypted, decompressed by zstandard and parsed by our own strict tar parser
-(`tarparse.TarParser`) in one forward pass, chunk by chunk, so memory stays flat. Every member is
-checked (`policy.MemberGuard`) and then re-emitted (`emit.PaxEmitter`), rebuilt from its checked fields
-only (xattrs and ACLs, exact times, sparse maps kept), into `tar --extract`, which restores owners,
-modes, times, hard links and xattrs faithfully. GNU tar never parses a byte we did not write ourselves,
-so no difference between two tar parsers can smuggle a member past the checks.
-
-Special members are instructions to restore rather than files, recognised by a `MIGRATOR.*` pax keyword
-(`_Extraction._special`, the one place to add another). Two kinds, both phase 2's and both before any
-ordinary member: a leading `.migrator-deleted` list, applied first (each path removed inside dest only,
-never through a symlink), then `.migrator-patch` members, applied by `patch.Patcher` in place to files
-phase 1 left in dest, before anything of the stream reaches tar.
-
-When dest is empty at the start (phase 1 into a fresh staging dir), the guard's model of what the stream
-created is the whole truth and it never looks at the disk; objects that land on an earlier one (phase 2)
-are checked against the disk as well. Any failure raises: IntegrityError (exit 6) for what the object holds (hash or
-size mismatch, corruption, hostile member, decompression bomb, wrong identity), ArchiveError when GNU
-tar itself fails. dest is a staging directory the caller discards on error; partial writes are not
-undone, but nothing is ever written outside dest.
-"""
+Bytes are hashed, decrypted, decompressed and parsed by our own strict reader in one pass; each member is
+checked (policy) and re-emitted (emit) before GNU tar sees it. Nothing is written outside dest; dest is a
+staging dir the caller discards on error. Special members: docs/snapshots.md#inside-the-objects."""
 
 from __future__ import annotations
 
@@ -477,6 +459,8 @@ def extract_archive(reader: BinaryIO, dest: Path, *, expected_sha256: str | None
     caller must compare the returned `sha256` with the sender's before trusting `dest`.
     `acls=False` when the manifest says no member carries ACLs: tar runs without --acls, and a member
     that does carry them is refused.
+    Raises IntegrityError (exit 6) for what the object holds (hash or size mismatch, corruption, hostile
+    member, decompression bomb, wrong identity), ArchiveError when GNU tar itself fails.
     """
     if encrypted and identity_file is None:
         raise UsageError("this snapshot is encrypted: an age identity file is needed to restore it",

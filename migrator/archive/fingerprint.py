@@ -1,6 +1,7 @@
-"""A data fingerprint of a directory tree: every path with its type, mode, owner, size, mtime, symlink
-target and (optionally) the sha256 of its content. Used to prove data unchanged across an OS update
-(full, with content hashes) and identical on both sides of a move (metadata only, during downtime)."""
+"""A data fingerprint of a directory tree: per path its type, mode, owner, size, mtime, link, sha256.
+
+Proves data unchanged across an OS update (with content hashes) and identical on both sides of a move
+(metadata only, during downtime)."""
 
 from __future__ import annotations
 

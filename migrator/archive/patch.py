@@ -1,25 +1,8 @@
-"""Block deltas for two-phase capture: phase-1 block digests, phase-2 patch members, applying them on restore.
+"""Block patches: phase-1 block digests, patch members for changed big files, applying them on restore.
 
-Owns the rule that lets phase 2 send only the changed blocks of a big file instead of the whole file:
-- Phase 1 (`BlockDigester`, fed by `tarstream.CaptureWalker`): for every plain regular member of at least
-  `MIN_SIZE` bytes, the digest of each `BLOCK_SIZE` block OF THE BYTES THAT WENT INTO THE ARCHIVE (not of
-  the file on disk, which may change while tar reads it): exactly what restore holds after phase 1.
-  Kept in `TreeState.blocks` (16 bytes per MiB).
-- Phase 2 (`plan`, `members`), with writers stopped: a changed file that is still the same regular inode,
-  not hard-linked, not sparse and without xattrs/ACLs is read and compared block by block; if at most
-  `MAX_CHANGED` of it differs it becomes a patch member, else (or on any doubt) tar archives it whole.
-- Restore (`Patcher`): applies each patch member to the file phase 1 left in dest, refusing (IntegrityError,
-  exit 6) anything a capture does not write.
-
-A patch member is a regular tar member named `.migrator-patch` carrying the pax vendor keywords below
-(`MIGRATOR.patch=1` marks it, so a user file of that name is never mistaken for one). Its data is a
-sequence of extents, each a 16-byte header (offset, length: unsigned 64-bit big-endian) followed by
-`length` bytes to write at `offset`; extents are in increasing, non-overlapping order and lie inside the
-new size. After the extents, the file is truncated (or extended) to `MIGRATOR.patch.size`, then owner,
-mode and mtime (ns) are set. Patch members come right after the delete list and before GNU tar's own
-stream (capture writes them as a prefix), and a patched path is never also a tar member: restore applies
-them while GNU tar has nothing of this stream yet, so no ordering race with tar is possible.
-"""
+A changed big file costs its changed blocks, not its size. Digests are of the bytes that went into the
+archive, not of the file on disk: exactly what restore holds. Member format and eligibility:
+docs/snapshots.md#inside-the-objects."""
 
 from __future__ import annotations
 

@@ -1,16 +1,7 @@
 """What an archive member may be and where it may land: the safety rules every snapshot keeps.
 
-Owns the rules shared by both ends, so that capture never writes an archive that restore would refuse:
-- `member_parts`: a member or link name is relative, without `..`; `.` and empty components are dropped.
-- `symlink_refusal`: a symlink target is relative and climbs (`..`) only at its start and never above the
-  archive root. Because `..` may not follow a name, resolving any accepted link only ever climbs real
-  directories, so no chain of accepted links can lead outside the root, whatever order they arrive in.
-- `MemberGuard` (extraction): tracks what this stream has created on top of what the destination already
-  holds (phase 2 lands on phase 1), and refuses a member that would pass through a symlink, replace a
-  directory, turn a symlink into a directory, or hard-link to anything but an earlier regular member.
-  Its memory is ~20 bytes per regular file (`PathHashSet`), so a volume of millions of files restores in
-  flat memory.
-"""
+Shared by both ends, so capture never writes an archive that restore would refuse. The rules and why
+no chain of accepted symlinks can escape the root: docs/snapshots.md#inside-the-objects."""
 
 from __future__ import annotations
 

@@ -1,11 +1,7 @@
-"""A plain byte stream (a database dump) as a snapshot object: zstd -> (age) -> sha256 -> every sink, and
-back, streaming both ways.
+"""A plain byte stream (a database dump) as a snapshot object: zstd -> (age) -> sha256, and back.
 
-Volumes go through tar (capture.py); a dump is already one stream, so it only needs the same seal as a
-volume object: zstd frames with checksums, age when the plan names recipients, the sha256 and size of the
-final bytes for the manifest. Opening checks the object's size and sha256 in a first pass before a byte
-reaches a database (a load cannot be undone halfway), then decrypts and decompresses in a second pass,
-never producing more than the manifest's recorded plain size (no decompression bomb)."""
+Opening checks size and sha256 before a byte reaches a database (a load cannot be undone halfway) and
+never yields more than the manifest's plain size (no decompression bomb)."""
 
 from __future__ import annotations
 

@@ -1,21 +1,7 @@
 """A strict, forward-only parser of the tar streams restore accepts: POSIX pax, as GNU tar writes it.
 
-Owns reading members out of an untrusted, decompressed tar stream. It understands exactly what
-`capture.tar_create_argv` (GNU tar `--format=posix --sparse --xattrs --acls`) and Python's tarfile in
-PAX_FORMAT write: 512-byte ustar headers (magic `ustar\\0` `00`, checksum verified), one pax extended
-header ('x') per member at most, GNU sparse 1.0 (pax `GNU.sparse.major/minor/name/realsize`, the map at
-the start of the member's data), regular files, directories, symlinks, hard links, and the device
-nodes and FIFOs the caller refuses by type. Everything else — global pax headers, GNU long names,
-older GNU sparse formats, unknown member types, data on a member that has none — is refused
-(`UnsupportedTar`) rather than guessed at; broken framing (bad checksum, a header that is not one, a
-stream that ends inside a member or without its end-of-archive marker, anything but zeros after it)
-is `CorruptTar`.
-
-Why not tarfile: it parses every header twice over through generic helpers, which was a third of
-restore's time on trees of small files; here a header costs a few slices. Member data is handed out as
-memoryview pieces of the decompressed chunks (no copy), so the caller can pass them straight on.
-`number` and `pax_records` are shared with capture's walker (tarstream), `bytesum` with emit.
-"""
+The stream is untrusted: anything beyond what capture writes is refused, not guessed at (UnsupportedTar,
+CorruptTar). Not tarfile, for speed and zero-copy data. Accepted subset: docs/snapshots.md#inside-the-objects."""
 
 from __future__ import annotations
 

@@ -1,17 +1,7 @@
 """The tar stream as capture sees it: the delete-list member, and a walker over GNU tar's output.
 
-Owns two things about the uncompressed stream that `write_archive` produces:
-- `deleted_member`: the `.migrator-deleted` member (NUL-separated relative paths removed since phase 1)
-  that goes FIRST, before GNU tar's own stream. It is plain header+data blocks without end-of-archive
-  blocks, so the concatenation is one valid archive. A pax vendor keyword marks it, so a user file that
-  happens to carry the same name is never mistaken for the list.
-- `CaptureWalker`: follows member boundaries in GNU tar's output chunk by chunk (headers parsed, data
-  skipped by arithmetic), counts members, reports each name, refuses (ArchiveError) a symlink that
-  restore would refuse, and drops device nodes and FIFOs (restore refuses them; sockets tar skips
-  itself). Normally a chunk passes through as one untouched segment; only a dropped member splits it.
-  With `on_data` it also hands the data of every plain regular member (not sparse, no xattrs/ACLs) to
-  the sink that callback returns: phase 1 digests what it archived there (patch.py).
-"""
+The walker refuses what restore would refuse and drops device nodes and FIFOs, so no snapshot is
+unrestorable; it also feeds phase 1's block digests (patch.py). Formats: docs/snapshots.md#inside-the-objects."""
 
 from __future__ import annotations
 

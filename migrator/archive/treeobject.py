@@ -1,11 +1,7 @@
 """A snapshot's tree-state object: a TreeState sealed like the data (zstd, then age when encrypted).
 
-Owns both ends. `seal` writes the state to a local file (encrypted for the plan's recipients when
-given) and returns its size and sha256, for the manifest. `unseal` reads one back from a store: the
-object's size is capped and its sha256 checked against the manifest before anything parses it, then it
-is decrypted (when encrypted) and loaded untrusted (`TreeState.load(untrusted=True)`). A store thief
-without the identity learns nothing from an encrypted one: it names the same paths the data does.
-"""
+Read back from an untrusted store: size capped and sha256 checked before anything parses it, then loaded
+untrusted. Encrypted, because it names the same paths the data does."""
 
 from __future__ import annotations
 

@@ -1,26 +1,8 @@
-"""Change detection for two-phase capture: a metadata scan of a data directory and the diff of two scans.
+"""Change detection: a metadata scan of a data directory, and the diff of two scans.
 
-Owns the rule that decides what phase 2 must archive again. Any change to a file — content, size,
-mode, owner, link count, rename, xattr — moves its ctime, which userspace cannot set, so comparing
-(ino, ctime, and the rest) per path cannot miss one, with two refinements:
-- file times come from a coarse kernel clock (one tick, up to 10 ms; 2 s on FAT-like filesystems), so a
-  change made right after the phase-1 scan looked at an entry may leave its ctime unchanged. Entries
-  whose ctime is within `RACY_SLACK_NS` of the scan start are therefore always treated as changed
-  (the "racy entry" rule git's index uses);
-- phase 1's tar may archive a path the scan never saw (created after the scan). `note_archived` records
-  it, so that phase 2 deletes it if it is gone and re-archives it if it is not.
-
-`diff` returns (changed_or_new, deleted). A path whose type changed is in both: restore deletes the old
-one, then extracts the new one. The directory holding any changed or deleted path is in `changed` too,
-so its mtime, moved by restore's own unlink/create, is set back. `deleted` is minimal (nothing under a
-deleted directory); both lists are sorted parents-first.
-TreeState also keeps phase 1's block digests of big archived files (`blocks`, see patch.py), which let
-phase 2 send only their changed blocks.
-TreeState.save/load use zstd-compressed JSON lines: one header line, one array per path, then one array
-per file with block digests ([path, archived size, hex digests]). The same bytes are a snapshot's tree
-state in a store, what the next incremental diffs against: `load(untrusted=True)` then checks every line
-(types, ranges, path shape, digest lengths) and caps sizes, so a hostile file can only be refused.
-"""
+A change always moves a ctime, which userspace cannot set, so the diff cannot miss one (with the racy
+entry rule for the coarse clock). The rules, the diff's semantics and the file format:
+docs/snapshots.md#inside-the-objects."""
 
 from __future__ import annotations
 

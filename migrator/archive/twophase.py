@@ -1,19 +1,7 @@
 """Capture of one data directory as a whole tree or as a delta on an earlier tree state, in passes.
 
-Owns the order that makes the passes exact. Every pass scans BEFORE tar reads anything, so every later
-change shows as a moved ctime, and records what its tar archived that the scan did not see (created
-meanwhile), plus the block digests of what it archived of big files (patch.py). A delta pass
-(`capture_delta`) scans again, diffs against the earlier state and archives only changed/new paths plus
-the delete list; a changed big file whose blocks the earlier state knows goes as a patch member (only
-its changed blocks) instead of whole.
-
-Two uses of the same delta:
-- phase 2 of a two-phase capture, with writers stopped, against phase 1's scan;
-- an incremental snapshot, against the parent snapshot's tree state (its first pass runs live).
-Each pass returns the state restore will hold after its object, blocks carried over for unchanged
-files: exactly what the next pass, or the next snapshot, diffs against. Extracting the passes in order
-into an empty directory yields exactly the tree as of the last scan.
-"""
+Owns the order that makes the passes exact: every pass scans before tar reads anything. Serves both
+phase 2 of a two-phase capture and incremental snapshots: docs/snapshots.md#inside-the-objects."""
 
 from __future__ import annotations
 
