@@ -1,14 +1,7 @@
 """Durability: what must be on disk before a rename or a delete makes new data the only copy.
 
-- `fsync_dir(path)`: the entries created, renamed or removed in directory `path` survive a crash;
-- `sync_filesystem(path)`: every dirty page of the filesystem holding `path` reaches the disk
-  (syncfs(2)). A staged tree of thousands of files becomes durable in one call instead of an fsync per
-  file; a restore calls it before the swap, while services still run, so it costs no downtime;
-- `start_writeback(fd, offset, length)`: start writing a range out now (sync_file_range(2)), so the
-  fsync that commits a big file has little left to wait for.
 Errors are raised as OSError: a write error the kernel reports here (EIO, ENOSPC) means the data is not
-safe, so the caller must not go on to the rename.
-"""
+safe, so the caller must not go on to the rename."""
 
 from __future__ import annotations
 
@@ -18,6 +11,7 @@ from pathlib import Path
 
 
 def fsync_dir(path: Path | str) -> None:
+    """Make the entries created, renamed or removed in directory `path` survive a crash."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -48,7 +42,10 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
 
 
 def sync_filesystem(path: Path | str) -> None:
-    """syncfs(2) on the filesystem that holds `path` (a directory or file)."""
+    """syncfs(2) on the filesystem that holds `path` (a directory or file): every dirty page reaches the disk.
+
+    A staged tree of thousands of files becomes durable in one call instead of an fsync per file; a restore
+    calls it before the swap, while services still run, so it costs no downtime."""
     fd = os.open(path, os.O_RDONLY)
     try:
         if _libc().syncfs(fd) != 0:

@@ -1,8 +1,7 @@
-"""The JSON schemas migrator ships (migrator/schemas/*.schema.json): their bytes, and a document's errors
-against one of them in path order. jsonschema costs ~50 ms to import, so it is loaded only when a
-document is actually validated (plan/load.py, catalog/manifest.py). Its `pattern` keyword is replaced by
-one that keeps JSON Schema's meaning of `$` (`ecma_pattern`): with Python's, a name ending in a newline
-passed every `^...$` rule."""
+"""The JSON schemas migrator ships (migrator/schemas/*.schema.json): their bytes and a document's errors.
+
+jsonschema (~50 ms to import) is loaded only when a document is validated. Its `pattern` keyword is
+replaced (`ecma_pattern`) to keep JSON Schema's `$`: with Python's, a name ending in a newline passed."""
 
 from __future__ import annotations
 

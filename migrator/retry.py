@@ -1,13 +1,8 @@
-"""Retry, written once: a `RetryPolicy` object plus the `@retry(policy)` decorator and `call_with_retry`.
+"""Retry, written once: `RetryPolicy`, the `@retry(policy)` decorator and `call_with_retry`.
 
-Owns: deciding whether and when to try a failed call again (exponential backoff with jitter). It does not
-own deciding *what* is transient: each caller passes `retry_on(exc) -> bool` (e.g. the S3 store's
-classifier of botocore errors), so this module imports no library. There is no global configuration:
-the policy travels with the call, and tests pass a fake `sleep` so they never wait.
-
-When the attempts are used up (or `retry_on` says no) the last exception is re-raised unchanged; the
-caller translates it into a `migrator.errors` class at its module edge.
-"""
+Decides whether and when to try again (exponential backoff, jitter), not what is transient: each caller
+passes `retry_on(exc)`, so this imports no library. The policy travels with the call (no global config);
+the last exception is re-raised unchanged for the caller to translate."""
 
 from __future__ import annotations
 

@@ -1,13 +1,7 @@
-"""Strict JSON for every document migrator reads from a file or a store: plans, secrets files, manifests,
-plan copies, state files. Python's json module accepts what RFC 8259 does not, or fails in ways that
-escape as a bug (exit 1). `loads` refuses, as `Refused` (a ValueError) naming each problem by its JSON path:
-- NaN, Infinity, -Infinity, and numbers that overflow to infinity (1e999): a NaN never compares, so a
-  NaN limit would never fire;
-- duplicate keys in one object: json keeps the last one silently, an ambiguous document;
-- integers longer than MAX_INT_DIGITS digits (Python's int() refuses 4,300 with a bare ValueError);
-- nesting deeper than MAX_DEPTH (the parser itself raises RecursionError near 1,000 levels; every later
-  consumer, a schema check or a repr, could too).
-The paths use `json_path`'s notation: services[2].volumes_from[0], env["A;B"]."""
+"""Strict JSON for every document migrator reads from a file or a store.
+
+Python's json accepts what RFC 8259 does not (NaN, duplicate keys, huge ints, deep nesting) or fails as a
+bug; `loads` refuses those as `Refused`, naming each problem by its JSON path (`json_path`)."""
 
 from __future__ import annotations
 
@@ -57,7 +51,14 @@ class _Bad:
 
 def loads(data: bytes | str) -> object:
     """Parse `data` (UTF-8 bytes or text) strictly; json.JSONDecodeError for what is not JSON at all,
-    UnicodeDecodeError for bytes that are not UTF-8, `Refused` for the rest (see the module docstring)."""
+    UnicodeDecodeError for bytes that are not UTF-8, `Refused` for the rest, each problem by its JSON path:
+    - NaN, Infinity, -Infinity, and numbers that overflow to infinity (1e999): a NaN never compares, so a
+      NaN limit would never fire;
+    - duplicate keys in one object: json keeps the last one silently, an ambiguous document;
+    - integers longer than MAX_INT_DIGITS digits (Python's int() refuses 4,300 with a bare ValueError);
+    - nesting deeper than MAX_DEPTH (the parser raises RecursionError near 1,000 levels; every later
+      consumer, a schema check or a repr, could too).
+    The paths use `json_path`'s notation: services[2].volumes_from[0], env["A;B"]."""
     text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
     found = [0]
 

@@ -1,5 +1,6 @@
 """Pump: one function run in a daemon thread whose exception is kept for the caller instead of lost.
-Shared by the archive pipelines (copy loops) and quiesce (a container stop running beside its exit poll)."""
+
+Shared by the archive pipelines (copy loops) and quiesce (a container stop beside its exit poll)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,6 @@
-"""storage: snapshot stores behind one small interface, one module per backend, chosen by URL scheme.
+"""storage: snapshot stores behind one interface; `get_store(url)` picks the backend by URL scheme.
 
-Owns: `get_store(url)` — the only way the rest of migrator obtains a store — and the scheme table.
-Backends are imported lazily so `file://` users never import boto3 or paramiko.
-
-    file:///abs/path                      -> local.LocalStore
-    s3://bucket[/prefix]                  -> s3.S3Store     (options: the plan's backup.s3 section)
-    ssh://[user@]host[:port]/abs/path     -> ssh.SSHStore   (options: the plan's backup.ssh section)
-"""
+Backends are imported lazily, so `file://` users never import boto3 or paramiko."""
 
 from __future__ import annotations
 
@@ -45,6 +39,10 @@ _BACKENDS = {
 
 def get_store(url: str, *, options: dict[str, Any] | None = None, retry_policy: RetryPolicy | None = None) -> SnapshotStore:
     """Return the store for `url`. No network traffic happens here; call `check()` to probe the store.
+
+        file:///abs/path                      -> local.LocalStore
+        s3://bucket[/prefix]                  -> s3.S3Store     (options: the plan's backup.s3 section)
+        ssh://[user@]host[:port]/abs/path     -> ssh.SSHStore   (options: the plan's backup.ssh section)
 
     `options` is the plan's `backup.<scheme>` section (see `options_for`) plus, for tests, backend
     extras (ssh: identity_file, known_hosts_file, ssh_config_file; s3: part_size). `retry_policy`

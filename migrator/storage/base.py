@@ -1,14 +1,7 @@
 """The SnapshotStore interface every backend implements, and the key rules they share.
 
-Owns: the contract between the snapshot code (archive/, ops/) and the backends (local, s3, ssh):
-- keys are relative POSIX paths (`<vsn>/<snapshot-id>/<volume>.tar.zst`); `check_key` refuses anything
-  else, so a hostile manifest cannot make us read or write outside the store root;
-- a writer's object becomes visible only on `commit()` (all or nothing); until then it is either
-  invisible (S3 multipart) or a temporary *partial* name that `list_dir` never returns (local, ssh:
-  `<name>.partial-<pid>[-<n>]`); `is_hidden_name` is the one test for such names;
-- errors leave a backend only as `migrator.errors` classes: `Unreachable` (exit 8) for a store that does
-  not answer or refuses us, `ObjectMissing` / `ObjectTooLarge` (exit 6) for what it holds.
-"""
+Keys are checked (`check_key`), so a hostile manifest cannot reach outside the store root; an object is
+visible only after `commit()`; errors leave a backend only as `migrator.errors` classes."""
 
 from __future__ import annotations
 
@@ -127,7 +120,16 @@ class RawReader(io.RawIOBase):
 
 
 class SnapshotStore(ABC):
-    """One snapshot store, addressed by URL. Keys are relative POSIX paths under the URL's root."""
+    """One snapshot store, addressed by URL. Keys are relative POSIX paths under the URL's root.
+
+    The contract between the snapshot code and the backends:
+    - keys look like `<vsn>/<snapshot-id>/<volume>.tar.zst`; `check_key` refuses anything else, so a
+      hostile manifest cannot make us read or write outside the store root;
+    - a writer's object becomes visible only on `commit()` (all or nothing); until then it is invisible
+      (S3 multipart) or a partial name `<name>.partial-<pid>[-<n>]` that `list_dir` never returns (local,
+      ssh); `is_hidden_name` is the one test for such names;
+    - errors leave a backend only as `migrator.errors` classes: `Unreachable` (exit 8) for a store that
+      does not answer or refuses us, `ObjectMissing` / `ObjectTooLarge` (exit 6) for what it holds."""
 
     url: str
 

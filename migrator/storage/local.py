@@ -1,13 +1,7 @@
 """file:// snapshot store: a directory tree on a local (or locally mounted) filesystem.
 
-Owns: crash-safe writes on POSIX filesystems. An object is written to `<key>.partial-<pid>`, fsynced,
-renamed over the final name and the directory fsynced, so after a crash either the whole object is
-there or only a partial that listings hide and `delete_prefix`/prune removes. While an object is
-written, every WRITEBACK_STEP bytes are handed to the disk early (sync_file_range), so the commit's fsync
-has little left to wait for instead of the whole object. OSErrors are translated
-here: a missing object -> ObjectMissing, anything else (permissions, ENOSPC, EIO) -> Unreachable naming
-the store URL.
-"""
+Crash-safe: partial name, fsync, rename, fsync of the directory, so after a crash there is the whole
+object or a hidden partial that prune removes. OSErrors become ObjectMissing or Unreachable."""
 
 from __future__ import annotations
 

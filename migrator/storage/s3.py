@@ -1,18 +1,7 @@
 """s3:// snapshot store (boto3): `s3://bucket[/prefix]` on AWS or any S3-compatible endpoint.
 
-Owns: talking S3 through boto3 and translating botocore errors at this edge.
-- Configuration: endpoint URL, region, SSE and storage class from `options` (the plan's backup.s3
-  section), else the standard AWS environment (AWS_ENDPOINT_URL, AWS_REGION, ~/.aws/config), which boto3
-  reads itself. Credentials come ONLY from boto3's own chain; this module never reads, stores or prints
-  them, and error messages carry error codes, never request details.
-- Streaming upload as a multipart upload with a fixed part buffer (memory stays flat); small objects
-  and short streams use one put_object. Nothing is visible before `commit()`; `abort()` or any error
-  aborts the multipart upload so no billed debris stays behind.
-- Retries: botocore's own retry is switched off and every request goes through `migrator.retry` with
-  `is_transient` deciding (5xx, throttling, dropped connections, timeouts). Reads resume with a Range
-  request after a dropped connection. Permanent failures (NoSuchBucket, AccessDenied, other 4xx) and
-  exhausted retries become `Unreachable` (exit 8) naming the store URL.
-"""
+Credentials come only from boto3's own chain and never appear in errors. Uploads are multipart with a
+fixed buffer, aborted on any error (no billed debris); retries go through migrator.retry (botocore's off)."""
 
 from __future__ import annotations
 
@@ -120,7 +109,14 @@ def _parse_url(url: str) -> tuple[str, str]:
 
 
 class S3Store(SnapshotStore):
-    """Snapshot store in an S3 bucket under an optional key prefix."""
+    """Snapshot store in an S3 bucket under an optional key prefix.
+
+    Endpoint URL, region, SSE and storage class come from `options` (the plan's backup.s3 section), else
+    the standard AWS environment (AWS_ENDPOINT_URL, AWS_REGION, ~/.aws/config), which boto3 reads itself.
+    Credentials come only from boto3's chain; error messages carry error codes, never request details.
+    Small objects and short streams use one put_object, the rest a multipart upload. Every request goes
+    through `migrator.retry` with `is_transient` deciding; permanent failures (NoSuchBucket,
+    AccessDenied, other 4xx) and exhausted retries become `Unreachable` (exit 8) naming the store URL."""
 
     def __init__(self, url: str, *, options: dict[str, Any] | None = None,
                  retry_policy: RetryPolicy | None = None) -> None:

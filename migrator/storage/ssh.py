@@ -1,19 +1,8 @@
 """ssh:// snapshot store (paramiko SFTP): `ssh://[user@]host[:port]/abs/path` on another machine.
 
-Owns: the SSH connection to the store and SFTP I/O, and translating paramiko/socket errors at this edge.
-- Address resolution like OpenSSH: ~/.ssh/config (or `ssh_config_file`) Host aliases give HostName,
-  User, Port, IdentityFile, IdentitiesOnly and UserKnownHostsFile; the URL's user and port win.
-- Host keys are verified against known_hosts (`known_hosts_file` option, else the config's
-  UserKnownHostsFile, else ~/.ssh/known_hosts, plus /etc/ssh/ssh_known_hosts) and the plan's pinned
-  `known_host_keys`. Unknown or changed keys are REFUSED with Unreachable (exit 8), never added.
-- Auth: identity files (option `identity_file`: the plan's backup.ssh.identity_file, for cron jobs
-  without an agent; then the config's IdentityFile), the agent, default keys.
-- Writes go to `<name>.partial-<pid>-<hex>` with pipelined 1 MiB writes on an SFTP channel of the
-  writer's own, then fsync (if the server offers fsync@openssh.com) and posix-rename over the final
-  name: atomic on the remote filesystem.
-  Reads use bounded read-ahead windows, so memory stays flat for any object size.
-Not done: ProxyCommand/ProxyJump, HostKeyAlias, reconnecting in the middle of a transfer.
-"""
+Unknown or changed host keys are refused (exit 8), never added. Writes go to a partial name, fsync, then
+posix-rename: atomic on the remote filesystem. Not done: ProxyCommand/ProxyJump, HostKeyAlias,
+reconnecting mid-transfer."""
 
 from __future__ import annotations
 
@@ -56,7 +45,17 @@ FILE_MODE = 0o600
 
 
 class SSHStore(SnapshotStore):
-    """Snapshot store in a directory of another host, reached over SFTP."""
+    """Snapshot store in a directory of another host, reached over SFTP.
+
+    - Address like OpenSSH: ~/.ssh/config (or `ssh_config_file`) Host aliases give HostName, User, Port,
+      IdentityFile, IdentitiesOnly and UserKnownHostsFile; the URL's user and port win.
+    - Host keys are checked against known_hosts (`known_hosts_file`, else the config's
+      UserKnownHostsFile, else ~/.ssh/known_hosts, plus /etc/ssh/ssh_known_hosts) and the plan's pinned
+      `known_host_keys`.
+    - Auth: `identity_file` (the plan's backup.ssh.identity_file, for cron jobs without an agent), then
+      the config's IdentityFile, the agent, default keys.
+    - Writes: pipelined 1 MiB writes on the writer's own SFTP channel to `<name>.partial-<pid>-<hex>`,
+      fsync (if the server offers fsync@openssh.com), posix-rename. Reads: bounded read-ahead windows."""
 
     def __init__(self, url: str, *, options: dict[str, Any] | None = None,
                  retry_policy: RetryPolicy | None = None) -> None:
