@@ -1,21 +1,8 @@
-"""Which snapshot a backup continues, per volume, and from which tree state — or why it takes a full one.
+"""Which snapshot a backup continues, per volume, and from which tree state, or why it takes a full one.
 
-Owns the rule that keeps incremental snapshots safe across machines. The parent is the newest snapshot
-committed in EVERY target store (the new objects go to all of them alike). A volume continues it only
-when:
-- the parent lists the volume and a tree state of it;
-- its chain (back to the snapshot that holds it whole) is intact in every store: manifests valid, every
-  object present with the manifest's size, and the same objects (name, size, sha256) in each store;
-- with trusted keys (the plan's backup.trusted_keys), every link of that chain in every store carries a
-  valid signature by one of them (catalog/signing.py): a restore would refuse anything else;
-- the policy allows it: the chain's full is younger than `full_every` days and the deltas since it are
-  at most `full_when_deltas_exceed` of its size (bounding what a restore reads and what one lost
-  object costs);
-- its tree state can be had: from this VSN's local record when that names the parent with the same
-  object sha256 (no store read), else from the store (sha256-checked against the manifest, decrypted
-  with the plan's identity when encrypted, loaded untrusted).
-Otherwise the volume is captured whole, and `reasons` says why. Nothing here writes to a store.
-"""
+Keeps incremental snapshots safe across machines and stores: a volume continues its parent only when the
+chain is intact (and signed, with trusted keys) in every store; otherwise it is captured whole and
+`reasons` says why. Nothing here writes. The rule: docs/snapshots.md#incremental-snapshots."""
 
 from __future__ import annotations
 

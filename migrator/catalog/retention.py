@@ -1,5 +1,6 @@
-"""Which snapshots retention keeps: grandfather-father-son like restic's `forget` (keep-last, -daily,
--weekly, -monthly buckets, newest snapshot of each bucket), plus kept tags (pre-update by default)."""
+"""Which snapshots retention keeps: keep-last/daily/weekly/monthly buckets (GFS), plus kept tags.
+
+Like restic's `forget`: the newest snapshot of each bucket; tags (pre-update by default) are kept."""
 
 from __future__ import annotations
 

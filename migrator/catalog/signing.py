@@ -1,9 +1,7 @@
-"""Signed manifests: an ed25519 signature over a manifest's exact stored bytes, in `manifest.sig` beside it.
+"""Signed manifests: an ed25519 signature over a manifest's exact stored bytes, in `manifest.sig`.
 
-The manifest covers every object's sha256, the plan copy's sha256 and the parent link, so a valid
-signature by a trusted key authenticates the whole snapshot; a chain is authenticated link by link.
-Public keys are written "ed25519:<base64 of the 32 raw bytes>" (`migrator key show`, the plan's
-`backup.trusted_keys`). `cryptography` is imported only when a signature is made or checked."""
+The manifest covers every object's sha256, the plan copy and the parent link, so a valid signature
+authenticates the whole snapshot. `cryptography` is imported only when a signature is made or checked."""
 
 from __future__ import annotations
 

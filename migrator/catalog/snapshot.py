@@ -1,10 +1,7 @@
 """One committed snapshot in one store: its object keys, manifest, plan copy and parent chain.
 
-`Snapshot` is the handle every snapshot verb takes: it builds `<vsn>/<id>/<name>` keys in one place,
-reads the manifest once (validated: the store is untrusted), and resolves an incremental volume's chain
-of parents back to the snapshot that holds it whole. A chain is followed only to older snapshots of the
-same VSN and at most `MAX_CHAIN` links deep, so a hostile store cannot make it loop or run away.
-"""
+The store is untrusted: the manifest is validated, and a chain is followed only to older snapshots of the
+same VSN and at most `MAX_CHAIN` links deep, so it cannot loop or run away."""
 
 from __future__ import annotations
 

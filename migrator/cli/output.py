@@ -1,5 +1,6 @@
-"""How every command runs and talks: progress lines on stderr (quiet when not a TTY unless asked),
-human output or exactly one JSON object on stdout, MigratorError -> exit code + one line + hint."""
+"""How every command runs and talks: stderr progress, stdout human output or one JSON object, exit codes.
+
+Progress is quiet when not a TTY unless asked; a MigratorError becomes its exit code, one line and a hint."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""`serve` (the web dashboard, HTTP API and live events; `serve passwd`, `serve token` for its users) and
-`watch` (the live events in a terminal)."""
+"""`serve` (web dashboard, HTTP API, live events; `serve passwd`, `serve token`) and `watch`.
+
+`watch` shows the live events in a terminal."""
 
 from __future__ import annotations
 

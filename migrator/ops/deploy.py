@@ -1,7 +1,7 @@
-"""`migrator deploy`: validate plan and VSN, drop Host+REST (refuse if the Host runs),
-create missing data dirs, start the Host, create volume then service containers in depends_on order
-waiting for health, record the deployment. Any error from step 2 on rolls back to the containerless
-state and raises DeployFailed (exit 7); existing data dirs are never altered."""
+"""`migrator deploy`: bring the plan's stack up on this VSN, all or nothing.
+
+Any error after validation rolls back to the containerless state (DeployFailed, exit 7); existing data
+dirs are never altered. Steps: docs/plan.md#deploy."""
 
 from __future__ import annotations
 

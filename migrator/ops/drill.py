@@ -1,8 +1,6 @@
-"""`migrator drill` — the restore drill, meant for cron: restore a snapshot (default latest) into a scratch
-data root, verifying every object's sha256 as it streams; boot the snapshot's plan against that data in
-isolation (distinct VSN label, container names, network and free ports; production untouched); wait for
-every health probe; tear the drill stack down and delete the scratch data. Reports RTO (time until the
-data is restored, time until every service is healthy), bytes and the result."""
+"""`migrator drill`: restore a snapshot into scratch data, boot it in isolation, probe it, tear it down.
+
+Meant for cron; production containers and data are never touched. Reports the RTO: docs/snapshots.md#restore-drills."""
 
 from __future__ import annotations
 

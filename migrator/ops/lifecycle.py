@@ -1,9 +1,7 @@
-"""The staging lifecycle of a stack on one VSN: `archive` (remove the containers, keep the data: Archived),
-`unarchive` (redeploy with the remembered plan and secrets path: Running), `cleanup` (a final snapshot,
-then remove the containers AND the plan's data dirs, the remembered deployment and the installed
-schedules: no stack any more). The stack-state transitions are in state/stackstate.py; the caller
-holds the operation lock.
-"""
+"""The staging lifecycle of a stack on one VSN: `archive`, `unarchive`, `cleanup`.
+
+The stack-state transitions are in state/stackstate.py; the caller holds the operation lock.
+What each does: docs/operations.md#stack-states."""
 
 from __future__ import annotations
 

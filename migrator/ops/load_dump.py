@@ -1,10 +1,7 @@
-"""`migrator load-dump` — load a database dump from a snapshot into the running service.
+"""`migrator load-dump`: load a database dump from a snapshot into the running service.
 
-The snapshot's signature is checked first (with trusted keys anything but valid is exit 6), then each
-dump object is read twice: once whole to check its size and sha256 against the manifest, then streamed
-through age and zstd into the service's own client (`mariadb` / `pg_restore --single-transaction`), so
-nothing is loaded from an object that does not match and nothing is held on disk. `--as NAME` loads into
-a new database of that name and leaves the dumped one alone (a scratch copy to compare against)."""
+Signature first, then each object is read once whole to check size and sha256 before a byte is loaded
+(a load cannot be undone halfway); nothing is held on disk. Details: docs/databases.md#commands."""
 
 from __future__ import annotations
 

@@ -1,20 +1,8 @@
-"""`migrator move --to [ssh://][user@]host[:port]` — the whole stack and its data to another VSN.
+"""`migrator move`: the whole stack and its data to another VSN over SSH, with a short downtime.
 
-1. preflight the target over SSH (host key verified): migrator there in a compatible version (with
-   --install, this migrator is put there first if not: migrator.remote.install), root, the target's own
-   `check` of the plan (commands, engine, data root), free space >= data + margin; plan and secrets go
-   there over SFTP (0600);
-2. pre-copy while services run: every volume streamed (tar | zstd) into a staging dir on the target;
-3. cut over, through one remote agent process started (and ready) BEFORE the services stop: stop every
-   source service (hooks run), stream only what changed since the pre-copy (with deletions), compare
-   stream checksums and metadata fingerprints, the agent swaps staging into the target's data root,
-   deploys there (the deploy flow) and probes health; `downtime_steps` says where the window went;
-4. finish: the source goes containerless (data kept), or with --keep-source its containers stay, stopped.
-   Data the target held before was set aside at its commit for the rollback only: removed once the stack
-   runs there (kept with --keep-old); `target_old_data` says which and where.
-Failure before the target is healthy: the target's deploy rolls itself back to containerless (copied data
-stays for a retry), the source services are restarted, the cause is raised. A killed move is finished or
-undone from the journal by the next command or `migrator recover` (it asks the target which it is)."""
+Pre-copy while services run, then one cut-over agent started before the stop, so the downtime is the
+delta and the deploy. A failure before the target is healthy restarts the source; a killed move is
+finished or undone from the journal. Steps: docs/move.md#move-to-another-vsn."""
 
 from __future__ import annotations
 

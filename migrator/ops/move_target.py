@@ -1,13 +1,8 @@
-"""The target side of `migrator move`, run there over SSH as `migrator agent …`: describe this VSN,
-receive the pre-copy archive streams into a staging dir per volume, and run the whole cut-over in ONE
-process (`cutover`): it starts (Python, imports, plan validation, engine check) while the source's
-services still run, says `ready`, then — with the source down — receives the delta streams framed on
-stdin, fingerprints the staged trees for the source to compare, commits staging into the data root on
-the source's word, deploys, probes health and remembers where the stack came from; each step is
-reported as one JSON line on stdout. Data this VSN held before is set aside at the commit only for the
-rollback: a cut-over that fails after it puts that data back, a healthy one removes it (kept, and named
-in the reply, with `--keep-old`). Input arrives from another machine: archives go through the same
-verified, hostile-member-refusing extraction as a restore; frames are length-capped."""
+"""The target side of `migrator move`, run there over SSH as `migrator agent …`.
+
+The whole cut-over runs in ONE process started before the source stops, so its start-up costs no
+downtime. Input comes from another machine: archives go through restore's hostile-member-refusing
+extraction and frames are length-capped. Steps: docs/move.md#the-target-side."""
 
 from __future__ import annotations
 

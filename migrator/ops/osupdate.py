@@ -1,12 +1,7 @@
-"""`migrator os-update prepare|finish|run` — carry a VSN through its OS update without data loss.
+"""`migrator os-update prepare|finish|run`: carry a VSN through its OS update without data loss.
 
-prepare: containerless first (so the data is quiet), then a snapshot tagged `pre-update` to the plan's
-targets, then a content fingerprint of every volume, then a marker in the state dir. Taking the
-snapshot after the stop makes snapshot, fingerprint and the data the update must not touch one and the
-same state. finish: refuse without the marker; recompute the fingerprint and compare (any difference ->
-exit 6 listing it, or with --restore-on-mismatch restore the pre-update snapshot and check again);
-redeploy the recorded plan (health-probed by deploy); remove the marker. run: prepare, the update
-command, finish."""
+The snapshot is taken after going containerless, so snapshot, fingerprint and the data the update must
+not touch are one and the same state. Steps: docs/os-update.md#os-update."""
 
 from __future__ import annotations
 

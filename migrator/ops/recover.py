@@ -1,9 +1,7 @@
 """`migrator recover` and `operation()`: the one place a killed run's leftovers are finished or undone.
 
-From the journal (each verb registers its undo there), a half-done deploy or teardown goes to the
-containerless state, a half-done upgrade gets its old container back, services a killed run stopped start
-again; the local spools of killed backups go and a stack state the dead run left pending becomes Failure.
-`operation()` runs this first for every command that takes the lock."""
+`operation()` runs it first for every command that takes the lock; each verb registers its undo in the
+journal. What is undone: docs/architecture.md#now."""
 
 from __future__ import annotations
 

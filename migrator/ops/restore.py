@@ -1,17 +1,7 @@
-"""`migrator restore` — bring volumes back from a snapshot without ever risking live data.
+"""`migrator restore`: bring volumes back from a snapshot without ever risking live data.
 
-1. read and validate the manifest; check the signatures of the snapshot and of every link of its chain
-   (ops/signatures.py: with trusted keys anything but a valid one is exit 6); every object must exist with
-   the manifest's size;
-2. stream each object into a staging dir beside the live dir (same filesystem), verifying sha256 as it
-   streams and applying deltas (with deletions) in order: for an incremental snapshot, every link of the
-   volume's chain from the snapshot that holds it whole on, each link's phases in order;
-3. only when every volume is staged and verified: stop the services that mount them, swap staging and
-   live dir by rename (the old one kept as <dir>.pre-restore-<ts>), start the services and probe health;
-   on failure swap back. The journal records each swap so a killed restore is finished or undone by
-   `recover`: a live dir is always entirely old or entirely new.
-`--into DIR` restores into another tree and touches no container; `--dry-run` compares the snapshot's
-tree state with each live data dir and changes nothing."""
+Everything is staged and verified before anything live is touched; the swap is a journaled rename, so a
+live dir is always entirely old or entirely new. Steps: docs/snapshots.md#restore."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""`migrator start|stop|restart SERVICE...` — act on what `health` reports, without podman on the Host's
-inner socket. Stops go in reverse depends_on order (Quiesce: the journal records them first, so a killed
-stop or restart has its services started again by `recover`); starts go in depends_on order, each waited
-for until its probe passes, and also start what a named service depends on when that is down. A `stop`
-leaves the services down on purpose (`health` then reports them, naming `migrator start`)."""
+"""`migrator start|stop|restart SERVICE...`: act on what `health` reports, in depends_on order.
+
+Stops are journaled first (Quiesce), so a killed stop or restart has its services started again by
+`recover`; a plain `stop` leaves them down on purpose and `health` says so. Starts wait for each probe
+and also start what a named service depends on when that is down."""
 
 from __future__ import annotations
 

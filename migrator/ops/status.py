@@ -1,5 +1,4 @@
-"""`migrator status` — each container of the stack and its state, compared with the plan, and the stack's
-lifecycle state (state/stackstate.py)."""
+"""`migrator status`: each container of the stack and its state against the plan, and the stack state."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""`migrator upgrade SERVICE --image IMG` — hotfix one service container: the old container is
-never changed in place. It is renamed aside and stopped, a new one created from the new image and
-probed; on failure the new one goes and the old one comes back. Other containers and data untouched."""
+"""`migrator upgrade SERVICE --image IMG`: hotfix one service container, never changed in place.
+
+The old one is renamed aside and stopped, a new one created and probed; on failure the old one comes back."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Load and validate a plan and its secrets file: JSON schema (Draft 2020-12) plus the special checks a
-schema cannot express. Every problem is collected (not just the first) and named by its JSON path."""
+"""Load and validate a plan and its secrets file: JSON schema plus the checks a schema cannot express.
+
+Every problem is collected (not just the first) and named by its JSON path."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Plain dataclasses for a validated plan. Built only from JSON that passed the schema and special checks,
-so constructors trust shapes and fill defaults; nothing here touches the VSN."""
+"""Plain dataclasses for a validated plan; nothing here touches the VSN.
+
+Built only from JSON that passed the schema and special checks, so constructors trust shapes."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Data directories: create the missing ones, never touch existing ones (existing data
-directories are not altered). Also the size walk preflight uses."""
+"""Data directories: create the missing ones, never alter existing ones; also preflight's size walk."""
 
 from __future__ import annotations
 

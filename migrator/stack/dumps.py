@@ -1,13 +1,8 @@
-"""Database dumps: the commands that stream a service's logical dump out of its running container and
-load one back into it, and the two streams themselves (engine exec <-> sealed snapshot object).
+"""Database dumps: streaming a service's logical dump out of its container and loading one back.
 
-Why a dump beside the physical capture: a two-phase capture of a database's files is consistent because
-the database is stopped for phase 2; a dump (`mariadb-dump --single-transaction`, `pg_dump -Fc`) is
-consistent on its own, needs no stop at all, and loads into any server version. The dump tools run
-inside the service's own container (the right client version is always there); the password reaches
-them as an environment variable of the exec (MYSQL_PWD / PGPASSWORD), never in argv. Without a
-`password_secret` the tools log in over the local socket as the database's superuser (MariaDB's root
-through unix_socket, PostgreSQL's postgres through peer/trust), which is what the container's root is."""
+A dump is consistent without a stop and loads into any server version. The tools run in the service's
+own container (matching client); the password goes in the exec's environment, never argv.
+See docs/databases.md."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Health probes of a service: tcp connect or http GET from the VSN to the service's published port, or
-a command exec'd inside the container. `wait_healthy` polls until healthy, the container dies, or the
-probe's timeout passes."""
+"""Health probes of a service: tcp connect, http GET, or a command exec'd in the container.
+
+`wait_healthy` polls until healthy, the container dies, or the probe's timeout passes."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Snapshot signatures for the operations: the trusted keys (the plan's `backup.trusted_keys` and
-`--trusted-key`), the check restore, verify and drill run before reading any object (and what they say
-about it), and this VSN's public key for `migrator key show`."""
+"""Snapshot signatures for the verbs: trusted keys, the check before reading any object, this VSN's key.
+
+The keys come from the plan's `backup.trusted_keys` and `--trusted-key`, never from the snapshot itself."""
 
 from __future__ import annotations
 

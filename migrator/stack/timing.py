@@ -1,5 +1,4 @@
-"""Step timings: seconds per named step, rounded to milliseconds, as the JSON of deploy (`timings`), move
-(`downtime_steps`, `before_downtime_steps`) and the cut-over agent (`steps`) report them."""
+"""Step timings: seconds per named step, rounded to milliseconds, as deploy, move and the agent report them."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""The stack topology of one plan: which engine holds which container, how each container is specified,
-and how to bring the VSN to the containerless state. Shared by deploy, teardown, status, upgrade,
-backup and restore (they all need "the services that mount volume V" and "stop/start in order")."""
+"""The stack topology of one plan: which engine holds which container, and how each is specified.
+
+Also how to reach the containerless state; shared by every verb that needs "the services that mount
+volume V" or "stop/start in order"."""
 
 from __future__ import annotations
 

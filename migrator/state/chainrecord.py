@@ -1,10 +1,7 @@
 """The local record of this VSN's newest snapshot: its id, stores, and each volume's tree state.
 
-Owns `<state dir>/chain/<vsn>/`. The next backup continues the chain from here without reading (or, with
-encryption, being able to read) the store's copy; it uses the record only when the stores' newest
-snapshot is the one recorded and lists tree states with the recorded sha256s. The tree states here are
-plaintext: the VSN holds the live data anyway, and the state dir is root's (0700).
-"""
+Lets the next backup continue the chain without reading (or decrypting) the store's copy; used only when
+the stores' newest snapshot matches it. Plaintext: the VSN holds the live data anyway (state dir 0700)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
-"""Documents known to conform to their JSON schema: a small persistent set of sha256 keys in the state dir.
+"""Documents known to conform to their JSON schema: a persistent set of sha256 keys in the state dir.
 
-plan/load.py (plan and secrets files) and catalog/manifest.py (manifests read back from a store) ask it
-before validating a document against its schema, and add it when it passes. A key covers the validator's
-rules (RULES), the schema's bytes and the document's bytes, so any change to one of them is a miss. Only
-the schema verdict is remembered; the checks a schema cannot express (the plan's data dirs on disk, a
-manifest's objects belonging to its volumes) always run."""
+A key covers the validator's rules, the schema's and the document's bytes, so any change is a miss. Only
+the schema verdict is kept; the checks a schema cannot express always run."""
 
 from __future__ import annotations
 

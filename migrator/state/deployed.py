@@ -1,5 +1,6 @@
-"""The deployment this VSN remembers: plan copy, secrets path, when. Lets `backup`, `status`, `move` run
-without arguments after `deploy`. Secrets themselves are never copied here, only their path."""
+"""The deployment this VSN remembers: plan copy, secrets path, when.
+
+Lets `backup`, `status`, `move` run without arguments after `deploy`; secrets are never copied, only their path."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Atomic small-file writes for the state dir: write a temp file, fsync, rename, fsync the dir. JSON is
-written without NaN/Infinity and read back strictly (strictjson), like every document migrator reads."""
+"""Atomic small-file writes for the state dir: temp file, fsync, rename, fsync the dir.
+
+JSON is written without NaN/Infinity and read back strictly (strictjson), like every document we read."""
 
 from __future__ import annotations
 

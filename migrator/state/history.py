@@ -1,10 +1,7 @@
-"""Operation history: one row per operation in <state dir>/history.sqlite (verb, start, end, result, exit
-code, snapshot id, downtime, bytes, user, redacted arguments, message). `migrator log` reads it.
+"""Operation history: one row per operation in <state dir>/history.sqlite, read by `migrator log`.
 
-Arguments are redacted before they are stored: values of credential-looking options and NAME=VALUE
-pairs, passwords in URLs, AWS-style keys, and any value of the remembered secrets file. The environment
-is never recorded (that is where AWS credentials live).
-"""
+Arguments are redacted before they are stored and the environment is never recorded, so no credential
+lands in the log. Columns and redaction: docs/operations.md#operation-history."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""One operation at a time per VSN: an flock on <state dir>/lock. The kernel drops it when the holder
-dies (even by SIGKILL), so a stale lock cannot block the next run."""
+"""One operation at a time per VSN: an flock on <state dir>/lock.
+
+The kernel drops it when the holder dies (even by SIGKILL), so a stale lock cannot block the next run."""
 
 from __future__ import annotations
 

@@ -1,11 +1,7 @@
-"""The stack's lifecycle state (six of them): Running, Failure, Archived are at rest; CreatePending,
-UpdatePending, DeletePending mean a command is acting on the stack. Kept in <state dir>/stack_state.json
-and changed only through TRANSITIONS: anything else raises InvalidTransition before the command acts.
+"""The stack's lifecycle state (six of them), changed only through TRANSITIONS.
 
-The state says what the last lifecycle command did, not what the engine shows now (`status` shows both).
-Transitions are made while the operation lock is held, so a pending state seen by a lock holder belongs to
-a run that died (SIGKILL, power loss): `settle_interrupted` turns it into Failure first.
-"""
+Transitions happen under the operation lock, so a pending state a lock holder sees belongs to a dead run:
+`settle_interrupted` turns it into Failure. The table: docs/operations.md#stack-states."""
 
 from __future__ import annotations
 
