@@ -12,12 +12,11 @@ from bench.common import (
     ZSTD_LEVEL,
     flat_plan,
     fmt_s,
-    loadavg,
     log,
     per_run,
     quoted,
     rmtree,
-    rotate,
+    rotated_run,
     tar_create_argv,
     warm,
 )
@@ -80,15 +79,13 @@ def run_stage(b) -> None:
     if b.peers["borg"]:
         tools["borg"] = lambda: borg_backup(b, b.ds1)
     for i in range(b.args.runs):
-        row = {"loadavg": loadavg()}
-        for name in rotate(list(tools), i):
-            # Re-warmed before every command: restic and borg write ~0.6 GiB each, and on this VM the
-            # command after them read part of the tree from disk again (1.5-2 s slower, whoever it was).
-            warm(b.ds1)
-            row[name] = tools[name]()
-            log(f"backup run {i + 1}: {name} {row[name]['wall_s']:.2f} s (cpu {row[name]['cpu_s']:.2f} s), "
-                f"{row[name]['size'] / MIB:.0f} MiB, rss {row[name]['rss_mb']:.0f} MB")
-        b.raw["backup"].append(row)
+        def done(name: str, r: dict, i: int = i) -> None:
+            log(f"backup run {i + 1}: {name} {r['wall_s']:.2f} s (cpu {r['cpu_s']:.2f} s), "
+                f"{r['size'] / MIB:.0f} MiB, rss {r['rss_mb']:.0f} MB")
+
+        # Re-warmed before every command: restic and borg write ~0.6 GiB each, and on this VM the
+        # command after them read part of the tree from disk again (1.5-2 s slower, whoever it was).
+        b.raw["backup"].append(rotated_run(i, tools, lambda name: warm(b.ds1), done))
     (b.work / "peer-flags.tar.zst").unlink(missing_ok=True)
     rmtree(b.work / "restic-repo")
     rmtree(b.work / "borg-repo")

@@ -65,6 +65,17 @@ def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
+def rotated_run(i: int, tools: dict, before, after) -> dict:
+    """Run `i` of a stage: the load average, then every tool once, in an order rotated by `i` (no tool always
+    goes first); `before(name)` right before a tool, `after(name, result)` right after it."""
+    row = {"loadavg": loadavg()}
+    for name in rotate(list(tools), i):
+        before(name)
+        row[name] = tools[name]()
+        after(name, row[name])
+    return row
+
+
 def quoted(argv: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in argv)
 

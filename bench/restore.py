@@ -11,12 +11,11 @@ from bench.common import (
     TARGETS,
     flat_plan,
     fmt_s,
-    loadavg,
     log,
     per_run,
     quoted,
     rmtree,
-    rotate,
+    rotated_run,
     tar_extract_argv,
     warm,
 )
@@ -92,21 +91,24 @@ def run_stage(b) -> None:
     # The first run's check of each restored tree: migrator's held to metadata too, the peer's to contents.
     checks = {"migrator": lambda: same_tree(b.ds1, dm / "vol" / "data", metadata=True),
               "zstd|tar": lambda: same_tree(b.ds1, dp, metadata=False)}
+    def warm_objects(name: str) -> None:
+        for obj in objects:  # both objects read from the page cache, as the tree is for backup
+            shell(f"cat '{obj}' > /dev/null")
+
     for i in range(b.args.runs):
-        row = {"loadavg": loadavg()}
         same = []
-        for name in rotate(list(tools), i):
-            for obj in objects:  # both objects read from the page cache, as the tree is for backup
-                shell(f"cat '{obj}' > /dev/null")
-            row[name] = tools[name]()
-            log(f"restore run {i + 1}: {name} {row[name]['wall_s']:.2f} s (cpu {row[name]['cpu_s']:.2f} s), "
-                f"rss {row[name]['rss_mb']:.0f} MB")
+
+        def done(name: str, r: dict, i: int = i, same: list = same) -> None:
+            log(f"restore run {i + 1}: {name} {r['wall_s']:.2f} s (cpu {r['cpu_s']:.2f} s), "
+                f"rss {r['rss_mb']:.0f} MB")
             if i == 0 and name in checks:
                 same.append(checks[name]())
             # Each extraction starts on the same (emptied) filesystem: with earlier trees still on it,
             # the same extraction took up to 3x as long (see README, "restore noise").
             rmtree(dests[name])
             sync()
+
+        row = rotated_run(i, tools, warm_objects, done)
         if i == 0:
             row["identical"] = all(same) and len(same) == len(checks)
             log(f"restored trees identical to the data set: {row['identical']}")
