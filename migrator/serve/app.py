@@ -86,8 +86,10 @@ def _answer(code: int, body: dict) -> JSONResponse:
 
 async def api_root(request: Request) -> Response:
     who = request.state.who
+    follower = request.app.state.follower
     return JSONResponse({"ok": True, "version": 1, "vsn": vsn_name(), "user": who.name, "role": who.role,
-                         "via": who.via, "actions": list(VERBS)})
+                         "via": who.via, "actions": list(VERBS),
+                         "follow": follower.to_json() if follower is not None else None})
 
 
 async def api_stack(request: Request) -> Response:
@@ -274,4 +276,5 @@ def build(config: Config) -> Starlette:
     app.state.limiter = auth.LoginLimiter()
     app.state.runner = Runner(config.command)
     app.state.broadcaster = broadcaster
+    app.state.follower = follower
     return app

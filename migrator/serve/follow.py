@@ -1,14 +1,11 @@
-"""Dependents follow (`migrator serve --follow-dependents`): while serve runs, a service container that
-died outside a migrator operation is started again, and the services that depend on it are restarted
-after it, in depends_on order, each until healthy. That is `migrator restart SERVICE DEPENDENTS...` run
-as a child process, so it takes the lock, is recorded in the history and sends its events like any
-operation. A service that keeps dying is given up on after MAX_TRIES within TRIES_WINDOW_S: it stays
-down, a `follow` failure is recorded in the history and the event log (and so in pings and webhooks),
-and `health` reports it; it is followed again once something else has it running.
+"""Dependents follow (`migrator serve --follow-dependents`): a service that died or was restarted outside
+a migrator operation brings the services that depend on it back after it, in depends_on order.
 
-It looks at `migrator status --json` every INTERVAL_S, and only when the stack is Running, no operation
-holds the lock, and the service was not stopped on purpose (`migrator stop` as the last word on it).
-"""
+It wakes on the engine's event stream (and looks every FALLBACK_S anyway, every INTERVAL_S while the
+stream is down). A dead service is restarted with its dependents (`migrator restart SERVICE DEPS...` as a
+child, so it takes the lock, is in the history and sends its events); a service restarted in place (by
+hand, by the engine) has only its dependents restarted. After MAX_TRIES in TRIES_WINDOW_S a service is left
+down and a `follow` failure is recorded and sent out, never a tight loop."""
 
 from __future__ import annotations
 
@@ -20,18 +17,32 @@ import threading
 import time
 from pathlib import Path
 
+from migrator.engine.base import LABEL_STACK
+from migrator.engine.watch import EventStream
 from migrator.notify import events
 from migrator.state import deployed, history, stackstate
 from migrator.state.files import read_json
 from migrator.state.lock import held_by
 
-# Often enough that a dead database is back within seconds; each look is a `migrator status` (~0.3 s CPU).
+# While the event stream is down (the engine restarting), look this often; each look is a `migrator
+# status` (~0.3 s CPU). With the stream up, events wake it and a look every FALLBACK_S is the safety net.
 INTERVAL_S = 5.0
+FALLBACK_S = 60.0
+# After an event, wait this long before looking: a restart in place is a die then a start, and the
+# restart of a service that died must not race the engine (or a person) starting it again.
+SETTLE_S = 2.0
+RECONNECT_S = 5.0
 # At most this many restarts of one service in the window, then it is left down and reported.
 MAX_TRIES = 3
 TRIES_WINDOW_S = 600.0
 ACTOR = "serve (dependents follow)"
 RESTART_TIMEOUT_S = 900
+# Lock holders that never start or stop the stack's services: an event while one of them runs is not theirs.
+HANDS_OFF_VERBS = frozenset({"health", "verify", "prune", "drill", "snapshots", "check", "load-dump"})
+# History rows that say nothing about who started a container.
+NOT_ACTING_VERBS = HANDS_OFF_VERBS | {"follow"}
+# Verbs that act only on the services they name.
+NAMED_VERBS = frozenset({"start", "stop", "restart"})
 
 
 def dependents(plan: dict, name: str) -> list[str]:
@@ -56,31 +67,131 @@ def stopped_on_purpose(name: str) -> bool:
     return False
 
 
+def by_operation(name: str, at: float, holder: str | None) -> bool:
+    """An engine event for service `name` at `at` was a migrator operation's own doing: one held the lock
+    when it arrived (other than a verb that never touches the services), or a finished one's time span
+    covers it (start/stop/restart only for the services they named)."""
+    if holder is not None and holder.split(" ", 1)[0] not in HANDS_OFF_VERBS:
+        return True
+    for entry in history.entries(50):
+        ended = entry.ended if entry.ended is not None else float("inf")
+        if entry.verb in NOT_ACTING_VERBS or not entry.started - 1.0 <= at <= ended + 1.0:
+            continue
+        if entry.verb not in NAMED_VERBS or name in entry.args:
+            return True
+    return False
+
+
 class Follower:
     def __init__(self, command: list[str] | None = None, interval: float = INTERVAL_S) -> None:
         self.command = command or [sys.executable, "-m", "migrator"]
         self.interval = interval
         self.tries: dict[str, list[float]] = {}
-        self.given_up: set[str] = set()
+        self.given_up: set[str] = set()  # dead services left down until something else starts them
+        self.quiet_until: dict[str, float] = {}  # services restarting in a loop: dependents left alone
+        self.started_in_place: dict[str, float] = {}  # service -> when a start no operation made was seen
+        self.events_live = False
+        self._due: float | None = None  # monotonic time of the look an event asked for
+        self._guard = threading.Lock()
+        self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._stream: EventStream | None = None
+        self._acting: tuple[int, frozenset[str]] | None = None  # our `migrator restart` child: pid, services
+        self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="dependents-follow", daemon=True)
-        self._thread.start()
+        for target, name in ((self._run, "dependents-follow"), (self._watch, "engine-events")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._wake.set()
+        stream = self._stream
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception:  # noqa: BLE001 - closing a broken stream
+                pass
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+    def to_json(self) -> dict:
+        """What `GET /api/v1` says of following: whether engine events arrive, and who is given up on."""
+        return {"engine_events": "live" if self.events_live else "down", "given_up": sorted(self.given_up),
+                "quiet": sorted(n for n, until in self.quiet_until.items() if until > time.time())}
+
+    # --- the look loop ---------------------------------------------------------------------------
+    def _timeout(self) -> float:
+        every = FALLBACK_S if self.events_live else self.interval
+        with self._guard:
+            due = self._due
+        return every if due is None else max(0.0, min(every, due - time.monotonic()))
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stop.is_set():
+            self._wake.wait(self._timeout())
+            self._wake.clear()
+            with self._guard:
+                if self._due is not None and time.monotonic() < self._due:
+                    continue  # woken early (a later event moved the look): wait the rest
+                self._due = None
+            if self._stop.is_set():
+                return
             try:
                 self.look()
             except Exception:  # noqa: BLE001 - one bad look must not end following
                 continue
 
+    # --- the event stream --------------------------------------------------------------------------
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            plan = self._plan()
+            engine = None
+            try:
+                if plan is not None:
+                    engine = self._engine(plan)
+                    self._stream = EventStream(engine.exec_api(), {LABEL_STACK: plan["vsn"]["name"]})
+                    self.events_live = True
+                    for event in self._stream:
+                        self.on_event(event)
+                        if self._stop.is_set():
+                            return
+            except Exception:  # noqa: BLE001 - the engine went away: poll, and connect again
+                pass
+            finally:
+                self.events_live = False
+                self._stream = None
+                if engine is not None:
+                    engine.close()
+            self._stop.wait(RECONNECT_S)
+
+    @staticmethod
+    def _engine(raw: dict):
+        from migrator.plan.model import Plan
+        from migrator.stack.topology import Stack
+
+        return Stack.for_plan(Plan.from_json(raw)).rest_engine()
+
+    def on_event(self, event) -> None:
+        """Note an engine event and ask for a look once things settle."""
+        if event.action in ("start", "restart") and not self._ours(event.name, event.at):
+            with self._guard:
+                self.started_in_place[event.name] = event.at
+        with self._guard:
+            self._due = time.monotonic() + SETTLE_S
+        self._wake.set()
+
+    def _ours(self, name: str, at: float) -> bool:
+        """The event was a migrator operation's doing; while our own restart child holds the lock, only
+        for the services it restarts (a person restarting another one meanwhile is still seen)."""
+        holder, acting = held_by(), self._acting
+        if holder is not None and acting is not None and f"(pid {acting[0]})" in holder:
+            return name in acting[1]
+        return by_operation(name, at, holder)
+
+    # --- deciding --------------------------------------------------------------------------------
     def _plan(self) -> dict | None:
         info = deployed.current() or {}
         path = Path(info["plan"]) if info.get("plan") and info.get("deployed_at") else None
@@ -88,39 +199,68 @@ class Follower:
         return raw if isinstance(raw, dict) else None
 
     def look(self) -> None:
+        """One decision, then return: the restart it runs changes what the next look sees."""
         plan = self._plan()
         if plan is None or stackstate.current() != stackstate.RUNNING or held_by() is not None:
             return
         proc = subprocess.run([*self.command, "status", "--json"], capture_output=True, timeout=120,
                               stdin=subprocess.DEVNULL)
         status = json.loads(proc.stdout)
-        services = {s["name"] for s in plan.get("services", []) if s.get("enabled", True)}
         rows = {r["name"]: r for r in status.get("containers", [])}
+        services = [s["name"] for s in plan.get("services", []) if s.get("enabled", True)]
         for name in services:
+            with self._guard:
+                at = self.started_in_place.pop(name, None)
             row = rows.get(name)
             if row is None or row.get("expected") != "running":
                 continue
             if row.get("state") == "running":
                 self.given_up.discard(name)
+                if (at is not None and self.quiet_until.get(name, 0.0) <= time.time()
+                        and not by_operation(name, at, None)
+                        and self._follow(plan, name, "restarted", dependents(plan, name))):
+                    return self._look_again()
                 continue
             if name in self.given_up or stopped_on_purpose(name) or held_by() is not None:
                 continue
-            self._follow(plan, name, row.get("state"))
-            return  # one at a time; the next look sees the result
+            self._follow(plan, name, row.get("state"), [name, *dependents(plan, name)])
+            return self._look_again()
 
-    def _follow(self, plan: dict, name: str, state: str | None) -> None:
+    def _look_again(self) -> None:
+        """Another look once the restart settled: other services may be waiting their turn."""
+        with self._guard:
+            self._due = time.monotonic() + SETTLE_S
+        self._wake.set()
+
+    def _follow(self, plan: dict, name: str, state: str | None, restart: list[str]) -> bool:
+        """Restart `restart` for `name` (dead, or restarted in place); False when there was nothing to do."""
+        if not restart:
+            return False
         now = time.time()
         recent = [t for t in self.tries.get(name, []) if t > now - TRIES_WINDOW_S]
         if len(recent) >= MAX_TRIES:
+            window = f"followed {len(recent)} times in {TRIES_WINDOW_S / 60:.0f} min"
+            if state == "restarted":  # running, but restarting over and over: stop restarting the others
+                self.quiet_until[name] = now + TRIES_WINDOW_S
+                self._record_give_up(plan, name, f"{name} keeps restarting: {window}; its dependents are "
+                                                  "not restarted after it for a while", now)
+                return True
             self.given_up.add(name)
-            message = (f"{name} keeps dying ({state}): restarted {len(recent)} times in "
-                       f"{TRIES_WINDOW_S / 60:.0f} min; left down")
-            self._record_give_up(plan, name, message, now)
-            return
+            self._record_give_up(plan, name, f"{name} keeps dying ({state}): {window}; left down", now)
+            return True
         self.tries[name] = [*recent, now]
         env = {**os.environ, "MIGRATOR_ACTOR": ACTOR}
-        subprocess.run([*self.command, "restart", name, *dependents(plan, name), "--json"], env=env,
-                       capture_output=True, timeout=RESTART_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        child = subprocess.Popen([*self.command, "restart", *restart, "--json"], env=env, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._acting = (child.pid, frozenset(restart))
+        try:
+            child.wait(timeout=RESTART_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            child.kill()  # its journal puts back what it stopped: the next command recovers first
+            child.wait()
+        finally:
+            self._acting = None
+        return True
 
     @staticmethod
     def _record_give_up(plan: dict, name: str, message: str, now: float) -> None:

@@ -1,7 +1,8 @@
-"""Dependents follow, on a real lab VSN under `migrator serve --follow-dependents`: the database
-container killed by hand is started again and the web service that depends on it restarted after it,
-both healthy, recorded in the history; a service that exits at once is given up on after the bounded
-tries, recorded and sent to a webhook, and left down."""
+"""Dependents follow, on a real lab VSN under `migrator serve --follow-dependents`, woken by podman's
+event stream: the database restarted in place by hand has the web service that depends on it restarted
+after it; the database killed by hand is started again and web restarted after it, both healthy, recorded
+in the history; a service that exits at once is given up on after the bounded tries, recorded and sent to
+a webhook, and left down."""
 
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ def followed(lab_images, tmp_path):
             done = vsn.migrator("deploy", str(plan), "--secrets", str(secrets), "--json")
             assert done.returncode == 0, done.stderr + done.stdout
             server = Served(vsn, secrets, extra_args=["--follow-dependents"]).start()
+            _until(lambda: server.get("/api/v1", token=server.viewer_token).body["follow"]["engine_events"] == "live",
+                   "serve to subscribe to podman's events", 60)
             yield vsn, server, sink, raw
         finally:
             if server is not None:
@@ -61,13 +64,27 @@ def _history(server) -> list[dict]:
     return server.get("/api/v1/history?limit=200", token=server.viewer_token).body["entries"]
 
 
+def _followed(server, *names: str):
+    return next((e for e in _history(server) if e["verb"] == "restart" and e["user"].startswith(ACTOR)
+                 and e["args"][1:1 + len(names)] == list(names)), None)
+
+
 def test_dependents_follow_and_a_crashing_service_is_given_up(followed):
     vsn, server, sink, raw = followed
+    # restarted in place (as by hand or by the engine): db runs again on its own, web must follow it
+    web_before = _started_at(vsn, "web")
+    vsn.podman("restart", "db")
+    db_in_place = _started_at(vsn, "db")
+    restart = _until(lambda: _followed(server, "web"), "the restart of web after db restarted in place")
+    assert restart["result"] == "ok" and restart["args"][:2] == ["restart", "web"], restart
+    assert "db" not in restart["args"]  # running already: not restarted a second time
+    assert _started_at(vsn, "db") == db_in_place
+    assert web_before < db_in_place < _started_at(vsn, "web")
+
     db_before, web_before = _started_at(vsn, "db"), _started_at(vsn, "web")
     vsn.podman("kill", "db")
 
-    restart = _until(lambda: next((e for e in _history(server) if e["verb"] == "restart" and "db" in e["args"]
-                                   and e["user"].startswith(ACTOR)), None), "the restart of db and web")
+    restart = _until(lambda: _followed(server, "db"), "the restart of db and web")
     assert restart["result"] == "ok", restart
     assert restart["args"][:3] == ["restart", "db", "web"]
     containers = vsn.containers()
