@@ -192,12 +192,32 @@ def _secret_refs(raw: dict, secrets, secrets_given: bool) -> list[str]:
     smtp = raw.get("health", {}).get("notify", {}).get("smtp", {})
     if "password_secret" in smtp:
         refs.append(("health.notify.smtp.password_secret", smtp["password_secret"]))
+    urls: list[tuple[str, str]] = []
+    for kind in ("pings", "webhooks"):
+        for i, entry in enumerate(raw.get("events", {}).get(kind, [])):
+            if "url_secret" in entry:
+                urls.append((f"events.{kind}[{i}].url_secret", entry["url_secret"]))
+    refs += urls
     for path, key in refs:
         if not secrets_given:
             problems.append(f"{path}: refers to secret {key!r} but no secrets file was given (--secrets FILE)")
         elif key not in secrets.values:
             problems.append(f"{path}: secret {key!r} is not in the secrets file {secrets.path}")
+    for path, key in urls:
+        value = secrets.values.get(key) if secrets_given else None
+        if value is not None and not _is_event_url(value):
+            # the value is a credential: named by its key only
+            problems.append(f"{path}: secret {key!r} is not an http:// or https:// URL (one line, at most "
+                            f"{EVENT_URL_MAX} characters)")
     return problems
+
+
+EVENT_URL_MAX = 2048  # as the plan's own `url` fields
+
+
+def _is_event_url(value: object) -> bool:
+    return (isinstance(value, str) and value.startswith(("http://", "https://")) and len(value) <= EVENT_URL_MAX
+            and not any(c.isspace() for c in value) and len(value) > len("https://"))
 
 
 def _port_problem(parsed) -> str | None:

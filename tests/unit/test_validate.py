@@ -196,3 +196,36 @@ def test_cli_valid_plan_json(tmp_path, good, secrets_file):
     result = CliRunner().invoke(app, ["validate", str(write(tmp_path, good)), "--secrets", str(secrets_file), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["ok"] is True
+
+
+def _with_events(good: dict) -> dict:
+    raw = copy.deepcopy(good)
+    raw["events"] = {"pings": [{"url_secret": "hc_url"}],
+                     "webhooks": [{"url": "https://hooks.example/x"}, {"url_secret": "slack_url", "format": "slack"}]}
+    return raw
+
+
+def test_event_url_secrets_must_be_in_the_secrets_file(tmp_path, good, secrets_file):
+    problems = problems_of(tmp_path, _with_events(good), secrets_file)
+    assert any(p.startswith("events.pings[0].url_secret: secret 'hc_url' is not in") for p in problems), problems
+    assert any(p.startswith("events.webhooks[1].url_secret: secret 'slack_url'") for p in problems), problems
+    assert not any(p.startswith("events.webhooks[0]") for p in problems)
+
+
+def test_an_event_url_secret_that_is_no_url_is_named_by_its_key_never_shown(tmp_path, good, secrets_file):
+    values = json.loads(secrets_file.read_text())
+    values.update({"hc_url": "https://hc.example/ping/uuid-TOKEN1", "slack_url": "xoxb-TOKEN2 not a url"})
+    secrets_file.write_text(json.dumps(values))
+    problems = problems_of(tmp_path, _with_events(good), secrets_file)
+    assert [p for p in problems if p.startswith("events.")] == [
+        "events.webhooks[1].url_secret: secret 'slack_url' is not an http:// or https:// URL (one line, at most "
+        "2048 characters)"]
+    assert not any("TOKEN" in p for p in problems)
+
+
+def test_event_url_secrets_that_are_urls_pass(tmp_path, good, secrets_file):
+    values = json.loads(secrets_file.read_text())
+    values.update({"hc_url": "https://hc.example/ping/u", "slack_url": "http://127.0.0.1:9/hook"})
+    secrets_file.write_text(json.dumps(values))
+    plan, _ = validate_files(write(tmp_path, _with_events(good)), secrets_file)
+    assert plan.vsn.name == "demo"
