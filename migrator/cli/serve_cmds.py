@@ -96,17 +96,14 @@ def register(app: typer.Typer) -> None:
         try:
             from migrator.serve import auth
 
-            if not auth.NAME.fullmatch(name):
-                raise UsageError(f"user name {name!r}: letters, digits, . _ - (at most 64)")
+            _check_name("user", name)
             if sys.stdin.isatty():
                 password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
             else:
                 password = sys.stdin.readline().rstrip("\n")
             if len(password) < auth.MIN_PASSWORD:
                 raise UsageError(f"the password needs at least {auth.MIN_PASSWORD} characters")
-            path = _secrets_path(secrets)
-            role = auth.READ_ONLY if read_only else auth.OPERATOR
-            _store_entry(path, auth.USER_PREFIX + name, f"{role}:{auth.hash_password(password)}")
+            path, role = _store_credential(secrets, auth.USER_PREFIX + name, read_only, auth.hash_password(password))
             print(f"user {name} ({role}) set in {path}")
         except MigratorError as exc:
             fail(exc, False)
@@ -122,12 +119,9 @@ def register(app: typer.Typer) -> None:
         try:
             from migrator.serve import auth
 
-            if not auth.NAME.fullmatch(name):
-                raise UsageError(f"token name {name!r}: letters, digits, . _ - (at most 64)")
+            _check_name("token", name)
             token, stored = auth.new_token()
-            path = _secrets_path(secrets)
-            role = auth.READ_ONLY if read_only else auth.OPERATOR
-            _store_entry(path, auth.TOKEN_PREFIX + name, f"{role}:{stored}")
+            _store_credential(secrets, auth.TOKEN_PREFIX + name, read_only, stored)
             print(token)
         except MigratorError as exc:
             fail(exc, False)
@@ -156,6 +150,23 @@ def register(app: typer.Typer) -> None:
         except KeyboardInterrupt:
             code = 0
         raise typer.Exit(code)
+
+
+def _check_name(kind: str, name: str) -> None:
+    from migrator.serve import auth
+
+    if not auth.NAME.fullmatch(name):
+        raise UsageError(f"{kind} name {name!r}: letters, digits, . _ - (at most 64)")
+
+
+def _store_credential(secrets: Path | None, key: str, read_only: bool, value: str) -> tuple[Path, str]:
+    """A user's or token's entry `role:value` in the secrets file; the file and the role written."""
+    from migrator.serve import auth
+
+    path = _secrets_path(secrets)
+    role = auth.READ_ONLY if read_only else auth.OPERATOR
+    _store_entry(path, key, f"{role}:{value}")
+    return path, role
 
 
 def _serve(listen: str, tls_cert, tls_key, client_ca, secrets, insecure_http: bool, follow: bool = False) -> None:
