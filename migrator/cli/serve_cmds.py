@@ -64,8 +64,9 @@ def register(app: typer.Typer) -> None:
                                                   help="Require client certificates signed by this CA (PEM)."),
                    secrets: Path = SecretsOpt,
                    follow: bool = typer.Option(False, "--follow-dependents",
-                                               help="Start a service that died outside an operation again, "
-                                                    "and restart what depends on it after it (bounded tries)."),
+                                               help="Watch the engine's events: a service that died outside an "
+                                                    "operation is started again, and what depends on it (also on "
+                                                    "one restarted in place) is restarted after it (bounded tries)."),
                    insecure_http: bool = typer.Option(False, "--insecure-http",
                                                       help="Allow plain HTTP on a non-loopback address "
                                                            "(behind a TLS-terminating proxy only).")) -> None:
