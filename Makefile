@@ -54,7 +54,7 @@ unit: venv
 	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)
 
 test: deps venv images
-	$(VENV)/bin/pytest tests $(PYTEST_ARGS)
+	$(VENV)/bin/pytest tests --durations=25 $(PYTEST_ARGS)
 
 demo: deps venv images
 	examples/demo.sh
