@@ -21,7 +21,7 @@ def info(data_root: str = RootOpt, json_out: bool = JsonOpt) -> None:
 
     Example: migrator agent info --data-root /srv/data --json
     """
-    run(json_out, lambda: move_target.info(data_root), print)
+    run(json_out, lambda: move_target.info(data_root).to_json(), print)
 
 
 @agent.command()
@@ -32,7 +32,7 @@ def receive(volume: str = typer.Option(..., "--volume"), data_root: str = RootOp
 
     Example: migrator agent receive --volume db --data-root /srv/data --fresh --json < db.tar.zst
     """
-    run(json_out, lambda: move_target.receive(data_root, volume, fresh), print)
+    run(json_out, lambda: move_target.receive(data_root, volume, fresh).to_json(), print)
 
 
 @agent.command()
@@ -52,7 +52,7 @@ def cutover(plan: str = typer.Option(..., "--plan", help="The plan the source pu
 
     def action() -> dict:
         with operation("move (target side)", 0.0):
-            return move_target.cutover(plan, secrets, source, heartbeat, keep_old=keep_old)
+            return move_target.cutover(plan, secrets, source, heartbeat, keep_old=keep_old).to_json()
 
     run(json_out, action, print)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -15,7 +16,7 @@ from migrator.errors import UsageError
 from migrator.notify import alerts
 from migrator.ops import cron as cron_op
 from migrator.ops import lifecycle
-from migrator.ops.health import add_mail_failure
+from migrator.ops.health import HealthResult, add_mail_failure
 from migrator.ops.health import health as health_op
 from migrator.ops.recover import operation
 from migrator.plan.model import Plan, Secrets
@@ -44,11 +45,11 @@ def _when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
 
-def _notify_health(plan: Plan, secrets: Secrets, result: dict) -> dict:
+def _notify_health(plan: Plan, secrets: Secrets, result: HealthResult) -> dict:
     cfg = plan.health.get("notify")
     if not cfg:
         return {"sent": None, "error": "the plan has no health.notify section: nobody to mail"}
-    failures = {c["name"]: c["detail"] for c in result["checks"] if c["ok"] is False}
+    failures = {c.name: c.detail for c in result.failed}
     return alerts.notify("health", failures, cfg, plan.vsn.name, secrets, what="health check")
 
 
@@ -81,10 +82,10 @@ def register(app: typer.Typer) -> None:
             p, s = load_plan_args(plan, secrets)
             result = health_op(p)
             if notify:
-                result["notify"] = _notify_health(p, s, result)
-                if result["notify"].get("error") and p.health.get("notify"):  # a mail that did not go out
-                    add_mail_failure(result, result["notify"]["error"])
-            return result
+                result = replace(result, notify=_notify_health(p, s, result))
+                if result.notify.get("error") and p.health.get("notify"):  # a mail that did not go out
+                    result = add_mail_failure(result, result.notify["error"])
+            return result.to_json()
 
         def human(r: dict) -> None:
             if r["healthy"]:
@@ -128,8 +129,8 @@ def register(app: typer.Typer) -> None:
             argv = cron_op.serve_args(serve_args) if serve_args is not None else None
             p, _ = load_plan_args(plan, secrets)
             if systemd:
-                return cron_op.install_systemd(p, systemd, serve, argv)
-            return cron_op.install(p, file, serve, argv)
+                return cron_op.install_systemd(p, systemd, serve, argv).to_json()
+            return cron_op.install(p, file, serve, argv).to_json()
 
         def human(r: dict) -> None:
             if "directory" in r:
@@ -158,7 +159,7 @@ def register(app: typer.Typer) -> None:
             p = None
             if plan or (deployed.current() or {}).get("plan"):
                 p, _ = load_plan_args(plan, secrets)
-            return cron_op.show(p, file)
+            return cron_op.show(p, file).to_json()
 
         def human(r: dict) -> None:
             if r["installed"] is None:
@@ -186,7 +187,7 @@ def register(app: typer.Typer) -> None:
         """
 
         def action() -> dict:
-            return cron_op.remove_systemd(systemd) if systemd else cron_op.remove(file)
+            return (cron_op.remove_systemd(systemd) if systemd else cron_op.remove(file)).to_json()
 
         run(json_out, action, lambda r: print(f"removed {', '.join(r['removed']) or 'nothing'} from {r['directory']}"
                                               if "directory" in r else

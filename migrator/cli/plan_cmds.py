@@ -49,13 +49,11 @@ def register(app: typer.Typer) -> None:
                 plan_path, secrets_path = deployed.plan_and_secrets_paths(str(plan) if plan else None,
                                                                           str(secrets) if secrets else None)
                 p, _ = validate_files(plan_path, secrets_path)
-            results = check_op.run(p)
-            failed = [r for r in results if not r.ok]
-            out = {"checks": [r.to_json() for r in results], "failed": len(failed)}
-            if failed:
-                raise PreflightFailed(f"the VSN is not fit: {len(failed)} check(s) failed",
-                                      details=[f"{r.name}: {r.detail}" for r in failed])
-            return out
+            result = check_op.report(p)
+            if result.failed:
+                raise PreflightFailed(f"the VSN is not fit: {len(result.failed)} check(s) failed",
+                                      details=[f"{r.name}: {r.detail}" for r in result.failed])
+            return result.to_json()
 
         def human(r: dict) -> None:
             for c in r["checks"]:

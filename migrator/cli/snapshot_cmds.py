@@ -97,7 +97,8 @@ def register(app: typer.Typer) -> None:
             with operation("backup", wait, report):
                 from migrator.ops.backup import backup as backup_op
 
-                return backup_op(p, to, list(tag or []), report, progress=report.bytes, full=full, secrets=s)
+                return backup_op(p, to, list(tag or []), report, progress=report.bytes, full=full,
+                                 secrets=s).to_json()
 
         def human(r: dict) -> None:
             kind = f"incremental on {r['parent']}" if r["kind"] == "incremental" else "full"

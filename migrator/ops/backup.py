@@ -18,7 +18,7 @@ import shutil
 import socket
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from migrator import __version__
@@ -74,6 +74,33 @@ def volume_modes(plan: Plan) -> list[VolumePlan]:
         mode = "stop" if "stop" in modes else "two-phase" if "two-phase" in modes else "none"
         out.append(VolumePlan(vol.name, Path(vol.root_dir(plan.vsn.data_root)), mode, writers))
     return out
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    """One committed snapshot: what `migrator backup --json` prints and the notify hooks receive."""
+    snapshot_id: str
+    vsn: str
+    tags: list[str]
+    targets: list[str]
+    objects: list[dict]
+    size: int
+    uncompressed: int
+    downtime: dict[str, float]  # service -> seconds stopped
+    downtime_steps: dict[str, dict[str, float]]
+    duration: float
+    capture: float
+    volumes: dict[str, dict]
+    encrypted: bool
+    kind: str  # full | incremental
+    parent: str | None
+    full_reasons: dict[str, str]  # volume -> why it was captured whole
+    signed_by: str
+    dumps: list[dict]
+    dumps_skipped: list[str]
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class FileSink:
@@ -255,7 +282,7 @@ class Backup:
             self.report(f"could not record the chain locally ({exc.strerror}); the next backup reads the "
                         f"parent's tree state from the store")
 
-    def run(self, stack: Stack, journal) -> dict:
+    def run(self, stack: Stack, journal) -> BackupResult:
         started = time.monotonic()
         volumes = volume_modes(self.plan)
         self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -315,21 +342,21 @@ class Backup:
         self.remember_chain(volumes)
         return self.summary()
 
-    def summary(self) -> dict:
+    def summary(self) -> BackupResult:
         m = self.manifest
-        return {
-            "snapshot_id": m.snapshot_id, "vsn": m.vsn, "tags": m.tags,
-            "targets": [s.url for s in self.stores],
-            "objects": [dict(o.__dict__) for o in m.objects],
-            "size": m.size, "uncompressed": sum(o.uncompressed for o in m.objects),
-            "downtime": m.timings["downtime"], "downtime_steps": self.downtime_steps,
-            "duration": m.timings["total"], "capture": m.timings["capture"],
-            "volumes": m.volumes, "encrypted": m.encrypted,
-            "kind": m.kind, "parent": m.parent, "full_reasons": self.choice.reasons,
-            "signed_by": key_text_of(self.signing_key),
-            "dumps": [{**d.__dict__, "seconds": self.dump_seconds.get(f"{d.service}/{d.database}")} for d in m.dumps],
-            "dumps_skipped": self.dumps_skipped,
-        }
+        return BackupResult(
+            snapshot_id=m.snapshot_id, vsn=m.vsn, tags=m.tags,
+            targets=[s.url for s in self.stores],
+            objects=[dict(o.__dict__) for o in m.objects],
+            size=m.size, uncompressed=sum(o.uncompressed for o in m.objects),
+            downtime=m.timings["downtime"], downtime_steps=self.downtime_steps,
+            duration=m.timings["total"], capture=m.timings["capture"],
+            volumes=m.volumes, encrypted=m.encrypted,
+            kind=m.kind, parent=m.parent, full_reasons=self.choice.reasons,
+            signed_by=key_text_of(self.signing_key),
+            dumps=[{**d.__dict__, "seconds": self.dump_seconds.get(f"{d.service}/{d.database}")} for d in m.dumps],
+            dumps_skipped=self.dumps_skipped,
+        )
 
     def discard(self) -> None:
         """A failed run leaves no listed snapshot: the manifest was never written; remove the debris."""
@@ -362,7 +389,7 @@ def remove_dead_spools() -> list[str]:
 
 
 def backup(plan: Plan, targets: list[str] | None, tags: list[str], report: Report = quiet, progress=None,
-           full: bool = False, secrets: Secrets | None = None) -> dict:
+           full: bool = False, secrets: Secrets | None = None) -> BackupResult:
     moved = deployed.moved_away()
     if moved:
         raise PreflightFailed(f"the stack moved to {moved.get('to')}; this VSN's data is a stale copy",
@@ -388,7 +415,7 @@ def backup(plan: Plan, targets: list[str] | None, tags: list[str], report: Repor
         except BaseException:
             job.discard()
             raise
-    write_json(registry.LAST_BACKUP.path, {"snapshot_id": result["snapshot_id"], "time": time.time(),
-                                                  "targets": result["targets"], "ok": True})
+    write_json(registry.LAST_BACKUP.path, {"snapshot_id": result.snapshot_id, "time": time.time(),
+                                           "targets": result.targets, "ok": True})
     return result
 

@@ -35,6 +35,19 @@ class CheckResult:
         return {"name": self.name, "ok": self.ok, "detail": self.detail}
 
 
+@dataclass(frozen=True)
+class CheckReport:
+    """Every preflight check of one `migrator check` run."""
+    checks: tuple[CheckResult, ...]
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        return [r for r in self.checks if not r.ok]
+
+    def to_json(self) -> dict:
+        return {"checks": [r.to_json() for r in self.checks], "failed": len(self.failed)}
+
+
 
 def _writable(path: Path) -> CheckResult:
     target = path if path.exists() else existing_ancestor(path)
@@ -150,6 +163,11 @@ def size_results(plan: Plan) -> list[CheckResult]:
         results.append(CheckResult(f"size {vol_name}/{mount}", size <= limit,
                                    f"{format_size(size)} of at most {format_size(limit)}"))
     return results
+
+
+def report(plan: Plan | None) -> CheckReport:
+    """`migrator check`: every check, failed ones included (the caller decides what a failure means)."""
+    return CheckReport(tuple(run(plan)))
 
 
 def require(plan: Plan) -> list[CheckResult]:

@@ -1,8 +1,7 @@
-"""`migrator cron install|show|remove`: the plan's schedules, and with --serve `migrator serve` at boot,
-as one cron file or systemd units.
+"""`migrator cron install|show|remove`: the plan's schedules (and serve at boot) as a cron file or systemd units.
 
-Installing is idempotent (same content: no write) and atomic, as cron reads /etc/cron.d at any moment. What
-was written (and the serve options) is remembered in the state dir, for show, remove and `cleanup`.
+Installing is idempotent and atomic, as cron reads /etc/cron.d at any moment. What was written (and the
+serve options) is remembered in the state dir, for show, remove and `cleanup`.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ import os
 import shlex
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from migrator.errors import PlanInvalid, UsageError
@@ -42,6 +41,68 @@ class Job:
 
     def to_json(self) -> dict:
         return {"verb": self.verb, "schedule": self.schedule, "args": list(self.args), "path": self.path}
+
+
+def _fields_json(obj) -> dict:
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
+@dataclass(frozen=True)
+class CronInstalled:
+    file: str
+    changed: bool  # False: the file already had this content and was not rewritten
+    jobs: tuple[Job, ...]
+    content: str
+    serve: list[str] | None  # the words after `migrator serve` on the @reboot line; None: no such line
+
+    def to_json(self) -> dict:
+        return {**_fields_json(self), "jobs": [j.to_json() for j in self.jobs]}
+
+
+@dataclass(frozen=True)
+class CronShown:
+    file: str
+    installed: str | None  # the file's content; None: not there
+    expected: str | None  # what `install` would write; None: no plan to compare with
+    in_sync: bool
+    other_files: list[str]  # other cron files `install` wrote
+    systemd_dirs: list[str]  # unit dirs `install --systemd` wrote
+    serve: list[str] | None
+    serve_units: list[str]  # migrator-serve.service files in those dirs
+
+    def to_json(self) -> dict:
+        return _fields_json(self)
+
+
+@dataclass(frozen=True)
+class CronRemoved:
+    file: str
+    removed: bool  # False: there was nothing to remove
+
+    def to_json(self) -> dict:
+        return _fields_json(self)
+
+
+@dataclass(frozen=True)
+class SystemdInstalled:
+    directory: str
+    units: list[str]
+    changed: list[str]
+    removed: list[str]  # stale migrator units no longer wanted
+    next_step: str  # the systemctl command line to run
+    serve: list[str] | None
+
+    def to_json(self) -> dict:
+        return _fields_json(self)
+
+
+@dataclass(frozen=True)
+class SystemdRemoved:
+    directory: str
+    removed: list[str]
+
+    def to_json(self) -> dict:
+        return _fields_json(self)
 
 
 def cron_file(path: str | os.PathLike | None = None) -> Path:
@@ -204,7 +265,7 @@ def _write_if_changed(path: Path, text: str, mode: int) -> bool:
 
 
 def install(plan: Plan, path: str | os.PathLike | None = None, serve: bool | None = None,
-            serve_argv: list[str] | None = None) -> dict:
+            serve_argv: list[str] | None = None) -> CronInstalled:
     """Write the cron file. serve True/False adds/drops the @reboot serve line; None keeps what is
     installed there (see serve_choice)."""
     target = cron_file(path)
@@ -212,15 +273,14 @@ def install(plan: Plan, path: str | os.PathLike | None = None, serve: bool | Non
     text = render_cron(plan, served)
     changed = _write_if_changed(target, text, 0o644)
     _remember("cron", target, True, served)
-    return {"file": str(target), "changed": changed, "jobs": [j.to_json() for j in jobs(plan)], "content": text,
-            "serve": served}
+    return CronInstalled(str(target), changed, tuple(jobs(plan)), text, served)
 
 
 def _serve_units(dirs: list[str]) -> list[str]:
     return [str(Path(d) / SERVE_UNIT) for d in dirs if (Path(d) / SERVE_UNIT).exists()]
 
 
-def show(plan: Plan | None, path: str | os.PathLike | None = None) -> dict:
+def show(plan: Plan | None, path: str | os.PathLike | None = None) -> CronShown:
     target, others = installed_file(path)
     try:
         installed = target.read_text()
@@ -229,13 +289,11 @@ def show(plan: Plan | None, path: str | os.PathLike | None = None) -> dict:
     served = remembered_serve(target) if installed is not None else None
     expected = render_cron(plan, served) if plan else None
     systemd_dirs = _remembered("systemd")
-    return {"file": str(target), "installed": installed, "expected": expected,
-            "in_sync": installed is not None and installed == expected,
-            "other_files": others, "systemd_dirs": systemd_dirs, "serve": served,
-            "serve_units": _serve_units(systemd_dirs)}
+    return CronShown(str(target), installed, expected, installed is not None and installed == expected,
+                     others, systemd_dirs, served, _serve_units(systemd_dirs))
 
 
-def remove(path: str | os.PathLike | None = None) -> dict:
+def remove(path: str | os.PathLike | None = None) -> CronRemoved:
     target, _others = installed_file(path)
     try:
         target.unlink()
@@ -243,7 +301,7 @@ def remove(path: str | os.PathLike | None = None) -> dict:
     except FileNotFoundError:
         removed = False
     _remember("cron", target, False)
-    return {"file": str(target), "removed": removed}
+    return CronRemoved(str(target), removed)
 
 
 # --- systemd timers --------------------------------------------------------------------------------
@@ -349,7 +407,7 @@ def render_systemd(plan: Plan, serve: list[str] | None = None) -> dict[str, str]
 
 
 def install_systemd(plan: Plan, directory: str | os.PathLike, serve: bool | None = None,
-                    serve_argv: list[str] | None = None) -> dict:
+                    serve_argv: list[str] | None = None) -> SystemdInstalled:
     base = Path(directory)
     served = serve_choice(base, serve, serve_argv)
     units = render_systemd(plan, served)
@@ -359,11 +417,11 @@ def install_systemd(plan: Plan, directory: str | os.PathLike, serve: bool | None
         (base / name).unlink()
     _remember("systemd", base, True, served)
     enable = sorted(n for n in units if n.endswith(".timer")) + ([SERVE_UNIT] if served is not None else [])
-    return {"directory": str(base), "units": sorted(units), "changed": changed, "removed": stale,
-            "next_step": f"systemctl daemon-reload && systemctl enable --now {' '.join(enable)}", "serve": served}
+    return SystemdInstalled(str(base), sorted(units), changed, stale,
+                            f"systemctl daemon-reload && systemctl enable --now {' '.join(enable)}", served)
 
 
-def remove_systemd(directory: str | os.PathLike) -> dict:
+def remove_systemd(directory: str | os.PathLike) -> SystemdRemoved:
     base = Path(directory)
     removed = []
     for p in sorted(base.glob("migrator-*.*")):
@@ -371,7 +429,7 @@ def remove_systemd(directory: str | os.PathLike) -> dict:
             p.unlink()
             removed.append(p.name)
     _remember("systemd", base, False)
-    return {"directory": str(base), "removed": removed}
+    return SystemdRemoved(str(base), removed)
 
 
 def remove_all_installed() -> list[str]:
@@ -379,8 +437,8 @@ def remove_all_installed() -> list[str]:
     info = read_json(registry.CRON.path, {}) or {}
     removed = []
     for f in info.get("cron", []):
-        if remove(f)["removed"]:
+        if remove(f).removed:
             removed.append(f)
     for d in info.get("systemd", []):
-        removed += [str(Path(d) / n) for n in remove_systemd(d)["removed"]]
+        removed += [str(Path(d) / n) for n in remove_systemd(d).removed]
     return removed

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from migrator.errors import LockHeld
@@ -37,7 +37,7 @@ from migrator.state.lock import operation_lock
 DEFAULT_MAX_AGE_HOURS = 26  # a daily backup plus two hours of slack (docs/plan.md: backup.max_age_hours)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Check:
     name: str
     ok: bool | None  # None = skipped (not counted as a failure)
@@ -142,16 +142,49 @@ def mail_check() -> Check | None:
         f"{name}: {str(u.get('error'))[:300]}" for name, u in sorted(unsent.items())))
 
 
-def add_mail_failure(result: dict, error: str) -> dict:
+@dataclass(frozen=True)
+class HealthResult:
+    """One health run: every check (skipped ones too), the failing ones as lines, and the stack state."""
+    vsn: str
+    stack_state: str | None
+    stack_state_error: str | None
+    checks: tuple[Check, ...]
+    time: float
+    notify: dict | None = None  # health --notify: what alerts.notify did (sent, transport, error)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if c.ok is False]
+
+    @property
+    def healthy(self) -> bool:
+        return not self.failed
+
+    @property
+    def failures(self) -> list[str]:
+        return [c.line() for c in self.failed]
+
+    def to_json(self) -> dict:
+        out = {
+            "vsn": self.vsn,
+            "healthy": self.healthy,
+            "stack_state": self.stack_state,
+            "stack_state_error": self.stack_state_error,
+            "checks": [asdict(c) for c in self.checks],
+            "failures": self.failures,
+            "hints": [f"{c.name}: {c.hint}" for c in self.failed if c.hint],
+            "time": self.time,
+        }
+        return out if self.notify is None else {**out, "notify": self.notify}
+
+
+def add_mail_failure(result: HealthResult, error: str) -> HealthResult:
     """This run's own mail (health --notify) could not be sent: the report says so and is unhealthy."""
     check = Check("mail", False, f"mail not sent (retried on the next run): health: {error[:300]}")
-    result["checks"] = [c for c in result["checks"] if c["name"] != "mail"] + [asdict(check)]
-    result["failures"] = [f for f in result["failures"] if not f.startswith("mail: ")] + [check.line()]
-    result["healthy"] = False
-    return result
+    return replace(result, checks=(*(c for c in result.checks if c.name != "mail"), check))
 
 
-def health(plan: Plan, now: float | None = None) -> dict:
+def health(plan: Plan, now: float | None = None) -> HealthResult:
     now = time.time() if now is None else now
     checks: list[Check] = []
     lifecycle = stackstate.load()
@@ -167,14 +200,6 @@ def health(plan: Plan, now: float | None = None) -> dict:
     checks += [c for c in (backup_check(plan, now), drill_check()) if c is not None]
     checks.append(disk_check(plan))
     checks += [c for c in (mail_check(),) if c is not None]
-    failures = [c for c in checks if c.ok is False]
-    return {
-        "vsn": plan.vsn.name,
-        "healthy": not failures,
-        "stack_state": lifecycle["state"],
-        "stack_state_error": lifecycle["error"] if lifecycle["state"] == stackstate.FAILURE else None,
-        "checks": [asdict(c) for c in checks],
-        "failures": [c.line() for c in failures],
-        "hints": [f"{c.name}: {c.hint}" for c in failures if c.hint],
-        "time": now,
-    }
+    return HealthResult(vsn=plan.vsn.name, stack_state=lifecycle["state"],
+                        stack_state_error=lifecycle["error"] if lifecycle["state"] == stackstate.FAILURE else None,
+                        checks=tuple(checks), time=now)

@@ -122,7 +122,7 @@ def cleanup(plan: Plan, *, snapshot: bool = True, targets: list[str] | None = No
         if snapshot:
             report("cleanup: taking the final snapshot")
             snap = backup(plan, targets, [FINAL_TAG], report)
-            result.snapshot_id, result.targets, result.size = snap["snapshot_id"], snap["targets"], snap["size"]
+            result.snapshot_id, result.targets, result.size = snap.snapshot_id, snap.targets, snap.size
         result.removed_containers = Stack.for_plan(plan, report).drop_all()
         result.removed_data = _remove_data(plan, report)
         result.removed_schedules = cron.remove_all_installed()

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from migrator import __version__
@@ -33,6 +34,67 @@ STAGING_SUFFIX = ".move-incoming"
 # Where the source puts plan, secrets and the backup heartbeat (SFTP, 0600) under the target's state dir.
 
 
+def _fields_json(obj) -> dict:
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    """`migrator agent info`: what the source checks before a move."""
+    version: str
+    euid: int
+    hostname: str
+    state_dir: str
+    data_root: str
+    free_bytes: int
+    deployed_at: float | None  # a stack deployed here: when; None: none
+
+    def to_json(self) -> dict:
+        return _fields_json(self)
+
+
+@dataclass(frozen=True)
+class Received:
+    """`migrator agent receive`: one pre-copy stream extracted into its volume's staging dir."""
+    volume: str
+    sha256: str
+    size: int
+    files: int
+
+    def to_json(self) -> dict:
+        return _fields_json(self)
+
+
+@dataclass(frozen=True)
+class Committed:
+    """Staging swapped in: the volumes, and the data that was live before, set aside (volume -> path)."""
+    committed: list[str]
+    kept_aside: list[str]
+    aside: dict[str, str]
+
+    def to_json(self) -> dict:
+        return _fields_json(self)
+
+
+@dataclass(frozen=True)
+class CutoverResult:
+    """`migrator agent cutover`'s final reply: the deploy's result plus the move's own fields, or (aborted)
+    only that nothing was committed."""
+    committed: list[str]
+    steps: dict[str, float]  # seconds per step from `ready` on
+    aborted: bool = False
+    deployed: dict = field(default_factory=dict)  # DeployResult.to_json() of the deploy here
+    kept_aside: list[str] = field(default_factory=list)
+    old_data: dict | None = None  # drop_old(): {"paths", "kept"[, "error"]}; None: no data held before
+    secrets: dict | None = None  # {"path", "copy"}: the secrets file remembered here; None: none was sent
+
+    def to_json(self) -> dict:
+        if self.aborted:
+            return {"committed": self.committed, "aborted": True, "steps": self.steps}
+        return {**self.deployed, "committed": self.committed, "kept_aside": self.kept_aside,
+                "old_data": self.old_data, "steps": self.steps, "secrets": self.secrets}
+
+
 def staging_dir(data_root: str, volume: str) -> Path:
     return Path(data_root) / f".{volume}{STAGING_SUFFIX}"
 
@@ -44,16 +106,16 @@ def _safe_volume(name: str) -> str:
     return name
 
 
-def info(data_root: str) -> dict:
+def info(data_root: str) -> AgentInfo:
     root = Path(data_root)
     free = shutil.disk_usage(existing_ancestor(root)).free
     here = deployed.current() or {}
-    return {"version": __version__, "euid": os.geteuid(), "hostname": socket.gethostname(),
-            "state_dir": str(state_dir()), "data_root": str(root), "free_bytes": free,
-            "deployed_at": here.get("deployed_at")}
+    return AgentInfo(version=__version__, euid=os.geteuid(), hostname=socket.gethostname(),
+                     state_dir=str(state_dir()), data_root=str(root), free_bytes=free,
+                     deployed_at=here.get("deployed_at"))
 
 
-def receive(data_root: str, volume: str, fresh: bool) -> dict:
+def receive(data_root: str, volume: str, fresh: bool) -> Received:
     """Extract the archive stream on stdin into the volume's staging dir; report its sha256 for the sender
     to compare (the sender only knows it when the stream ends)."""
     staging = staging_dir(data_root, _safe_volume(volume))
@@ -62,10 +124,10 @@ def receive(data_root: str, volume: str, fresh: bool) -> dict:
     Path(data_root).mkdir(parents=True, exist_ok=True)
     stats = extract_archive(sys.stdin.buffer, staging, expected_sha256=None)
     sync_filesystem(staging)  # the bulk flushed now, while services run, so commit's flush has little left
-    return {"volume": volume, "sha256": stats.sha256, "size": stats.size, "files": stats.files}
+    return Received(volume, stats.sha256, stats.size, stats.files)
 
 
-def commit(data_root: str, volumes: list[str]) -> dict:
+def commit(data_root: str, volumes: list[str]) -> Committed:
     """Staging -> live by rename; a live dir already there is kept aside as <dir>.pre-move-<ts> until the
     cut-over is decided (`uncommit` puts it back, `drop_old` removes it). The staged data is flushed to
     disk first: the pre-copy's receive flushed its bulk already, the cut-over's delta (applied by
@@ -88,7 +150,7 @@ def commit(data_root: str, volumes: list[str]) -> dict:
             kept[volume] = str(aside)
         os.rename(staging, live)
     fsync_dir(data_root)
-    return {"committed": volumes, "kept_aside": list(kept.values()), "aside": kept}
+    return Committed(volumes, list(kept.values()), kept)
 
 
 def uncommit(data_root: str, volumes: list[str], aside: dict[str, str]) -> None:
@@ -165,7 +227,8 @@ def emit_line(event: dict) -> None:
 
 
 def cutover(plan_path: str, secrets_path: str | None, source: str, heartbeat: bool = False,
-            emit: Emit = emit_line, confirm: Emit = emit_strict, stdin=None, keep_old: bool = False) -> dict:
+            emit: Emit = emit_line, confirm: Emit = emit_strict, stdin=None,
+            keep_old: bool = False) -> CutoverResult:
     """The target's half of the cut-over, driven by frames on stdin (migrator.remote.frames):
     `{"cmd": "receive", "volume": V}` + a data stream -> extract into V's staging dir, answer
     `{"event": "received", sha256, size, files, fingerprint}`; `{"cmd": "commit"}` -> swap staging in,
@@ -229,18 +292,18 @@ def cutover(plan_path: str, secrets_path: str | None, source: str, heartbeat: bo
             emit({"event": "received", "volume": volume, "sha256": stats.sha256, "size": stats.size,
                   "files": stats.files, "fingerprint": there})
         elif cmd == "abort":
-            return {"committed": [], "aborted": True, "steps": timer.durations}
+            return CutoverResult(committed=[], steps=timer.durations, aborted=True)
         elif cmd == "commit":
             break
         else:
             raise UsageError(f"unknown cut-over command {cmd!r}")
     committed = commit(data_root, volumes)
     timer.lap("commit")
-    emit({"event": "committed", **committed})
+    emit({"event": "committed", **committed.to_json()})
 
     def roll_back_data() -> None:
         try:
-            uncommit(data_root, volumes, committed["aside"])
+            uncommit(data_root, volumes, committed.aside)
         except OSError as exc:  # the cause of the failure stays the error; this one is reported beside it
             emit({"event": "progress", "message": f"could not put the data held here before back: {exc}"})
 
@@ -265,12 +328,12 @@ def cutover(plan_path: str, secrets_path: str | None, source: str, heartbeat: bo
         os.replace(registry.INCOMING.path / registry.LAST_BACKUP.name, registry.LAST_BACKUP.path)
     mark_moved(source)
     timer.lap("finish")
-    old_data = drop_old(committed["aside"], keep_old)
+    old_data = drop_old(committed.aside, keep_old)
     if old_data:
         timer.lap("old-data")
-    return {**result, "committed": committed["committed"], "kept_aside": committed["kept_aside"],
-            "old_data": old_data, "steps": timer.durations,
-            "secrets": {"path": str(secrets.path), "copy": not remembered} if secrets_path else None}
+    return CutoverResult(committed=committed.committed, steps=timer.durations, deployed=result,
+                         kept_aside=committed.kept_aside, old_data=old_data,
+                         secrets={"path": str(secrets.path), "copy": not remembered} if secrets_path else None)
 
 
 def operators_secrets(incoming: str | None) -> str | None:

@@ -89,9 +89,9 @@ def prepare(plan: Plan, secrets: Secrets, targets: list[str] | None, report: Rep
     report("fingerprinting the data")
     prints = _fingerprints(plan)
     write_json(registry.OS_UPDATE_FINGERPRINT.path, prints)
-    write_json(_marker(), {"prepared": time.time(), "snapshot_id": snap["snapshot_id"], "targets": urls,
+    write_json(_marker(), {"prepared": time.time(), "snapshot_id": snap.snapshot_id, "targets": urls,
                            "plan": plan.raw, "secrets": secrets.path, "removed": down.removed})
-    return Prepared(snap["snapshot_id"], urls, sum(len(p) for p in prints.values()), sorted(prints))
+    return Prepared(snap.snapshot_id, urls, sum(len(p) for p in prints.values()), sorted(prints))
 
 
 def finish(restore_on_mismatch: bool = False, identity: Path | None = None, report: Report = quiet) -> Finished:

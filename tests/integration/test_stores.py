@@ -24,6 +24,7 @@ import pytest
 from migrator.errors import IntegrityError, ObjectMissing, ObjectTooLarge, Unreachable, UsageError
 from migrator.retry import RetryPolicy
 from migrator.storage import check_key, get_store, is_hidden_name, options_for
+from migrator.storage.base import SnapshotStore
 from migrator.storage.s3 import PART_SIZE, S3Store, is_transient
 from migrator.storage.ssh import SSHStore
 from tests.lab.s3server import REGION, FaultProxy, S3Bucket, aws_test_env, create_bucket
@@ -45,7 +46,7 @@ def payload(n: int, seed: int = 1) -> bytes:
     return random.Random(seed).randbytes(n)
 
 
-def write_streaming(store, key: str, data: bytes, chunk: int = CHUNK):
+def write_streaming(store: SnapshotStore, key: str, data: bytes, chunk: int = CHUNK):
     w = store.open_writer(key)
     view = memoryview(data)
     for i in range(0, len(data), chunk):
@@ -53,7 +54,7 @@ def write_streaming(store, key: str, data: bytes, chunk: int = CHUNK):
     return w
 
 
-def read_streaming(store, key: str, n: int = 65_536) -> tuple[int, str]:
+def read_streaming(store: SnapshotStore, key: str, n: int = 65_536) -> tuple[int, str]:
     h, total = hashlib.sha256(), 0
     with store.open_reader(key) as f:
         while True:

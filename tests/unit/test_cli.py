@@ -101,3 +101,21 @@ def test_reading_commands_do_not_need_a_writable_store(tmp_path, monkeypatch):
     assert listed.exit_code == 0 and json.loads(listed.stdout)["snapshots"] == []
     pruned = runner.invoke(app, ["prune", "--keep-last", "1", "--from", f"file://{store}", "--vsn", "demo", "--json"])
     assert pruned.exit_code == 8 and "not writable" in json.loads(pruned.stdout)["message"]
+
+
+def test_check_json(tmp_path, monkeypatch):
+    """`migrator check --json`: every check and the count of failed ones; a failed one exits 4."""
+    from migrator.ops import check
+
+    monkeypatch.setenv("MIGRATOR_STATE_DIR", str(tmp_path / "state"))
+    results = [check.CheckResult("command tar", True, "/usr/bin/tar"), check.CheckResult("root", True, "running as root")]
+    monkeypatch.setattr(check, "run", lambda plan: results)
+    out = runner.invoke(app, ["check", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout) == {"ok": True, "failed": 0, "checks": [
+        {"name": "command tar", "ok": True, "detail": "/usr/bin/tar"},
+        {"name": "root", "ok": True, "detail": "running as root"}]}
+    results.append(check.CheckResult("free space", False, "1 KiB free"))
+    bad = runner.invoke(app, ["check", "--json"])
+    assert bad.exit_code == 4 and json.loads(bad.stdout)["details"] == ["free space: 1 KiB free"]
+    assert check.report(None).to_json()["failed"] == 1

@@ -94,23 +94,23 @@ def test_prune_schedule_needs_retention_values():
 def test_install_is_idempotent_and_atomic(tmp_path):
     target = tmp_path / "cron.d" / "migrator"
     first = cron.install(plan(), target)
-    assert first["changed"] and oct(target.stat().st_mode & 0o777) == "0o644"
+    assert first.changed and oct(target.stat().st_mode & 0o777) == "0o644"
     inode, mtime = target.stat().st_ino, target.stat().st_mtime_ns
     again = cron.install(plan(), target)
-    assert not again["changed"]
+    assert not again.changed
     assert (target.stat().st_ino, target.stat().st_mtime_ns) == (inode, mtime)  # not rewritten
     changed = cron.install(plan(backup__schedule="4 6 * * *"), target)
-    assert changed["changed"] and target.stat().st_ino != inode  # replaced by rename, never edited in place
+    assert changed.changed and target.stat().st_ino != inode  # replaced by rename, never edited in place
     assert [p.name for p in target.parent.iterdir()] == ["migrator"]  # no temp files left
-    assert cron.show(plan(backup__schedule="4 6 * * *"), target)["in_sync"]
-    assert not cron.show(plan(), target)["in_sync"]
-    assert cron.remove(target)["removed"] and not target.exists()
-    assert not cron.remove(target)["removed"]
+    assert cron.show(plan(backup__schedule="4 6 * * *"), target).in_sync
+    assert not cron.show(plan(), target).in_sync
+    assert cron.remove(target).removed and not target.exists()
+    assert not cron.remove(target).removed
 
 
 def test_env_override_of_the_cron_file(tmp_path, monkeypatch):
     monkeypatch.setenv("MIGRATOR_CRON_FILE", str(tmp_path / "elsewhere"))
-    assert cron.install(plan())["file"] == str(tmp_path / "elsewhere")
+    assert cron.install(plan()).file == str(tmp_path / "elsewhere")
 
 
 @pytest.mark.parametrize("expr,expected", [
@@ -147,15 +147,15 @@ def test_on_calendar_fires_when_cron_does(expr):
 
 def test_systemd_units(tmp_path):
     res = cron.install_systemd(plan(), tmp_path)
-    assert sorted(res["units"]) == sorted(f"migrator-{v}.{k}" for v in ("backup", "health", "drill", "prune")
+    assert sorted(res.units) == sorted(f"migrator-{v}.{k}" for v in ("backup", "health", "drill", "prune")
                                           for k in ("service", "timer"))
     timer = (tmp_path / "migrator-backup.timer").read_text()
     assert "OnCalendar=*-*-* 5:4:00" in timer and "Persistent=true" in timer
     service = (tmp_path / "migrator-health.service").read_text()
     assert re.search(r"^ExecStart=/\S+ health --notify$", service, re.M)
     assert "Environment=" in service and "Type=oneshot" in service
-    assert not cron.install_systemd(plan(), tmp_path)["changed"]
-    assert len(cron.remove_systemd(tmp_path)["removed"]) == 8
+    assert not cron.install_systemd(plan(), tmp_path).changed
+    assert len(cron.remove_systemd(tmp_path).removed) == 8
 
 
 def test_show_and_remove_find_the_file_install_wrote(tmp_path, secrets_file):
@@ -189,7 +189,7 @@ def test_serve_adds_an_reboot_line_and_is_remembered(tmp_path, state):
     argv = cron.serve_args(SERVE_ARGS)
     assert argv[3] == "/etc/migrator/my cert.pem"
     first = cron.install(plan(), target, True, argv)
-    assert first["changed"] and first["serve"] == argv
+    assert first.changed and first.serve == argv
     reboot = [line for line in target.read_text().splitlines() if line.startswith("@reboot")]
     assert len(reboot) == 1
     words = shlex.split(reboot[0])
@@ -198,16 +198,16 @@ def test_serve_adds_an_reboot_line_and_is_remembered(tmp_path, state):
     assert "MIGRATOR_STATE_DIR=" in target.read_text()  # the same carried environment as the jobs
     # Installing again after a plan change, without --serve, keeps the line (remembered in the state dir).
     again = cron.install(plan(backup__schedule="4 6 * * *"), target)
-    assert again["changed"] and again["serve"] == argv and "@reboot root" in target.read_text()
-    assert not cron.install(plan(backup__schedule="4 6 * * *"), target, True)["changed"]  # --serve alone: same args
+    assert again.changed and again.serve == argv and "@reboot root" in target.read_text()
+    assert not cron.install(plan(backup__schedule="4 6 * * *"), target, True).changed  # --serve alone: same args
     shown = cron.show(plan(backup__schedule="4 6 * * *"), target)
-    assert shown["in_sync"] and shown["serve"] == argv
+    assert shown.in_sync and shown.serve == argv
     dropped = cron.install(plan(backup__schedule="4 6 * * *"), target, False)
-    assert dropped["changed"] and dropped["serve"] is None and "@reboot" not in target.read_text()
-    assert cron.show(plan(backup__schedule="4 6 * * *"), target)["in_sync"]
+    assert dropped.changed and dropped.serve is None and "@reboot" not in target.read_text()
+    assert cron.show(plan(backup__schedule="4 6 * * *"), target).in_sync
     cron.install(plan(), target, True)
-    assert cron.show(plan(), target)["serve"] == []  # --serve alone, nothing before: serve's defaults
-    assert cron.remove(target)["removed"] and cron.remembered_serve(target) is None
+    assert cron.show(plan(), target).serve == []  # --serve alone, nothing before: serve's defaults
+    assert cron.remove(target).removed and cron.remembered_serve(target) is None
     assert [p.name for p in target.parent.iterdir()] == []
 
 
@@ -237,19 +237,19 @@ def test_serve_args_and_no_serve_contradict(tmp_path):
 def test_systemd_serve_unit(tmp_path):
     argv = cron.serve_args(SERVE_ARGS)
     res = cron.install_systemd(plan(), tmp_path, True, argv)
-    assert "migrator-serve.service" in res["units"] and "migrator-serve.timer" not in res["units"]
-    assert res["next_step"].endswith(" migrator-serve.service") and res["serve"] == argv
+    assert "migrator-serve.service" in res.units and "migrator-serve.timer" not in res.units
+    assert res.next_step.endswith(" migrator-serve.service") and res.serve == argv
     unit = (tmp_path / "migrator-serve.service").read_text()
     assert "Type=simple" in unit and "Restart=on-failure" in unit and "WantedBy=multi-user.target" in unit
     assert "Environment=MIGRATOR_STATE_DIR=" in unit
     exec_start = re.search(r"^ExecStart=(.*)$", unit, re.M).group(1)
     assert shlex.split(exec_start)[1:] == ["serve", *argv]
-    assert cron.show(None)["serve_units"] == [str(tmp_path / "migrator-serve.service")]
-    assert not cron.install_systemd(plan(), tmp_path)["changed"]  # kept without --serve, unchanged
+    assert cron.show(None).serve_units == [str(tmp_path / "migrator-serve.service")]
+    assert not cron.install_systemd(plan(), tmp_path).changed  # kept without --serve, unchanged
     dropped = cron.install_systemd(plan(), tmp_path, False)
-    assert dropped["removed"] == ["migrator-serve.service"] and not (tmp_path / "migrator-serve.service").exists()
+    assert dropped.removed == ["migrator-serve.service"] and not (tmp_path / "migrator-serve.service").exists()
     cron.install_systemd(plan(), tmp_path, True)
-    assert len(cron.remove_systemd(tmp_path)["removed"]) == 9 and cron.remembered_serve(tmp_path) is None
+    assert len(cron.remove_systemd(tmp_path).removed) == 9 and cron.remembered_serve(tmp_path) is None
 
 
 def test_cli_serve_args(tmp_path, secrets_file):
@@ -270,3 +270,19 @@ def test_cli_serve_args(tmp_path, secrets_file):
     human = runner.invoke(app, args)
     assert human.exit_code == 0 and "@reboot         serve --listen 127.0.0.1:8765" in human.stdout
     assert "@reboot root" in target.read_text()
+
+
+def test_results_json_is_the_cli_contract(tmp_path):
+    """The typed results print the keys `cron install|show|remove --json` always had (plus serve)."""
+    target = tmp_path / "cron.d" / "migrator"
+    assert set(cron.install(plan(), target).to_json()) == {"file", "changed", "jobs", "content", "serve"}
+    assert cron.install(plan(), target).to_json()["jobs"][0] == {"verb": "backup", "schedule": "4 5 * * *",
+                                                                 "args": ["--wait", str(cron.BACKUP_WAIT)],
+                                                                 "path": "backup.schedule"}
+    assert set(cron.show(plan(), target).to_json()) == {"file", "installed", "expected", "in_sync", "other_files",
+                                                        "systemd_dirs", "serve", "serve_units"}
+    assert cron.remove(target).to_json() == {"file": str(target), "removed": True}
+    units = cron.install_systemd(plan(), tmp_path / "units").to_json()
+    assert set(units) == {"directory", "units", "changed", "removed", "next_step", "serve"}
+    assert cron.remove_systemd(tmp_path / "units").to_json() == {"directory": str(tmp_path / "units"),
+                                                                 "removed": sorted(units["units"])}

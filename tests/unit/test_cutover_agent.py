@@ -71,16 +71,20 @@ def test_receive_commit_deploy_and_report(agent_env):
     assert received["fingerprint"] == fingerprint(agent_env.source, content=False)
     assert (agent_env.data_root / "vol" / "sub" / "file").read_text() == "moved"  # committed
     assert agent_env.calls == ["check", "deploy checked=True"]
-    assert result["committed"] == ["vol"]
+    assert result.committed == ["vol"]
     assert list(events[0]["steps"]) == ["prepare"]  # the steps before `ready`, then the rest in the reply
-    assert list(result["steps"]) == ["waiting", "receive.vol", "fingerprint.vol", "commit", "deploy", "finish"]
+    assert list(result.steps) == ["waiting", "receive.vol", "fingerprint.vol", "commit", "deploy", "finish"]
+    reply = result.to_json()  # the final JSON line the source reads: the deploy's result plus the move's
+    assert {"committed", "kept_aside", "old_data", "steps", "secrets"} <= set(reply)
+    assert set(reply) - {"committed", "kept_aside", "old_data", "steps", "secrets"} == set(result.deployed)
     assert (Path(move_target.state_dir()) / "moved-in.json").exists()
 
 
 def test_abort_commits_nothing(agent_env):
     raw, _sha = _stdin(agent_env, commit=False)
     result = move_target.cutover("plan.json", None, "vsn1", emit=lambda e: None, stdin=io.BytesIO(raw))
-    assert result["aborted"] and not (agent_env.data_root / "vol").exists()
+    assert result.aborted and not (agent_env.data_root / "vol").exists()
+    assert result.to_json() == {"committed": [], "aborted": True, "steps": result.steps}
     assert move_target.staging_dir(str(agent_env.data_root), "vol").is_dir()  # kept for a retry
 
 
@@ -120,7 +124,7 @@ def test_data_held_before_is_removed_once_healthy_unless_kept(agent_env, keep_ol
     raw, _sha = _stdin(agent_env, commit=True)
     result = move_target.cutover("plan.json", None, "vsn1", emit=lambda e: None, confirm=lambda e: None,
                                  stdin=io.BytesIO(raw), keep_old=keep_old)
-    old = result["old_data"]
+    old = result.old_data
     assert old["kept"] is keep_old and [Path(p).name.split(".pre-move-")[0] for p in old["paths"]] == ["vol"]
     assert [str(p) for p in agent_env.data_root.glob("vol.pre-move-*")] == (old["paths"] if keep_old else [])
     assert (agent_env.data_root / "vol" / "sub" / "file").read_text() == "moved"
@@ -169,13 +173,13 @@ def test_a_move_back_keeps_the_operators_secrets_file(agent_env, tmp_path, monke
     raw, _sha = _stdin(agent_env, commit=True)
     result = move_target.cutover("plan.json", str(incoming), "vsn1", emit=lambda e: None,
                                  confirm=lambda e: None, stdin=io.BytesIO(raw))
-    assert used == [str(operator)] and result["secrets"] == {"path": str(operator), "copy": False}
+    assert used == [str(operator)] and result.secrets == {"path": str(operator), "copy": False}
 
     _secrets_file(operator, {"db_password": "edited meanwhile"})
     raw, _sha = _stdin(agent_env, commit=True)
     result = move_target.cutover("plan.json", str(incoming), "vsn1", emit=lambda e: None,
                                  confirm=lambda e: None, stdin=io.BytesIO(raw))
-    assert used[-1] == str(incoming) and result["secrets"] == {"path": str(incoming), "copy": True}
+    assert used[-1] == str(incoming) and result.secrets == {"path": str(incoming), "copy": True}
 
 
 def test_move_output_says_where_the_target_keeps_the_secrets(tmp_path, monkeypatch, good, secrets_file):
@@ -199,3 +203,11 @@ def test_move_output_says_where_the_target_keeps_the_secrets(tmp_path, monkeypat
     reply["target_secrets"] = {"path": "/etc/migrator/secrets.json", "copy": False}
     result = CliRunner().invoke(app, ["move", "--to", "root@vsn2", "--json"])
     assert json.loads(result.stdout)["target_secrets"]["path"] == "/etc/migrator/secrets.json"
+
+
+def test_info_and_receive_replies(tmp_path):
+    info = move_target.info(str(tmp_path / "data")).to_json()
+    assert set(info) == {"version", "euid", "hostname", "state_dir", "data_root", "free_bytes", "deployed_at"}
+    assert info["data_root"] == str(tmp_path / "data") and info["free_bytes"] > 0
+    received = move_target.Received("vol", "ab" * 32, 10, 1).to_json()
+    assert received == {"volume": "vol", "sha256": "ab" * 32, "size": 10, "files": 1}

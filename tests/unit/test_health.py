@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from dataclasses import replace
 
 import pytest
 from typer.testing import CliRunner
@@ -131,3 +132,24 @@ def test_dry_run_is_logged_but_not_a_metrics_success(state, tmp_path, monkeypatc
     (entry,) = history.entries()
     assert entry.verb == "deploy" and "--dry-run" in entry.args and entry.result == "ok"
     assert not (state / "metrics" / "migrator.prom").exists()
+
+
+def test_health_result_json_and_a_mail_that_did_not_go_out():
+    """`health --json` keys; a failed mail of this run replaces an earlier mail check and makes it unhealthy."""
+    checks = (health.Check("disk", True, "1 GiB free"), health.Check("drill", None, "skipped"),
+              health.Check("mail", False, "mail not sent (retried on the next run): backup: refused"),
+              health.Check("probe:web", False, "HTTP 500", "`migrator restart web` restarts it"))
+    result = health.HealthResult("demo", "Running", None, checks, 5.0)
+    out = result.to_json()
+    assert set(out) == {"vsn", "healthy", "stack_state", "stack_state_error", "checks", "failures", "hints", "time"}
+    assert out["healthy"] is False and out["checks"][1] == {"name": "drill", "ok": None, "detail": "skipped",
+                                                            "hint": None}
+    assert out["failures"] == ["mail: mail not sent (retried on the next run): backup: refused", "probe:web: HTTP 500"]
+    assert out["hints"] == ["probe:web: `migrator restart web` restarts it"]
+    mailed = health.add_mail_failure(replace(result, notify={"sent": None, "error": "no route"}), "no route")
+    out = mailed.to_json()
+    assert out["notify"] == {"sent": None, "error": "no route"}
+    assert out["failures"] == ["probe:web: HTTP 500", "mail: mail not sent (retried on the next run): health: no route"]
+    assert [c["name"] for c in out["checks"]] == ["disk", "drill", "probe:web", "mail"]
+    fine = health.HealthResult("demo", "Running", None, checks[:2], 5.0)
+    assert fine.healthy and health.add_mail_failure(fine, "x").healthy is False

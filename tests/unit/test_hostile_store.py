@@ -40,7 +40,7 @@ def lab(tmp_path, monkeypatch):
 
 def _backup(root: Path, full: bool = True) -> str:
     (root / "data" / "vol" / "data" / f"f{len(list((root / 'store').glob('*/*')))}").write_text("x")
-    return backup_ops.backup(_plan(root), None, [], full=full)["snapshot_id"]
+    return backup_ops.backup(_plan(root), None, [], full=full).snapshot_id
 
 
 def _cli(root: Path, *args: str) -> tuple[int, dict | None, str]:

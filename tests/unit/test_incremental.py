@@ -58,7 +58,7 @@ def _seed(tree: Path, rng: random.Random) -> None:
     os.link(tree / "sub" / "f2", tree / "hard")
 
 
-def _backup(root: Path, **kw) -> dict:
+def _backup(root: Path, **kw) -> backup_ops.BackupResult:
     return backup_ops.backup(_plan(root, **kw.pop("backup", {})), None, [], **kw)
 
 
@@ -71,10 +71,10 @@ def _restored(root: Path, sid: str, name: str) -> dict:
         shutil.rmtree(out)
 
 
-def _continues(root: Path, tree: Path, result: dict, parent: str) -> None:
+def _continues(root: Path, tree: Path, result: backup_ops.BackupResult, parent: str) -> None:
     """`result` is an incremental on `parent`, and restores to exactly the live tree."""
-    assert result["kind"] == "incremental" and result["parent"] == parent
-    assert _restored(root, result["snapshot_id"], result["snapshot_id"]) == fingerprint(tree.parent)
+    assert result.kind == "incremental" and result.parent == parent
+    assert _restored(root, result.snapshot_id, result.snapshot_id) == fingerprint(tree.parent)
 
 
 # -- the change steps ------------------------------------------------------------------------------------
@@ -161,8 +161,8 @@ def test_every_kept_snapshot_restores_exactly_after_every_prune(tmp_path_factory
             elif op == "backup":
                 # Long chains on purpose: the share rule would cut them at the first hard link to "db".
                 result = _backup(root, full=arg, backup={"full_when_deltas_exceed": 100})
-                assert result["kind"] == ("full" if arg or not recorded else "incremental")
-                recorded[result["snapshot_id"]] = fingerprint(tree.parent)
+                assert result.kind == ("full" if arg or not recorded else "incremental")
+                recorded[result.snapshot_id] = fingerprint(tree.parent)
             else:
                 newest = [m.snapshot_id for m in list_snapshots(store, VSN).snapshots][-arg:]
                 snap_ops.prune(store, VSN, Policy(keep_last=arg), dry_run=False)
@@ -188,17 +188,17 @@ def test_incremental_stores_changed_blocks_only_and_restore_reads_the_chain(lab)
         fh.seek(MIB)
         fh.write(b"x" * 100)
     second = _backup(root)
-    assert (first["kind"], second["kind"], second["parent"]) == ("full", "incremental", first["snapshot_id"])
-    assert second["size"] < 200_000 < 4 * MIB < first["size"]  # one 64 KiB block of "db", not 4 MiB
-    assert second["objects"][0]["files"] >= 1
+    assert (first.kind, second.kind, second.parent) == ("full", "incremental", first.snapshot_id)
+    assert second.size < 200_000 < 4 * MIB < first.size  # one 64 KiB block of "db", not 4 MiB
+    assert second.objects[0]["files"] >= 1
     store = get_store(f"file://{root / 'store'}")
-    snap = open_snapshot(store, VSN, second["snapshot_id"])
-    assert [link.id for link in snap.chain("vol")] == [first["snapshot_id"], second["snapshot_id"]]
-    assert _restored(root, second["snapshot_id"], "b") == fingerprint(tree.parent)
+    snap = open_snapshot(store, VSN, second.snapshot_id)
+    assert [link.id for link in snap.chain("vol")] == [first.snapshot_id, second.snapshot_id]
+    assert _restored(root, second.snapshot_id, "b") == fingerprint(tree.parent)
     rows = {r["id"]: r for r in snap_ops.snapshots(store, VSN).snapshots}
-    assert rows[second["snapshot_id"]]["kind"] == "incremental"
-    parent = open_snapshot(store, VSN, first["snapshot_id"]).manifest
-    assert rows[second["snapshot_id"]]["restore_size"] == sum(o.size for o in parent.objects + snap.manifest.objects)
+    assert rows[second.snapshot_id]["kind"] == "incremental"
+    parent = open_snapshot(store, VSN, first.snapshot_id).manifest
+    assert rows[second.snapshot_id]["restore_size"] == sum(o.size for o in parent.objects + snap.manifest.objects)
 
 
 def test_a_deleted_parent_object_makes_the_next_backup_full_and_the_damaged_one_unrestorable(lab):
@@ -207,15 +207,15 @@ def test_a_deleted_parent_object_makes_the_next_backup_full_and_the_damaged_one_
     first = _backup(root)
     (tree / "sub" / "f0").write_bytes(b"changed")
     second = _backup(root)
-    (root / "store" / VSN / first["snapshot_id"] / "vol.tar.zst").unlink()
+    (root / "store" / VSN / first.snapshot_id / "vol.tar.zst").unlink()
     (tree / "sub" / "f1").write_bytes(b"changed too")
     third = _backup(root)
-    assert third["kind"] == "full" and "vol.tar.zst is missing" in third["full_reasons"]["vol"]
-    assert _restored(root, third["snapshot_id"], "c") == fingerprint(tree.parent)
+    assert third.kind == "full" and "vol.tar.zst is missing" in third.full_reasons["vol"]
+    assert _restored(root, third.snapshot_id, "c") == fingerprint(tree.parent)
     with pytest.raises(IntegrityError, match="vol.tar.zst"):
-        _restored(root, second["snapshot_id"], "d")
+        _restored(root, second.snapshot_id, "d")
     with pytest.raises(IntegrityError, match="missing"):
-        snap_ops.verify(get_store(f"file://{root / 'store'}"), VSN, second["snapshot_id"], read_data=False)
+        snap_ops.verify(get_store(f"file://{root / 'store'}"), VSN, second.snapshot_id, read_data=False)
 
 
 def test_a_tampered_tree_state_in_the_store_costs_a_full_snapshot_never_a_wrong_one(lab):
@@ -223,26 +223,26 @@ def test_a_tampered_tree_state_in_the_store_costs_a_full_snapshot_never_a_wrong_
     _seed(tree, random.Random(3))
     first = _backup(root)
     chainrecord.forget(VSN)  # as on another machine: the tree state must come from the store
-    obj = root / "store" / VSN / first["snapshot_id"] / "vol.tree.zst"
+    obj = root / "store" / VSN / first.snapshot_id / "vol.tree.zst"
     data = bytearray(obj.read_bytes())
     data[len(data) // 2] ^= 0xFF
     obj.write_bytes(bytes(data))
     (tree / "sub" / "f0").write_bytes(b"changed")
     second = _backup(root)
-    assert second["kind"] == "full" and "tree state" in second["full_reasons"]["vol"]
-    assert _restored(root, second["snapshot_id"], "e") == fingerprint(tree.parent)
+    assert second.kind == "full" and "tree state" in second.full_reasons["vol"]
+    assert _restored(root, second.snapshot_id, "e") == fingerprint(tree.parent)
 
 
 def test_a_manifest_that_disagrees_with_the_local_record_costs_a_full_snapshot(lab):
     root, tree = lab
     _seed(tree, random.Random(12))
     first = _backup(root)
-    manifest = root / "store" / VSN / first["snapshot_id"] / "manifest.json"
+    manifest = root / "store" / VSN / first.snapshot_id / "manifest.json"
     raw = json.loads(manifest.read_text())
     raw["trees"][0]["sha256"] = "0" * 64  # a forger would also replace the object: the record catches both
     manifest.write_text(json.dumps(raw))
     second = _backup(root)
-    assert second["kind"] == "full" and "this VSN recorded" in second["full_reasons"]["vol"]
+    assert second.kind == "full" and "this VSN recorded" in second.full_reasons["vol"]
 
 
 def test_an_older_tree_state_replayed_into_a_newer_snapshot_costs_a_full_snapshot(lab):
@@ -253,15 +253,15 @@ def test_an_older_tree_state_replayed_into_a_newer_snapshot_costs_a_full_snapsho
     (tree / "sub" / "f0").write_bytes(b"changed")
     second = _backup(root)
     chainrecord.forget(VSN)
-    old = root / "store" / VSN / first["snapshot_id"] / "vol.tree.zst"
-    new = root / "store" / VSN / second["snapshot_id"] / "vol.tree.zst"
+    old = root / "store" / VSN / first.snapshot_id / "vol.tree.zst"
+    new = root / "store" / VSN / second.snapshot_id / "vol.tree.zst"
     new.write_bytes(old.read_bytes())
     manifest = new.with_name("manifest.json")
     raw = json.loads(manifest.read_text())
     raw["trees"][0].update(size=old.stat().st_size, sha256=hashlib.sha256(old.read_bytes()).hexdigest())
     manifest.write_text(json.dumps(raw))
     third = _backup(root)
-    assert third["kind"] == "full" and f"tree of '{VSN}/{first['snapshot_id']}/vol'" in third["full_reasons"]["vol"]
+    assert third.kind == "full" and f"tree of '{VSN}/{first.snapshot_id}/vol'" in third.full_reasons["vol"]
 
 
 def test_without_the_local_record_the_chain_continues_from_the_store(lab):
@@ -270,7 +270,7 @@ def test_without_the_local_record_the_chain_continues_from_the_store(lab):
     first = _backup(root)
     shutil.rmtree(root / "state")  # a fresh state dir (another machine, after move)
     (tree / "sub" / "f5").write_bytes(b"new content")
-    _continues(root, tree, _backup(root), first["snapshot_id"])
+    _continues(root, tree, _backup(root), first.snapshot_id)
 
 
 def test_a_copied_tree_continues_the_chain_with_block_patches_not_whole_files(lab):
@@ -283,8 +283,8 @@ def test_a_copied_tree_continues_the_chain_with_block_patches_not_whole_files(la
     shutil.rmtree(tree.parent)
     copy.rename(tree.parent)
     second = _backup(root)
-    assert second["kind"] == "incremental" and second["size"] < MIB
-    assert _restored(root, second["snapshot_id"], "g") == fingerprint(tree.parent)
+    assert second.kind == "incremental" and second.size < MIB
+    assert _restored(root, second.snapshot_id, "g") == fingerprint(tree.parent)
 
 
 def test_encrypted_chain_without_record_or_identity_takes_a_full_snapshot(lab, tmp_path):
@@ -297,20 +297,20 @@ def test_encrypted_chain_without_record_or_identity_takes_a_full_snapshot(lab, t
     first = _backup(root, backup=enc)
     (tree / "sub" / "f0").write_bytes(b"one")
     second = _backup(root, backup=enc)  # the local record: no identity needed
-    assert second["kind"] == "incremental" and second["encrypted"]
+    assert second.kind == "incremental" and second.encrypted
     chainrecord.forget(VSN)
     (tree / "sub" / "f0").write_bytes(b"two")
     third = _backup(root, backup=enc)
-    assert third["kind"] == "full" and "no age identity" in third["full_reasons"]["vol"]
+    assert third.kind == "full" and "no age identity" in third.full_reasons["vol"]
     chainrecord.forget(VSN)
     (tree / "sub" / "f0").write_bytes(b"three")
     fourth = _backup(root, backup={"encryption": {"age_recipients": [public], "identity_file": str(key)}})
-    assert fourth["kind"] == "incremental" and fourth["parent"] == third["snapshot_id"]
+    assert fourth.kind == "incremental" and fourth.parent == third.snapshot_id
     out = root / "restored" / "enc"
-    restore(get_store(f"file://{root / 'store'}"), VSN, fourth["snapshot_id"], plan=_plan(root), into=out,
+    restore(get_store(f"file://{root / 'store'}"), VSN, fourth.snapshot_id, plan=_plan(root), into=out,
             identity=key)
     assert fingerprint(out / "vol") == fingerprint(tree.parent)
-    assert first["kind"] == "full"
+    assert first.kind == "full"
 
 
 @pytest.mark.parametrize(("backup", "why"), [
@@ -323,22 +323,22 @@ def test_policy_starts_a_new_full(lab, backup, why):
     _backup(root, backup=backup)
     (tree / "sub" / "f0").write_bytes(b"changed")
     if "full_when" in json.dumps(backup):
-        assert _backup(root, backup=backup)["kind"] == "incremental"  # no delta yet: 0 bytes <= 0
+        assert _backup(root, backup=backup).kind == "incremental"  # no delta yet: 0 bytes <= 0
         (tree / "sub" / "f0").write_bytes(b"changed again")
     again = _backup(root, backup=backup)
-    assert again["kind"] == "full" and why in again["full_reasons"]["vol"]
+    assert again.kind == "full" and why in again.full_reasons["vol"]
 
 
 def test_an_old_full_starts_a_new_chain(lab, monkeypatch):
     root, tree = lab
     _seed(tree, random.Random(8))
     first = _backup(root, backup={"full_every": 2})
-    store_manifest = root / "store" / VSN / first["snapshot_id"] / "manifest.json"
+    store_manifest = root / "store" / VSN / first.snapshot_id / "manifest.json"
     raw = json.loads(store_manifest.read_text())
     raw["created"] -= 3 * 86400
     store_manifest.write_text(json.dumps(raw))
     again = _backup(root, backup={"full_every": 2})
-    assert again["kind"] == "full" and "days old" in again["full_reasons"]["vol"]
+    assert again.kind == "full" and "days old" in again.full_reasons["vol"]
 
 
 def test_a_failed_incremental_leaves_no_snapshot_and_the_chain_intact(lab, monkeypatch):
@@ -357,9 +357,9 @@ def test_a_failed_incremental_leaves_no_snapshot_and_the_chain_intact(lab, monke
     monkeypatch.undo()
     monkeypatch.setenv("MIGRATOR_STATE_DIR", str(root / "state"))
     store = get_store(f"file://{root / 'store'}")
-    assert [m.snapshot_id for m in list_snapshots(store, VSN).snapshots] == [first["snapshot_id"]]
-    assert chainrecord.load(VSN).snapshot_id == first["snapshot_id"]
-    _continues(root, tree, _backup(root), first["snapshot_id"])
+    assert [m.snapshot_id for m in list_snapshots(store, VSN).snapshots] == [first.snapshot_id]
+    assert chainrecord.load(VSN).snapshot_id == first.snapshot_id
+    _continues(root, tree, _backup(root), first.snapshot_id)
 
 
 def test_verify_reads_a_subset_of_the_chain(lab):
@@ -388,7 +388,7 @@ def test_restore_dry_run_lists_what_would_change(lab):
     (tree / "sub" / "f0").write_bytes(b"edited")
     (tree / "sub" / "extra").write_bytes(b"new")
     (tree / "hard").unlink()
-    preview = restore(get_store(f"file://{root / 'store'}"), VSN, result["snapshot_id"], plan=_plan(root),
+    preview = restore(get_store(f"file://{root / 'store'}"), VSN, result.snapshot_id, plan=_plan(root),
                       dry_run=True)
     vol = preview.to_json()["volumes"]["vol"]
     assert "data/sub/f0" in vol["paths"]["changed"] and vol["paths"]["removed"] == ["data/sub/extra"]
@@ -438,7 +438,7 @@ def test_sigkill_at_a_random_moment_of_an_incremental_backup(lab, seed):
         (tree / "sub" / "after").write_bytes(b"after the kill")
         _continues(root, tree, _backup(root), listed[1])
         return
-    assert proc.returncode == -9 and listed == [first["snapshot_id"]]
-    snap_ops.verify(store, VSN, first["snapshot_id"], read_data=True)
-    _continues(root, tree, _backup(root), first["snapshot_id"])
+    assert proc.returncode == -9 and listed == [first.snapshot_id]
+    snap_ops.verify(store, VSN, first.snapshot_id, read_data=True)
+    _continues(root, tree, _backup(root), first.snapshot_id)
     assert not [p for p in (root / "state" / "spool").iterdir() if p.name[:8].isdigit()]

@@ -63,7 +63,7 @@ def _own_key() -> str:
     return key_text_of(signkey.load_or_create()[0])
 
 
-def _backup(root: Path, report=None, **backup) -> dict:
+def _backup(root: Path, report=None, **backup) -> backup_ops.BackupResult:
     return backup_ops.backup(_plan(root, **backup), None, [], report or (lambda _m: None))
 
 
@@ -132,9 +132,9 @@ ATTACKS = [swap_object, change_plan_copy, drop_signature, resign_with_another_ke
 def test_backup_signs_the_exact_manifest_bytes_with_a_0600_key(lab):
     root, _tree = lab
     result = _backup(root)
-    d = _dir(root, result["snapshot_id"])
+    d = _dir(root, result.snapshot_id)
     doc = json.loads((d / SIGNATURE).read_text())
-    assert doc["algorithm"] == "ed25519" and doc["key"] == result["signed_by"] == _own_key()
+    assert doc["algorithm"] == "ed25519" and doc["key"] == result.signed_by == _own_key()
     public = Ed25519PublicKey.from_public_bytes(base64.b64decode(doc["key"][8:]))
     public.verify(base64.b64decode(doc["signature"]), (d / "manifest.json").read_bytes())  # raises if not
     path = signkey.key_path()
@@ -143,7 +143,7 @@ def test_backup_signs_the_exact_manifest_bytes_with_a_0600_key(lab):
     # never in a snapshot: no store file holds a private key
     assert not [p for p in (root / "store").rglob("*") if p.is_file() and b"PRIVATE KEY" in p.read_bytes()]
     again = _backup(root)
-    assert again["signed_by"] == result["signed_by"]  # one key per VSN, made once
+    assert again.signed_by == result.signed_by  # one key per VSN, made once
 
 
 def test_key_show_prints_the_public_key_only(lab):
@@ -183,7 +183,7 @@ def test_signed_snapshots_restore_with_the_trusted_key_and_say_so(lab):
     root, tree = lab
     result = _backup(root)
     lines: list[str] = []
-    out = restore(_store(root), VSN, result["snapshot_id"], plan=_plan(root, trusted_keys=[_own_key()]),
+    out = restore(_store(root), VSN, result.snapshot_id, plan=_plan(root, trusted_keys=[_own_key()]),
                   into=root / "restored", report=lines.append)
     assert out.signature == "valid" and any("signature valid" in ln for ln in lines)
     assert fingerprint(root / "restored" / "vol") == fingerprint(tree.parent)
@@ -195,11 +195,11 @@ def test_without_trusted_keys_a_signed_snapshot_is_unchecked_and_an_unsigned_one
     root, tree = lab
     first = _backup(root)
     lines: list[str] = []
-    out = restore(_store(root), VSN, first["snapshot_id"], plan=_plan(root), into=root / "a", report=lines.append)
+    out = restore(_store(root), VSN, first.snapshot_id, plan=_plan(root), into=root / "a", report=lines.append)
     assert out.signature == "unchecked" and any("UNCHECKED" in ln for ln in lines)
-    drop_signature(root, first["snapshot_id"])  # as a snapshot taken before signed snapshots
+    drop_signature(root, first.snapshot_id)  # as a snapshot taken before signed snapshots
     lines.clear()
-    out = restore(_store(root), VSN, first["snapshot_id"], plan=_plan(root), into=root / "b", report=lines.append)
+    out = restore(_store(root), VSN, first.snapshot_id, plan=_plan(root), into=root / "b", report=lines.append)
     assert out.signature == "unsigned" and any("UNSIGNED" in ln for ln in lines)
     assert fingerprint(root / "b" / "vol") == fingerprint(tree.parent)
     assert snap_ops.verify(_store(root), VSN, "all", read_data=False).signature == "unsigned"
@@ -209,7 +209,7 @@ def test_without_trusted_keys_a_signed_snapshot_is_unchecked_and_an_unsigned_one
 def test_a_store_side_attack_is_refused_with_exit_6_and_nothing_written(lab, attack):
     root, tree = lab
     before = fingerprint(tree.parent)
-    sid = _backup(root)["snapshot_id"]
+    sid = _backup(root).snapshot_id
     key = _own_key()
     attack(root, sid)
     store = _store(root)
@@ -235,7 +235,7 @@ def test_a_store_side_attack_is_refused_with_exit_6_and_nothing_written(lab, att
 
 def test_the_cli_refuses_an_attacked_snapshot_on_a_fresh_machine_with_exit_6(lab):
     root, _tree = lab
-    sid = _backup(root)["snapshot_id"]
+    sid = _backup(root).snapshot_id
     key = _own_key()
     base = ["restore", sid, "--from", f"file://{root / 'store'}", "--vsn", VSN, "--json"]
     ok = runner.invoke(app, [*base, "--into", str(root / "one"), "--trusted-key", key])
@@ -259,16 +259,16 @@ def test_an_incremental_chain_with_a_tampered_parent_manifest_is_refused(lab):
     first = _backup(root, trusted_keys=[key])
     (tree / "sub" / "f0").write_bytes(b"changed")
     second = _backup(root, trusted_keys=[key])
-    assert second["kind"] == "incremental" and second["parent"] == first["snapshot_id"]
+    assert second.kind == "incremental" and second.parent == first.snapshot_id
     plan = _plan(root, trusted_keys=[key])
-    out = restore(_store(root), VSN, second["snapshot_id"], plan=plan, into=root / "ok")
-    assert out.signature == "valid" and out.to_json()["chain"]["vol"] == [first["snapshot_id"], second["snapshot_id"]]
-    swap_object(root, first["snapshot_id"])  # the child's own manifest and signature untouched
-    with pytest.raises(IntegrityError, match=first["snapshot_id"]):
-        restore(_store(root), VSN, second["snapshot_id"], plan=plan, into=root / "bad")
+    out = restore(_store(root), VSN, second.snapshot_id, plan=plan, into=root / "ok")
+    assert out.signature == "valid" and out.to_json()["chain"]["vol"] == [first.snapshot_id, second.snapshot_id]
+    swap_object(root, first.snapshot_id)  # the child's own manifest and signature untouched
+    with pytest.raises(IntegrityError, match=first.snapshot_id):
+        restore(_store(root), VSN, second.snapshot_id, plan=plan, into=root / "bad")
     assert not (root / "bad").exists()
     with pytest.raises(IntegrityError, match="does not match its manifest"):
-        snap_ops.verify(_store(root), VSN, second["snapshot_id"], read_data=False, trusted=TrustedKeys.of([key]))
+        snap_ops.verify(_store(root), VSN, second.snapshot_id, read_data=False, trusted=TrustedKeys.of([key]))
     with pytest.raises(IntegrityError, match="damaged"):
         snap_ops.verify(_store(root), VSN, "all", read_data=False, trusted=TrustedKeys.of([key]))
 
@@ -277,21 +277,21 @@ def test_a_parent_whose_signature_fails_makes_the_next_backup_full(lab):
     root, tree = lab
     key = _own_key()
     first = _backup(root, trusted_keys=[key])
-    _resign(root, first["snapshot_id"], Ed25519PrivateKey.generate())
+    _resign(root, first.snapshot_id, Ed25519PrivateKey.generate())
     (tree / "sub" / "f1").write_bytes(b"changed")
     second = _backup(root, trusted_keys=[key])
-    assert second["kind"] == "full" and "signature" in second["full_reasons"]["vol"]
-    assert "not a trusted key" in second["full_reasons"]["vol"]
+    assert second.kind == "full" and "signature" in second.full_reasons["vol"]
+    assert "not a trusted key" in second.full_reasons["vol"]
     (tree / "sub" / "f2").write_bytes(b"changed")
     third = _backup(root, trusted_keys=[key])  # its own signed parent: incremental again
-    assert third["kind"] == "incremental" and third["parent"] == second["snapshot_id"]
-    drop_signature(root, third["snapshot_id"])
+    assert third.kind == "incremental" and third.parent == second.snapshot_id
+    drop_signature(root, third.snapshot_id)
     chainrecord.forget(VSN)
     fourth = _backup(root, trusted_keys=[key])
-    assert fourth["kind"] == "full" and "not signed" in fourth["full_reasons"]["vol"]
+    assert fourth.kind == "full" and "not signed" in fourth.full_reasons["vol"]
     # without trusted keys the signatures are not checked: the chain continues
     (tree / "sub" / "f3").write_bytes(b"changed")
-    assert _backup(root)["kind"] == "incremental"
+    assert _backup(root).kind == "incremental"
 
 
 def test_a_plan_that_does_not_trust_this_vsns_key_is_warned_about(lab):
@@ -301,16 +301,16 @@ def test_a_plan_that_does_not_trust_this_vsns_key_is_warned_about(lab):
     _backup(root, report=lines.append, trusted_keys=[other])
     assert any("not in backup.trusted_keys" in ln for ln in lines)
     result = _backup(root, trusted_keys=[other])
-    assert result["kind"] == "full" and "not a trusted key" in result["full_reasons"]["vol"]
+    assert result.kind == "full" and "not a trusted key" in result.full_reasons["vol"]
 
 
 def test_rotation_several_trusted_keys(lab):
     """A new key (a new VSN after a move, or a rotated key) and the old one both listed: both restore."""
     root, _tree = lab
-    old = _backup(root)["snapshot_id"]
+    old = _backup(root).snapshot_id
     old_key = _own_key()
     signkey.key_path().unlink()  # rotated: the next backup makes a new key
-    new = _backup(root)["snapshot_id"]
+    new = _backup(root).snapshot_id
     new_key = _own_key()
     assert new_key != old_key
     both = _plan(root, trusted_keys=[old_key, new_key])
@@ -331,7 +331,7 @@ def test_a_backup_killed_between_signature_and_manifest_lists_nothing(lab):
     dirs = sorted(p.name for p in (root / "store" / VSN).iterdir())
     assert len(dirs) == 2 and (_dir(root, dirs[1]) / SIGNATURE).exists()
     assert not (_dir(root, dirs[1]) / "manifest.json").exists()
-    assert [m.snapshot_id for m in list_snapshots(_store(root), VSN).snapshots] == [first["snapshot_id"]]
+    assert [m.snapshot_id for m in list_snapshots(_store(root), VSN).snapshots] == [first.snapshot_id]
 
 
 def test_a_failed_backup_after_signing_leaves_no_debris(lab, monkeypatch):

@@ -34,7 +34,7 @@ def two_stores(tmp_path, monkeypatch) -> tuple[Plan, str, str]:
 
 
 def _backup(plan: Plan, targets: list[str] | None = None) -> str:
-    return backup_ops.backup(plan, targets, [], full=True)["snapshot_id"]
+    return backup_ops.backup(plan, targets, [], full=True).snapshot_id
 
 
 def _json(*args: str) -> dict:

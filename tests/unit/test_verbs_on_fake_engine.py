@@ -137,11 +137,17 @@ def test_backup_archives_phase_one_live_then_stops_only_for_phase_two(lab):
     # phase 1 of both volumes archived while everything ran; phase 2 only once stopped
     assert {"dbdata.1.tar.zst", "webdata.1.tar.zst"} <= set(objects_at_stop[0])
     assert not any(".2." in name for name in objects_at_stop[0])
-    assert set(result["downtime"]) == {"db", "app", "web"}
+    assert set(result.downtime) == {"db", "app", "web"}
     assert engine.running() == {"db", "app", "web"} and journal.load() is None
     assert [m.snapshot_id for m in list_snapshots(get_store(f"file://{root / 'store'}"), VSN).snapshots] == [
-        result["snapshot_id"]]
+        result.snapshot_id]
     assert not registry.SPOOL.path.exists() or not any(registry.SPOOL.path.iterdir())
+    # `backup --json` (and the notify hooks) get exactly these keys
+    assert set(result.to_json()) == {
+        "snapshot_id", "vsn", "tags", "targets", "objects", "size", "uncompressed", "downtime", "downtime_steps",
+        "duration", "capture", "volumes", "encrypted", "kind", "parent", "full_reasons", "signed_by", "dumps",
+        "dumps_skipped"}
+    assert result.to_json()["objects"] == result.objects and result.to_json()["kind"] == "full"
 
 
 def test_backup_failing_in_the_stopped_window_restarts_everything_and_commits_nothing(lab, monkeypatch):
@@ -162,7 +168,7 @@ def test_backup_failing_in_the_stopped_window_restarts_everything_and_commits_no
 def test_live_restore_stops_the_writers_swaps_and_restarts_them(lab):
     plan, engine, root = lab
     db = root / "data" / "dbdata" / "data"
-    snap = backup_ops.backup(plan, None, [], lambda _m: None)["snapshot_id"]
+    snap = backup_ops.backup(plan, None, [], lambda _m: None).snapshot_id
     want = fingerprint(db)
     (db / "table").write_bytes(b"changed after the backup")
     (db / "new").write_text("also new")
@@ -178,7 +184,7 @@ def test_live_restore_stops_the_writers_swaps_and_restarts_them(lab):
 def test_restore_swaps_the_old_data_back_when_a_service_does_not_come_back(lab):
     plan, engine, root = lab
     db = root / "data" / "dbdata" / "data"
-    snap = backup_ops.backup(plan, None, [], lambda _m: None)["snapshot_id"]
+    snap = backup_ops.backup(plan, None, [], lambda _m: None).snapshot_id
     (db / "table").write_bytes(b"the newer data")
     before = fingerprint(db)
     engine.fail_start = {"app"}
