@@ -1,5 +1,7 @@
-"""`migrator agent …`: the target side of `migrator move`, run over SSH by the source. Hidden from --help:
-operators never call it by hand (the `Example:` lines are for the help test and for debugging)."""
+"""`migrator agent …`: the target side of `migrator move`, run over SSH by the source.
+
+Hidden from --help: operators never call it by hand (the `Example:` lines are for the help test and for
+debugging)."""
 
 from __future__ import annotations
 

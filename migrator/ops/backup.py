@@ -1,16 +1,8 @@
-"""`migrator backup` — one capture of every volume, streamed to every target store.
+"""`migrator backup`: one capture of every volume (and each database dump), streamed to every target store.
 
-Per volume the capture mode follows its writers' `quiesce`: "two-phase" (default: phase 1 archives the
-live tree; writers stop; phase 2 archives only what changed since phase 1's scan, spooled locally so
-writers restart before uploads finish), "stop" (writers stopped for the whole archive), "none" (hooks
-only). The manifest is written last to each store: its presence commits the snapshot. Just before it
-goes `manifest.sig`, this VSN's ed25519 signature over the manifest's exact bytes (catalog/signing.py),
-so a committed snapshot always has its signature.
-
-Incremental: a volume whose parent chain checks out (catalog/parents.py) is captured as deltas on the
-parent's tree state instead of whole: the live first pass and the stopped second pass are both delta
-passes (archive/twophase.capture_delta). Every snapshot stores each volume's final tree state (sealed
-like the data) for the next one, and this VSN keeps a local record of it (state/chainrecord.py)."""
+Each volume's capture mode follows its writers' `quiesce` (two-phase, stop, none); a volume whose parent
+chain checks out is captured as deltas on the parent's tree state. The manifest goes last to each store,
+its signature just before it: a manifest's presence commits a signed snapshot (docs/snapshots.md)."""
 
 from __future__ import annotations
 

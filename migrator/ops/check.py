@@ -1,5 +1,6 @@
-"""`migrator check` — VSN preflight: the commands migrator runs, the engine socket answering, root,
-data root writable with free space, each data dir within its volume's maximum size."""
+"""`migrator check`: VSN preflight (commands, engine, root, data root, free space, data dir sizes, dump tools).
+
+Each check is one named line with ok and detail; exit 4 when one fails."""
 
 from __future__ import annotations
 

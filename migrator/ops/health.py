@@ -1,21 +1,8 @@
-"""`migrator health` — is the deployed stack healthy right now? Checks, each with a name and one line:
-- `container:<name>`: the Host and every REST container in its expected state (volume containers
-  created, enabled services running, disabled ones absent);
-- `probe:<service>`: each running service's health probe answers (tcp, http with its status, cmd);
-- `backup-age`: the last successful backup (last_backup.json) is younger than backup.max_age_hours,
-  when the plan has backup targets or a schedule;
-- `drill`: the last restore drill (last_drill.json), when there was one, passed;
-- `disk`: free space on the data root is at least health.min_free (default: vsn.min_free);
-- `mail`: only when a notification mail (of health or an operation) could not be sent: fails, naming why.
+"""`migrator health`: is the deployed stack healthy right now (containers, probes, backup age, drill, disk, mail)?
 
-The stack state (Failure after a failed deploy or upgrade) is reported beside the checks but is not one:
-health answers "does it work now", and a failed upgrade whose old container came back does work.
-
-Health takes the operation lock without waiting. When another operation holds it (a backup stops
-services for seconds, a restore for longer), container and probe checks are skipped instead of raising
-a false alarm; the freshness and disk checks still run. An Archived stack is containerless on purpose,
-so its container and probe checks are skipped too.
-"""
+The stack state is reported beside the checks, not as one: a failed upgrade whose old container came
+back does work. Health never waits for the lock: while another operation holds it, container and probe
+checks are skipped rather than raising a false alarm (docs/operations.md, Health)."""
 
 from __future__ import annotations
 
