@@ -1,5 +1,7 @@
-"""The ContainerEngine interface and the plain data it speaks. Implementations translate library errors
-into migrator errors at their edge; callers never see podman/docker exception types."""
+"""The ContainerEngine interface and the plain data it speaks.
+
+Implementations translate library errors into migrator errors at their edge; callers never see
+podman/docker exception types."""
 
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
-"""Streaming exec: run a command in a container with stdin and stdout as byte streams, through the
-Docker-compatible exec API that podman and dockerd both serve.
+"""Streaming exec: a command in a container with stdin and stdout as byte streams.
 
-The engines' `exec` buffers a probe's few lines; a database dump is gigabytes. Here stdout goes to a
-callback chunk by chunk as it arrives and stdin is fed from an iterator while stdout is read, so neither
-side is ever held in memory or in a temp file. Environment variables (a database password) travel in the
-exec's create request: never in argv, so never in `ps`, a log line or the history."""
+The engines' `exec` buffers a probe's few lines; a database dump is gigabytes, so neither side is ever
+held in memory or in a temp file. Environment variables (a database password) travel in the exec's create
+request: never in argv, so never in `ps`, a log line or the history."""
 
 from __future__ import annotations
 
@@ -39,7 +37,9 @@ def exec_stream(api: docker.APIClient, container: str, argv: list[str], *, env: 
                 user: str | None = None, stdin: Iterable[bytes] | None = None,
                 on_stdout: Callable[[bytes], None] | None = None) -> ExecResult:
     """Run `argv` in `container`; feed `stdin` (when given) and hand stdout to `on_stdout` as it arrives.
-    An error raised by `on_stdout` or by the `stdin` iterator stops the exec's streams and is re-raised."""
+    Through the Docker-compatible exec API that podman and dockerd both serve: stdout goes to `on_stdout`
+    chunk by chunk, and stdin is fed from its iterator while stdout is read. An error raised by `on_stdout`
+    or by the `stdin` iterator stops the exec's streams and is re-raised."""
     what = f"exec in {container}"
     try:
         created = api.exec_create(container, argv, stdout=True, stderr=True, stdin=stdin is not None,

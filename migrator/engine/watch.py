@@ -1,5 +1,7 @@
-"""Container events from the engine's event stream (the Docker-compatible /events that podman and dockerd
-both serve), read as untrusted input: what `serve --follow-dependents` wakes on."""
+"""Container events from the engine's event stream, read as untrusted input.
+
+The Docker-compatible /events that podman and dockerd both serve; what `serve --follow-dependents` wakes
+on (docs/serve.md, Dependents follow)."""
 
 from __future__ import annotations
 

@@ -1,2 +1,3 @@
-"""notify: what the operator hears about: mail without a storm, Prometheus textfile metrics, and the
-after-command hook (history, metrics, failure mail)."""
+"""notify: what the operator hears about: mail, metrics, events, and the after-command hook.
+
+Details: docs/operations.md (mail, metrics, history) and docs/serve.md (events, pings, webhooks)."""

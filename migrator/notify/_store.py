@@ -1,5 +1,6 @@
-"""Read-modify-write of a small JSON state file under an flock, so a cron'd health check and a backup
-finishing at the same moment cannot lose each other's update."""
+"""Read-modify-write of a small JSON state file under an flock.
+
+So a cron'd health check and a backup finishing at the same moment cannot lose each other's update."""
 
 from __future__ import annotations
 

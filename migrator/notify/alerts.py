@@ -1,12 +1,6 @@
-"""Failure mail without a mail storm. Per source ("health", or an operation verb such as "backup") the
-state file <state dir>/notify_state.json remembers each failing check's failing-since, detail and
-last-mailed time, and the error of a mail that could not be sent (`unsent`, until one goes out). One
-mail when a check starts failing (or a new one joins), a reminder every
-`reminder_hours` while anything still fails, one "recovered" mail when the source is all good again.
+"""Failure mail without a mail storm: per source, one mail, reminders, one "recovered" mail.
 
-`decide` is pure (state in, state and decision out, clock passed in) so the unit tests drive it with a
-fake clock; `notify` adds the file, the lock and the sending.
-"""
+The state is <state dir>/notify_state.json; the rules are in docs/operations.md (Health, mail and cron)."""
 
 from __future__ import annotations
 
@@ -41,7 +35,11 @@ def empty_source() -> dict:
 
 def decide(source: dict, failures: dict[str, str], now: float, reminder_hours: float) -> tuple[Decision, dict]:
     """What to mail for this run's `failures` ({check: detail}), and the state to keep if the mail is sent.
-    The returned state has `mailed`/`last_mailed` already advanced; see `unsent` for a failed send."""
+    The returned state has `mailed`/`last_mailed` already advanced; see `unsent` for a failed send.
+    `source` is one source's entry ("health", or a verb such as "backup") of notify_state.json: each failing
+    check's failing-since, detail and last-mailed time, and `unsent`, the error of a mail that could not be
+    sent (until one goes out). Pure (state in, state and decision out, clock passed in), so the unit tests
+    drive it with a fake clock; `notify` adds the file, the lock and the sending."""
     old = source.get("failing", {})
     new_state = {"failing": {}, "mailed": source.get("mailed", False), "last_mailed": source.get("last_mailed")}
     decision = Decision(kind=None)

@@ -1,13 +1,8 @@
-"""The one event model: what an operation tells the world while it runs (started, step, progress, state,
-finished), appended as JSON lines to <state dir>/events.jsonl, which `migrator serve` and `migrator watch`
-follow and from which pings and webhooks are sent.
+"""The one event model: what an operation tells the world while it runs, as JSON lines in events.jsonl.
 
 A file rather than a socket: operations run from cron, a shell or `serve` alike, each a process of its
 own, and none of them may wait for a listener. An append of one line below PIPE_BUF is atomic between
-writers. The file is rotated (kept below MAX_BYTES, one older generation) so years of cron jobs stay
-small. Text fields pass `scrub` first: no secret value, URL password or credential-looking NAME=VALUE
-ever reaches the file, a page or a webhook.
-"""
+writers. Text fields pass `scrub` first: no secret ever reaches the file, a page or a webhook."""
 
 from __future__ import annotations
 

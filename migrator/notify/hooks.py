@@ -1,10 +1,7 @@
-"""What happens after every command, called once from cli/output.run with the exit code and the result
-or error: a row in the operation history, the metrics textfile, failure (and recovery) mail for the
-scheduled operations.
+"""What happens after every command: history row, metrics textfile, failure (and recovery) mail.
 
 All of it is bookkeeping: it never changes a command's outcome. A part that fails (a full disk, an SMTP
-server down) comes back as a warning line for the CLI to print.
-"""
+server down) comes back as a warning line for the CLI to print."""
 
 from __future__ import annotations
 
@@ -44,7 +41,8 @@ def _secret_values(path: str | None) -> list[str]:
 
 
 class Around:
-    """Created when a command starts (`verb` as typed: "backup", "cron install"); `finish` once when it ends."""
+    """Created when a command starts (`verb` as typed: "backup", "cron install"); `finish` once when it ends,
+    called from cli/output.run with the exit code and the result or error."""
 
     def __init__(self, verb: str | None) -> None:
         self.verb = verb

@@ -1,12 +1,7 @@
-"""Sending one notification mail: over SMTP when the plan configures `health.notify.smtp` (what the plan
-says explicitly wins), else through `mutt` when it is installed (cron + mutt, the VSN's usual mailer), else nothing can
-send it (MailFailed).
+"""Sending one notification mail: SMTP when the plan configures it, else `mutt`, else MailFailed.
 
-`MIGRATOR_MAILER=mutt|smtp` overrides that choice (default `auto`); a failure then names it, since it is
-what chose the transport. mutt is run with an argument vector (`mutt -s SUBJECT -- ADDRESS`, body on
-stdin), never through a shell; its own config (~/.muttrc, /etc/Muttrc) decides how it delivers, and
-$EMAIL carries the plan's `from` address.
-"""
+mutt (cron + mutt, the VSN's usual mailer) runs with an argument vector, never through a shell. The
+choice and MIGRATOR_MAILER: docs/operations.md (Health, mail and cron)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,7 @@
-"""Prometheus metrics as a node_exporter textfile-collector file, rewritten atomically after each
-operation: last run / last success timestamps, duration, exit code and bytes per verb, backup downtime
-per service, snapshot count per store, health (overall and per check), the stack state.
+"""Prometheus metrics as a node_exporter textfile, rewritten atomically after each operation.
 
 The values live in <state dir>/metrics/values.json (updated under an flock); the .prom file is rendered
-from it whole, so a reader never sees a half-written file. Where it goes: $MIGRATOR_METRICS_FILE, else
-the plan's `metrics.textfile`, else <state dir>/metrics/migrator.prom. The state dir is mode 0700, so
-point one of the first two at node_exporter's --collector.textfile.directory to have it scraped.
-"""
+from it whole, so a reader never sees a half-written file. Metrics and paths: docs/operations.md."""
 
 from __future__ import annotations
 

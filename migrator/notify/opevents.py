@@ -1,10 +1,7 @@
-"""The events of the one operation this process runs: `begin` when a command starts, `step` and
-`progress` from its progress reporter, `finish` with its outcome; each goes to the event log
-(notify/events.py) and, when the plan asks, out as pings and webhooks (notify/outbound.py).
+"""The events of the one operation this process runs: begin, step, progress, finish.
 
 Like the history, this is bookkeeping: nothing here may change or delay the operation. Every failure is
-caught and comes back as one warning from `finish`.
-"""
+caught and comes back as one warning from `finish`."""
 
 from __future__ import annotations
 
@@ -41,6 +38,10 @@ def _secrets(path: str | None) -> dict:
 
 
 class Operation:
+    """`begin` when a command starts, `step` and `progress` from its progress reporter, `finish` with its
+    outcome; each goes to the event log (notify/events.py) and, when the plan asks, out as pings and
+    webhooks (notify/outbound.py)."""
+
     def __init__(self, verb: str) -> None:
         self.verb = verb
         # `migrator serve` names the operations it starts, to answer with the id at once; the variable is

@@ -1,16 +1,8 @@
-"""Events out: which HTTP requests the plan's `events` section asks for on an event (dead-man pings,
-webhooks), and handing them to a detached sender process.
+"""Events out: the pings and webhooks the plan's `events` section asks for, handed to a sender process.
 
-Pings: `healthchecks` (Healthchecks-compatible: <url>/start, <url> on success, <url>/fail) or
-`uptime-kuma` (a push URL: ?status=up|down&msg=...). Webhooks: a POST per verb and outcome whose body is
-the event as JSON, or Slack-compatible (`{"text": ...}`), or ntfy-compatible (plain text with a Title
-header). A URL may come from the secrets file (`url_secret`): such URLs carry tokens themselves.
-
-The requests go to one sender process per operation (notify/sender.py), started on the first request
-and fed through a pipe: it sends in order with the retry policy and bounded timeouts while the operation
-goes on, and outlives it to finish sending, so a sink that is slow or down neither delays nor fails the
-operation. Bodies are built from scrubbed events only, never from the plan's or the secrets' values.
-"""
+The sender (notify/sender.py) outlives the operation, so a sink that is slow or down neither delays nor
+fails it. Bodies are built from scrubbed events only, never from the plan's or the secrets' values;
+`url_secret` URLs carry tokens themselves. Formats: docs/serve.md (Pings and webhooks)."""
 
 from __future__ import annotations
 
@@ -103,7 +95,9 @@ def requests_for(event: dict, config: dict | None, secrets: dict | None = None) 
 
 
 class Dispatcher:
-    """Per operation: requests go to one detached sender process, started on the first one."""
+    """Per operation: requests go to one detached sender process, started on the first one and fed through
+    a pipe. It sends in order with the retry policy and bounded timeouts while the operation goes on, and
+    outlives it to finish sending."""
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen | None = None

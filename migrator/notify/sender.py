@@ -1,6 +1,4 @@
-"""The sender process (`python -m migrator.notify.sender`): reads requests (one JSON object a line:
-method, url, body, headers) from stdin and sends them in order, each with the retry policy and a bounded
-timeout, until stdin ends. Started detached by notify/outbound.Dispatcher so the operation never waits.
+"""The sender process (`python -m migrator.notify.sender`): sends the requests on its stdin, in order.
 
 Only http and https URLs are sent; redirects are not followed (a webhook must not be bounced elsewhere)."""
 
@@ -56,6 +54,9 @@ def send(req: dict, policy: RetryPolicy = POLICY) -> int:
 
 
 def main() -> int:
+    """Read requests from stdin (one JSON object a line: method, url, body, headers) and send them in order,
+    each with the retry policy and a bounded timeout, until stdin ends. Started detached by
+    notify/outbound.Dispatcher, so the operation never waits."""
     failed = 0
     for line in sys.stdin.buffer:
         try:

@@ -1,2 +1,3 @@
-"""SSH to another machine: one connection routine (config aliases, keys, agent, strict host keys) used by
-the ssh:// store and by `move`, and a session that runs migrator on a remote VSN and streams data to it."""
+"""SSH to another machine: one connection routine, and a session with migrator on a remote VSN.
+
+The connection (config aliases, keys, agent, strict host keys) serves the ssh:// store and `move`."""

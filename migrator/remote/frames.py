@@ -1,12 +1,8 @@
-"""Framing for one long-lived pipe that carries both control messages and byte streams (the cut-over
-agent's stdin): each frame is a 1-byte kind, a 4-byte big-endian length and the payload.
+"""Framing for one long-lived pipe that carries control messages and byte streams (the agent's stdin).
 
-- `J`: one JSON object (a command, or the header of a stream that follows);
-- `D`: a chunk of a byte stream; `E`: the end of that stream (empty payload).
-
-Several archive streams then travel through one SSH channel to one remote process, each readable as a
-plain file (`DataReader`) that ends where its `E` frame is. Input comes from another machine: lengths are
-capped and anything malformed is an IntegrityError (exit 6), never a crash or an unbounded allocation."""
+Several archive streams travel through one SSH channel to one remote process. Input comes from another
+machine: lengths are capped and anything malformed is an IntegrityError (exit 6), never a crash or an
+unbounded allocation."""
 
 from __future__ import annotations
 
@@ -52,6 +48,11 @@ class DataWriter:
 
 
 class FrameReader:
+    """Frames from `stream`: each a 1-byte kind, a 4-byte big-endian length (at most MAX_FRAME) and the
+    payload. `J`: one JSON object (a command, or the header of a stream that follows); `D`: a chunk of a
+    byte stream; `E`: the end of that stream (empty payload), so each stream reads as a plain file
+    (`DataReader`)."""
+
     def __init__(self, stream: BinaryIO):
         self.stream = stream
 

@@ -1,15 +1,7 @@
-"""Put THIS migrator on a remote VSN (`migrator move --install`), offline: the target may have no index
-and no internet, so everything it installs comes from here.
+"""Put THIS migrator on a remote VSN (`migrator move --install`), offline.
 
-- The wheelhouse is built from the source's own environment, never downloaded: migrator's wheel from
-  the package being run (pure Python: its files plus metadata), and every dependency (the closure of
-  migrator's requirements, markers evaluated here) plus pip itself *repacked* from the installed files
-  (RECORD) into wheels of the exact versions this migrator runs with. Binary wheels keep their tags, so
-  the target must have the same Python minor version and machine type (checked first).
-- Cached per content under ~/.cache/migrator/wheelhouse (or $MIGRATOR_WHEELHOUSE_CACHE): one tar.
-- On the target, the same recipe as playbooks/provision-vsn.yml: the tar over SFTP into
-  <dir>/wheelhouse, unpacked atomically, `python3 -m venv --without-pip <dir>/venv`, pip run from its own
-  wheel with --no-index (and no pip config), then a link (default /usr/local/bin/migrator)."""
+The target may have no index and no internet, so everything it installs comes from here: a wheelhouse
+built from the source's own environment, never downloaded (docs/move.md)."""
 
 from __future__ import annotations
 
@@ -147,7 +139,9 @@ def _wheel_tags(wheel_meta: str) -> str:
 
 def repack(dist: md.Distribution, out: Path) -> Path:
     """A wheel of an installed distribution, from the files its RECORD lists (bytecode and console
-    scripts left out: the installer makes those). Data outside site-packages goes to .data/."""
+    scripts left out: the installer makes those). Data outside site-packages goes to .data/. Binary wheels
+    keep their tags, so the target must have the same Python minor version and machine type (`install`
+    checks that first)."""
     name, version = dist.metadata["Name"], dist.version
     wheel_meta = dist.read_text("WHEEL") or ""
     if not dist.files or not wheel_meta:
@@ -230,7 +224,11 @@ def cache_dir() -> Path:
 
 
 def wheelhouse(report=lambda _m: None) -> tuple[str, Path]:
-    """(key, path of wheelhouse.tar) for this migrator, built now or taken from the cache."""
+    """(key, path of wheelhouse.tar) for this migrator, built now or taken from the cache.
+    Built from the source's own environment, never downloaded: migrator's wheel from the package being run
+    (`build_self`), and every dependency (`closure`) plus pip *repacked* from the installed files (`repack`)
+    into wheels of the exact versions this migrator runs with. Cached per content, one tar, under
+    ~/.cache/migrator/wheelhouse (or $MIGRATOR_WHEELHOUSE_CACHE)."""
     dists = closure()
     key_src = "\n".join([FORMAT, python_tag(), platform.machine(), __version__, _source_hash(),
                          *(f"{_canonical(d.metadata['Name'])}=={d.version}" for d in dists)])
@@ -270,7 +268,8 @@ def _q(text: str) -> str:
 
 def install_script(options: InstallOptions, key: str) -> str:
     """The target's side, for `sh -c`: unpack atomically, venv without pip, pip from its own wheel with
-    no index and no pip config, then the link. Older wheelhouses are removed."""
+    no index and no pip config, then the link. Older wheelhouses are removed. The same recipe as
+    playbooks/provision-vsn.yml; the tar arrives over SFTP in <dir>/wheelhouse."""
     home, venv = options.directory.rstrip("/"), f"{options.directory.rstrip('/')}/venv"
     wheels = f"{home}/wheelhouse/{key}"
     pip_install = (f"PIP_CONFIG_FILE=/dev/null {_q(venv)}/bin/python \"$pip/pip\" install --quiet --no-index --no-compile "

@@ -1,8 +1,7 @@
-"""A session with a remote VSN over SSH: run migrator there (argv quoted with shlex for the remote shell),
-read its one JSON object, stream bytes into a remote command's stdin, talk to a long-lived remote agent
-(framed messages and streams in, JSON event lines out), and put small files over SFTP (atomically, with
-the mode they need). A dropped connection becomes Unreachable (exit 8); a remote
-migrator failure becomes the same error class the remote exit code means."""
+"""A session with a remote VSN over SSH: run migrator there and stream data to it.
+
+argv is quoted with shlex for the remote shell. A dropped connection becomes Unreachable (exit 8); a
+remote migrator failure becomes the same error class the remote exit code means."""
 
 from __future__ import annotations
 
@@ -179,6 +178,11 @@ class RemoteAgent:
 
 
 class RemoteVSN:
+    """A session with a remote VSN: run migrator there and read its one JSON object (`migrator`), stream
+    bytes into a remote command's stdin (RemoteStream), talk to a long-lived remote agent (RemoteAgent:
+    framed messages and streams in, JSON event lines out), and put small files over SFTP (atomically, with
+    the mode they need)."""
+
     def __init__(self, address: Address, options: dict[str, Any], command: list[str]):
         self.address = address
         self.options = options

@@ -1,12 +1,7 @@
 """Open an SSH connection the way OpenSSH would, but never trust an unknown host.
 
-- Address: `[ssh://][user@]host[:port]`; ~/.ssh/config (or the `ssh_config_file` option) Host aliases give
-  HostName, User, Port, IdentityFile, IdentitiesOnly and UserKnownHostsFile; explicit user/port win.
-- Host keys verified against known_hosts (`known_hosts_file` option, else the config's
-  UserKnownHostsFile, else ~/.ssh/known_hosts, plus /etc/ssh/ssh_known_hosts) and pinned
-  `known_host_keys`. Unknown or changed keys are REFUSED with Unreachable (exit 8), never added.
-- Auth: identity files (option `identity_file`, config IdentityFile), the agent, default keys.
-Errors leave this module only as migrator errors (Unreachable, UsageError)."""
+Unknown or changed host keys are REFUSED with Unreachable (exit 8), never added. Errors leave this module
+only as migrator errors (Unreachable, UsageError)."""
 
 from __future__ import annotations
 
@@ -153,7 +148,14 @@ def _new_client(params: dict[str, Any], options: dict[str, Any]) -> paramiko.SSH
 def connect(address: Address, options: dict[str, Any], what: str,
             policy: RetryPolicy | None = None) -> tuple[paramiko.SSHClient, str]:
     """A connected, host-key-verified client and a description of the peer for messages.
-    `what` names the thing being reached in error messages (e.g. "store ssh://h/p", "target VSN h")."""
+    `what` names the thing being reached in error messages (e.g. "store ssh://h/p", "target VSN h").
+
+    - Address: `[ssh://][user@]host[:port]`; ~/.ssh/config (or the `ssh_config_file` option) Host aliases give
+      HostName, User, Port, IdentityFile, IdentitiesOnly and UserKnownHostsFile; explicit user/port win.
+    - Host keys verified against known_hosts (`known_hosts_file` option, else the config's
+      UserKnownHostsFile, else ~/.ssh/known_hosts, plus /etc/ssh/ssh_known_hosts) and pinned
+      `known_host_keys`. Unknown or changed keys are refused with Unreachable (exit 8), never added.
+    - Auth: identity files (option `identity_file`, config IdentityFile), the agent, default keys."""
     params = resolve(address, options, what)
     target = f"{address.alias} ({params['hostname']}:{params['port']})" if params["hostname"] != address.alias \
         else f"{params['hostname']}:{params['port']}"

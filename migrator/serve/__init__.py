@@ -1,2 +1,3 @@
-"""serve: `migrator serve`, one process with the HTTP API (/api/v1), live events (SSE) and the web
-dashboard; auth, actions as `migrator` child processes, the event follower."""
+"""serve: `migrator serve`, the HTTP API, live events, dashboard, auth, actions and dependents follow.
+
+See docs/serve.md."""

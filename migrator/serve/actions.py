@@ -1,14 +1,8 @@
-"""Actions started from `migrator serve`: each one is the `migrator` command itself, run as a child
-process with the authenticated user (MIGRATOR_ACTOR, recorded in the history) and an operation id
-chosen here (MIGRATOR_OP_ID, so its events can be matched at once).
+"""Actions started from `migrator serve`, each the `migrator` command itself as a child process.
 
-A child process rather than a call into the ops: the same code, lock, journal, history and events as the
-command line, nothing in serve's memory to go wrong half-way, and a run that hangs or crashes cannot take
-the server with it. A run keeps going when serve stops (its own session): `recover` owns the rest.
-
-Parameters are checked against patterns here, and become arguments of an argument vector (never a shell
-line). Restore and cleanup need the VSN's name typed as their confirmation.
-"""
+A child rather than a call into the ops: the same code, lock, journal, history and events as the command
+line, nothing in serve's memory to go wrong half-way, and a hung or crashed run cannot take the server
+with it. Parameters are checked against patterns and become an argument vector, never a shell line."""
 
 from __future__ import annotations
 
@@ -116,7 +110,10 @@ class Runner:
 
     def start(self, verb: str, params: dict, user: str, vsn_name: str | None) -> Operation:
         """Start an action; Busy when the lock is held, UsageError for bad parameters, MigratorError when
-        the child refused at once (its own error)."""
+        the child refused at once (its own error). The child runs with the authenticated user
+        (MIGRATOR_ACTOR, recorded in the history) and an operation id chosen here (MIGRATOR_OP_ID, so its
+        events can be matched at once), in a session of its own: it keeps going when serve stops, and
+        `recover` owns the rest."""
         argv = argv_for(verb, params, vsn_name)
         holder = held_by()
         if holder is not None and verb != "verify":  # verify only reads the store: no lock

@@ -1,12 +1,7 @@
-"""The HTTP API of `migrator serve` (Starlette): /api/v1/... JSON for status, the stack state, containers,
-snapshots, history, metrics, operations and actions, live events over SSE, login/logout for the
-browser, and the dashboard's pages (serve/dashboard.py).
+"""The HTTP API of `migrator serve` (Starlette): /api/v1 JSON, live events over SSE, login, the pages.
 
-Every request is authenticated first (serve/auth.py): a bearer token, a session cookie (unsafe methods
-also need the session's CSRF token in X-CSRF-Token), or nothing from a loopback address (read-only).
-Status and snapshots are the `migrator` commands' own --json output (run as child processes, like the
-actions), so the API and the command line can never disagree.
-"""
+Every request is authenticated first (serve/auth.py). Status and snapshots are the `migrator` commands'
+own --json output (run as child processes), so the API and the command line can never disagree."""
 
 from __future__ import annotations
 

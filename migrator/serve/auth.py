@@ -1,13 +1,7 @@
-"""Who may use `migrator serve`: users with scrypt-hashed passwords and API tokens (sha256-hashed) in the
-secrets file, roles (operator, read-only), signed session cookies with a CSRF token, and login rate
-limiting. Anonymous requests are allowed from loopback only, and read-only.
+"""Who may use `migrator serve`: users, API tokens, roles, session cookies, login rate limiting.
 
-Secrets file entries (values made by `migrator serve passwd NAME` and `migrator serve token NAME`):
-    "serve.user.<name>":  "<role>:scrypt$<n>$<r>$<p>$<salt b64>$<hash b64>"
-    "serve.token.<name>": "<role>:sha256$<hex of the token's sha256>"
-The file is re-read on every check (it is small), so adding or removing a user needs no restart. A
-stolen secrets file yields no password and no token.
-"""
+Passwords are scrypt-hashed and tokens sha256-hashed in the secrets file: a stolen secrets file yields no
+password and no token. Anonymous requests are allowed from loopback only, and read-only."""
 
 from __future__ import annotations
 
@@ -53,6 +47,8 @@ class Principal:
 
 
 def hash_password(password: str) -> str:
+    """What the secrets file keeps of a password, after the role:
+    "serve.user.<name>": "<role>:scrypt$<n>$<r>$<p>$<salt b64>$<hash b64>"."""
     salt = os.urandom(16)
     digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32)
     b64 = base64.b64encode
@@ -72,7 +68,8 @@ def check_password(password: str, stored: str) -> bool:
 
 
 def new_token() -> tuple[str, str]:
-    """A fresh API token and what the secrets file keeps of it."""
+    """A fresh API token and what the secrets file keeps of it, after the role:
+    "serve.token.<name>": "<role>:sha256$<hex of the token's sha256>"."""
     token = _random.token_urlsafe(TOKEN_BYTES)
     return token, "sha256$" + hashlib.sha256(token.encode()).hexdigest()
 
@@ -85,7 +82,8 @@ def _role_and_hash(value) -> tuple[str, str] | None:
 
 
 class Users:
-    """The users and tokens of the secrets file at `path` (None: nobody but loopback's anonymous)."""
+    """The users and tokens of the secrets file at `path` (None: nobody but loopback's anonymous).
+    The file is re-read on every check (it is small), so adding or removing a user needs no restart."""
 
     def __init__(self, path: str | None) -> None:
         self.path = path

@@ -1,6 +1,6 @@
-"""What every request of `migrator serve` needs to know: the server's configuration, who is asking
-(token, session cookie, or anonymous from loopback), the deployed plan's VSN name and the stack state
-with the actions it allows now. Shared by the API (serve/app.py) and the dashboard (serve/dashboard.py)."""
+"""What every request of `migrator serve` needs to know: configuration, who asks, VSN, stack state.
+
+Shared by the API (serve/app.py) and the dashboard (serve/dashboard.py)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
-"""The dashboard of `migrator serve`: server-rendered HTML (the stack state and its allowed actions, last
-backup and drill with their age, charts of backup duration, size and downtime from the history, the
-history itself) plus a little vanilla JavaScript (serve/static.py) that loads containers and snapshots,
-follows the live events (progress bars) and posts the actions. No build chain, one page, phone-friendly.
+"""The dashboard of `migrator serve`: server-rendered HTML plus a little vanilla JavaScript.
 
-Every value put in a page goes through html.escape; the pages carry no secret (the CSRF token of the
-viewer's own session only) and forbid framing and foreign scripts (Content-Security-Policy)."""
+No build chain, one page, phone-friendly. Every value put in a page goes through html.escape; the pages
+carry no secret (the CSRF token of the viewer's own session only) and forbid framing and foreign scripts
+(Content-Security-Policy)."""
 
 from __future__ import annotations
 
@@ -137,6 +135,9 @@ async def asset(request: Request) -> Response:
 
 
 def routes() -> list[Route]:
+    """The pages: the stack state and its allowed actions, last backup and drill with their age, charts of
+    backup duration, size and downtime from the history, the history itself; the script (serve/static.py)
+    loads containers and snapshots, follows the live events (progress bars) and posts the actions."""
     return [Route("/", index), Route("/login", login_page), Route("/static/{name}", asset),
             Route("/favicon.ico", lambda request: Response(status_code=204))]
 

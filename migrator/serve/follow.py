@@ -1,11 +1,7 @@
-"""Dependents follow (`migrator serve --follow-dependents`): a service that died or was restarted outside
-a migrator operation brings the services that depend on it back after it, in depends_on order.
+"""Dependents follow (`migrator serve --follow-dependents`): restart what depends on a service that died.
 
-It wakes on the engine's event stream (and looks every FALLBACK_S anyway, every INTERVAL_S while the
-stream is down). A dead service is restarted with its dependents (`migrator restart SERVICE DEPS...` as a
-child, so it takes the lock, is in the history and sends its events); a service restarted in place (by
-hand, by the engine) has only its dependents restarted. After MAX_TRIES in TRIES_WINDOW_S a service is left
-down and a `follow` failure is recorded and sent out, never a tight loop."""
+Restarts run as `migrator restart` children (lock, history, events); a service that keeps dying is left
+down after MAX_TRIES, never restarted in a tight loop. The rules: docs/serve.md (Dependents follow)."""
 
 from __future__ import annotations
 
@@ -83,6 +79,12 @@ def by_operation(name: str, at: float, holder: str | None) -> bool:
 
 
 class Follower:
+    """Wakes on the engine's event stream (and looks every FALLBACK_S anyway, every INTERVAL_S while the
+    stream is down). A dead service is restarted with its dependents (`migrator restart SERVICE DEPS...` as
+    a child, so it takes the lock, is in the history and sends its events); a service restarted in place has
+    only its dependents restarted. After MAX_TRIES in TRIES_WINDOW_S a service is left down and a `follow`
+    failure is recorded and sent out."""
+
     def __init__(self, command: list[str] | None = None, interval: float = INTERVAL_S) -> None:
         self.command = command or [sys.executable, "-m", "migrator"]
         self.interval = interval

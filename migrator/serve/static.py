@@ -1,6 +1,7 @@
-"""The dashboard's stylesheet and script, served from /static/ (kept in Python so the package needs no
-data files): plain CSS for phone and desktop, vanilla JavaScript with no dependencies. The script puts
-text into the page with textContent only, never as HTML."""
+"""The dashboard's stylesheet and script, served from /static/.
+
+Kept in Python so the package needs no data files. The script puts text into the page with textContent
+only, never as HTML."""
 
 from __future__ import annotations
 

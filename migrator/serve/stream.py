@@ -1,5 +1,4 @@
-"""Live events for `migrator serve`: one thread follows the event log and hands every event to each
-connected client's queue; `sse` turns a queue into a Server-Sent Events body.
+"""Live events for `migrator serve`: one follower thread fans the event log out to clients (SSE).
 
 One follower for all clients, so a dozen open dashboards cost one file poll, not a dozen. A client that
 does not keep up loses events beyond its queue's bound rather than growing serve's memory."""
