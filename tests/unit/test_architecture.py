@@ -165,22 +165,8 @@ def test_the_layer_check_finds_an_upward_and_a_sideways_import():
                               "migrator.state.journal (state) imports migrator.ops.recover (ops)"]
 
 
-# Module docstrings: one line saying what the module owns, then a few lines of why at most. These were
-# being edited by others when the rule came in; shorten them and take them off this list (a directory entry
-# covers every module under it). Nothing may be added.
-LONG_DOCSTRINGS_TO_SHORTEN: frozenset[str] = frozenset({
-    "cli/agent_cmds.py",
-    "cli/ops_cmds.py",
-    "ops/backup.py",
-    "ops/check.py",
-    "ops/cron.py",
-    "ops/health.py",
-})
+# Module docstrings: one line saying what the module owns, then a few lines of why at most.
 MAX_DOCSTRING_LINES = 8
-
-
-def _to_shorten(rel: str) -> bool:
-    return any(rel == entry or (entry.endswith("/") and rel.startswith(entry)) for entry in LONG_DOCSTRINGS_TO_SHORTEN)
 
 
 def _docstring_problems(rel: str, docstring: str | None) -> list[str]:
@@ -200,8 +186,7 @@ def test_every_module_docstring_is_one_line_then_a_short_why():
     problems = []
     for path in sorted(ROOT.rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix()
-        if not _to_shorten(rel):
-            problems += _docstring_problems(rel, ast.get_docstring(ast.parse(path.read_text(), str(path))))
+        problems += _docstring_problems(rel, ast.get_docstring(ast.parse(path.read_text(), str(path))))
     assert problems == []
 
 
@@ -210,9 +195,3 @@ def test_the_docstring_check_finds_a_missing_a_run_on_and_a_long_one():
     assert _docstring_problems("b.py", "What b owns.\n\nWhy.") == []
     assert len(_docstring_problems("c.py", "What c\nowns.")) == 1
     assert len(_docstring_problems("d.py", "What d owns.\n" + "\nwhy" * 8)) == 1
-
-
-def test_the_docstrings_to_shorten_exist():
-    missing = sorted(entry for entry in LONG_DOCSTRINGS_TO_SHORTEN if not (ROOT / entry).exists())
-    assert missing == [], f"shortened or gone: take them off LONG_DOCSTRINGS_TO_SHORTEN: {missing}"
-    assert _to_shorten("ops/backup.py") and not _to_shorten("ops/restore.py") and not _to_shorten("serve/app.py")
