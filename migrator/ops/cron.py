@@ -43,12 +43,15 @@ class Job:
         return {"verb": self.verb, "schedule": self.schedule, "args": list(self.args), "path": self.path}
 
 
-def _fields_json(obj) -> dict:
-    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+class _FieldsJson:
+    """A result whose JSON is its fields, as they are."""
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True)
-class CronInstalled:
+class CronInstalled(_FieldsJson):
     file: str
     changed: bool  # False: the file already had this content and was not rewritten
     jobs: tuple[Job, ...]
@@ -56,11 +59,11 @@ class CronInstalled:
     serve: list[str] | None  # the words after `migrator serve` on the @reboot line; None: no such line
 
     def to_json(self) -> dict:
-        return {**_fields_json(self), "jobs": [j.to_json() for j in self.jobs]}
+        return {**super().to_json(), "jobs": [j.to_json() for j in self.jobs]}
 
 
 @dataclass(frozen=True)
-class CronShown:
+class CronShown(_FieldsJson):
     file: str
     installed: str | None  # the file's content; None: not there
     expected: str | None  # what `install` would write; None: no plan to compare with
@@ -70,21 +73,15 @@ class CronShown:
     serve: list[str] | None
     serve_units: list[str]  # migrator-serve.service files in those dirs
 
-    def to_json(self) -> dict:
-        return _fields_json(self)
-
 
 @dataclass(frozen=True)
-class CronRemoved:
+class CronRemoved(_FieldsJson):
     file: str
     removed: bool  # False: there was nothing to remove
 
-    def to_json(self) -> dict:
-        return _fields_json(self)
-
 
 @dataclass(frozen=True)
-class SystemdInstalled:
+class SystemdInstalled(_FieldsJson):
     directory: str
     units: list[str]
     changed: list[str]
@@ -92,17 +89,11 @@ class SystemdInstalled:
     next_step: str  # the systemctl command line to run
     serve: list[str] | None
 
-    def to_json(self) -> dict:
-        return _fields_json(self)
-
 
 @dataclass(frozen=True)
-class SystemdRemoved:
+class SystemdRemoved(_FieldsJson):
     directory: str
     removed: list[str]
-
-    def to_json(self) -> dict:
-        return _fields_json(self)
 
 
 def cron_file(path: str | os.PathLike | None = None) -> Path:
