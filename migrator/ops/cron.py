@@ -10,12 +10,13 @@ import os
 import shlex
 import shutil
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from migrator.errors import PlanInvalid, UsageError
 from migrator.plan.checks import valid_cron_expression
 from migrator.plan.model import Plan
+from migrator.results import FieldsJson
 from migrator.state import registry
 from migrator.state.files import atomic_write, read_json, write_json
 from migrator.state.paths import DEFAULT_STATE_DIR
@@ -43,15 +44,8 @@ class Job:
         return {"verb": self.verb, "schedule": self.schedule, "args": list(self.args), "path": self.path}
 
 
-class _FieldsJson:
-    """A result whose JSON is its fields, as they are."""
-
-    def to_json(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
 @dataclass(frozen=True)
-class CronInstalled(_FieldsJson):
+class CronInstalled(FieldsJson):
     file: str
     changed: bool  # False: the file already had this content and was not rewritten
     jobs: tuple[Job, ...]
@@ -63,7 +57,7 @@ class CronInstalled(_FieldsJson):
 
 
 @dataclass(frozen=True)
-class CronShown(_FieldsJson):
+class CronShown(FieldsJson):
     file: str
     installed: str | None  # the file's content; None: not there
     expected: str | None  # what `install` would write; None: no plan to compare with
@@ -75,13 +69,13 @@ class CronShown(_FieldsJson):
 
 
 @dataclass(frozen=True)
-class CronRemoved(_FieldsJson):
+class CronRemoved(FieldsJson):
     file: str
     removed: bool  # False: there was nothing to remove
 
 
 @dataclass(frozen=True)
-class SystemdInstalled(_FieldsJson):
+class SystemdInstalled(FieldsJson):
     directory: str
     units: list[str]
     changed: list[str]
@@ -91,7 +85,7 @@ class SystemdInstalled(_FieldsJson):
 
 
 @dataclass(frozen=True)
-class SystemdRemoved(_FieldsJson):
+class SystemdRemoved(FieldsJson):
     directory: str
     removed: list[str]
 

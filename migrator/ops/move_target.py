@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from migrator import __version__
@@ -23,6 +23,7 @@ from migrator.archive.fingerprint import fingerprint
 from migrator.durable import fsync_dir, sync_filesystem
 from migrator.errors import IntegrityError, MigratorError, UsageError
 from migrator.jsonschemas import name_pattern
+from migrator.results import FieldsJson
 from migrator.stack.datadirs import existing_ancestor
 from migrator.stack.timing import StepTimer
 from migrator.stack.topology import Stack
@@ -34,12 +35,8 @@ STAGING_SUFFIX = ".move-incoming"
 # Where the source puts plan, secrets and the backup heartbeat (SFTP, 0600) under the target's state dir.
 
 
-def _fields_json(obj) -> dict:
-    return {f.name: getattr(obj, f.name) for f in fields(obj)}
-
-
 @dataclass(frozen=True)
-class AgentInfo:
+class AgentInfo(FieldsJson):
     """`migrator agent info`: what the source checks before a move."""
     version: str
     euid: int
@@ -49,31 +46,22 @@ class AgentInfo:
     free_bytes: int
     deployed_at: float | None  # a stack deployed here: when; None: none
 
-    def to_json(self) -> dict:
-        return _fields_json(self)
-
 
 @dataclass(frozen=True)
-class Received:
+class Received(FieldsJson):
     """`migrator agent receive`: one pre-copy stream extracted into its volume's staging dir."""
     volume: str
     sha256: str
     size: int
     files: int
 
-    def to_json(self) -> dict:
-        return _fields_json(self)
-
 
 @dataclass(frozen=True)
-class Committed:
+class Committed(FieldsJson):
     """Staging swapped in: the volumes, and the data that was live before, set aside (volume -> path)."""
     committed: list[str]
     kept_aside: list[str]
     aside: dict[str, str]
-
-    def to_json(self) -> dict:
-        return _fields_json(self)
 
 
 @dataclass(frozen=True)
