@@ -46,8 +46,9 @@ class ContainerEvent:
 class EventStream:
     """The engine's container events for the containers carrying `labels`, until `close` (from any thread)."""
 
-    def __init__(self, api, labels: dict[str, str]) -> None:
-        self._stream = api.events(decode=True, filters={
+    def __init__(self, api, labels: dict[str, str], since: int | None = None) -> None:
+        """`since` (whole seconds since the epoch): replay the events from then on first, then follow."""
+        self._stream = api.events(decode=True, since=since, filters={
             "type": ["container"], "label": [f"{k}={v}" for k, v in labels.items()]})
 
     def __iter__(self) -> Iterator[ContainerEvent]:

@@ -28,6 +28,8 @@ FALLBACK_S = 60.0
 # restart of a service that died must not race the engine (or a person) starting it again.
 SETTLE_S = 2.0
 RECONNECT_S = 5.0
+# On a reconnect, events missed while the stream was down are replayed, from at most this long ago.
+REPLAY_MAX_S = 300.0
 # At most this many restarts of one service in the window, then it is left down and reported.
 MAX_TRIES = 3
 TRIES_WINDOW_S = 600.0
@@ -148,15 +150,20 @@ class Follower:
 
     # --- the event stream --------------------------------------------------------------------------
     def _watch(self) -> None:
+        seen = time.time() - SETTLE_S  # events from here on are asked for again on every (re)connect
         while not self._stop.is_set():
             plan = self._plan()
             engine = None
             try:
                 if plan is not None:
                     engine = self._engine(plan)
-                    self._stream = EventStream(engine.exec_api(), {LABEL_STACK: plan["vsn"]["name"]})
+                    # Replayed from a little before: nothing falls between two subscriptions, or between
+                    # subscribing and the engine starting to send (an event seen twice changes nothing).
+                    since = int(max(seen, time.time() - REPLAY_MAX_S))
+                    self._stream = EventStream(engine.exec_api(), {LABEL_STACK: plan["vsn"]["name"]}, since)
                     self.events_live = True
                     for event in self._stream:
+                        seen = max(seen, min(event.at, time.time()))
                         self.on_event(event)
                         if self._stop.is_set():
                             return

@@ -145,3 +145,51 @@ def test_a_service_restarting_in_a_loop_stops_having_its_dependents_restarted(st
     assert "db" not in follower.given_up and follower.quiet_until["db"] > time.time()
     assert "keeps restarting" in follower.gave_up[0]
     assert not follower._follow(plan, "web", "restarted", [])  # nothing depends on it: nothing to do
+
+
+class _Api:
+    """The engine's /events as the docker SDK hands it over (a real engine: test_serve_follow.py)."""
+
+    def __init__(self, batches: list[list]) -> None:
+        self.batches, self.calls = batches, []
+
+    def events(self, **kwargs):
+        self.calls.append(kwargs)
+        batch = self.batches.pop(0) if self.batches else []
+        return _Stream(batch)
+
+
+class _Stream(list):
+    def close(self) -> None:
+        pass
+
+
+class _Engine:
+    def __init__(self, api) -> None:
+        self.api = api
+
+    def exec_api(self):
+        return self.api
+
+    def close(self) -> None:
+        pass
+
+
+def test_events_are_asked_for_from_a_little_before_and_replayed_from_the_last_one_seen(state, monkeypatch):
+    later = time.time() + 100  # an engine clock ahead of ours must not push `since` into the future
+    api = _Api([[_event(Action="restart", timeNano=int((time.time() - 1) * 1e9)), "garbage"],
+                [_event(Action="start", timeNano=int(later * 1e9))]])
+    follower = follow.Follower(command=["false"])
+    seen = []
+    monkeypatch.setattr(follower, "_plan", lambda: {"vsn": {"name": "v"}, "services": []})
+    monkeypatch.setattr(follower, "_engine", lambda raw: _Engine(api))
+    monkeypatch.setattr(follower, "on_event", lambda ev: seen.append(ev) or (
+        follower._stop.set() if len(seen) == 2 else None))
+    monkeypatch.setattr(follow, "RECONNECT_S", 0.0)
+    start = time.time()
+    follower._watch()
+    assert [e.action for e in seen] == ["restart", "start"]
+    first, second = api.calls[0], api.calls[1]
+    assert first["filters"] == {"type": ["container"], "label": ["io.migrator.stack=v"]}
+    assert start - follow.SETTLE_S - 1 <= first["since"] <= start - follow.SETTLE_S
+    assert second["since"] == int(seen[0].at)  # the stream broke: from the last event seen on
