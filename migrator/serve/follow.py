@@ -96,6 +96,7 @@ class Follower:
         self.started_in_place: dict[str, float] = {}  # service -> when a start no operation made was seen
         self.events_live = False
         self._due: float | None = None  # monotonic time of the look an event asked for
+        self._asked = False  # an event came that no look has decided on yet
         self._guard = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -188,9 +189,8 @@ class Follower:
         if event.action in ("start", "restart") and not self._ours(event.name, event.at):
             with self._guard:
                 self.started_in_place[event.name] = event.at
-        with self._guard:
-            self._due = time.monotonic() + SETTLE_S
-        self._wake.set()
+        self._asked = True
+        self._look_again()
 
     def _ours(self, name: str, at: float) -> bool:
         """The event was a migrator operation's doing; while our own restart child holds the lock, only
@@ -210,8 +210,13 @@ class Follower:
     def look(self) -> None:
         """One decision, then return: the restart it runs changes what the next look sees."""
         plan = self._plan()
-        if plan is None or stackstate.current() != stackstate.RUNNING or held_by() is not None:
+        if plan is None or stackstate.current() != stackstate.RUNNING:
             return
+        if held_by() is not None:
+            if self._asked:  # an event waits for a decision: look again once the operation is done
+                self._look_again()
+            return
+        self._asked = False
         proc = subprocess.run([*self.command, "status", "--json"], capture_output=True, timeout=120,
                               stdin=subprocess.DEVNULL)
         status = json.loads(proc.stdout)
@@ -236,7 +241,7 @@ class Follower:
             return self._look_again()
 
     def _look_again(self) -> None:
-        """Another look once the restart settled: other services may be waiting their turn."""
+        """A look SETTLE_S from now (after a restart, an event, or while an operation holds the lock)."""
         with self._guard:
             self._due = time.monotonic() + SETTLE_S
         self._wake.set()

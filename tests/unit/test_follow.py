@@ -193,3 +193,29 @@ def test_events_are_asked_for_from_a_little_before_and_replayed_from_the_last_on
     assert first["filters"] == {"type": ["container"], "label": ["io.migrator.stack=v"]}
     assert start - follow.SETTLE_S - 1 <= first["since"] <= start - follow.SETTLE_S
     assert second["since"] == int(seen[0].at)  # the stream broke: from the last event seen on
+
+
+def test_an_event_during_an_operation_is_decided_once_the_operation_lets_go(state, monkeypatch):
+    from migrator.state import stackstate
+    from migrator.state.lock import operation_lock
+
+    stackstate.transition(stackstate.CREATE_PENDING, "deploy")
+    stackstate.transition(stackstate.RUNNING, "deploy")
+    follower = follow.Follower(command=["false"])
+    monkeypatch.setattr(follower, "_plan", lambda: {"vsn": {"name": "v"}, "services": []})
+    looked = []
+    monkeypatch.setattr(follow.subprocess, "run", lambda argv, **kw: looked.append(argv) or _Done())
+    with operation_lock("backup"):  # a real flock, as the backup holding it takes
+        follower.on_event(ContainerEvent(name="db", action="die", at=time.time()))
+        follower._due = None
+        follower.look()
+        assert follower._due is not None and looked == []  # asked again for later, not decided now
+    follower._due = None
+    follower.look()
+    assert looked and looked[0][1:] == ["status", "--json"] and follower._due is None
+    follower.look()  # nothing asked any more: no look again scheduled
+    assert follower._due is None
+
+
+class _Done:
+    stdout = b'{"containers": []}'
