@@ -11,6 +11,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -218,3 +220,47 @@ def test_os_update_archive_unarchive_cleanup_on_docker(docker_vsn, secrets, tmp_
     run_json(vsn, "cleanup", "--yes", "--no-snapshot")
     assert vsn.containers() == {}
     assert not (vsn.data_root / "webdata").exists()
+
+
+def test_the_event_stream_dependents_follow_reads_on_docker(docker_vsn, docker_daemon):
+    """`serve --follow-dependents` wakes on the engine's /events: on dockerd (its own event shapes, its
+    `since` replay) a labelled container's restart arrives as restart/die/start with its name, a container
+    of another stack does not, and a replay from before the restart sees it again."""
+    from migrator.engine.docker import DockerEngine
+    from migrator.engine.watch import EventStream
+    from tests.lab.plans import IMAGES
+
+    engine = DockerEngine(docker_daemon.socket_url)
+    got: list = []
+    started = int(time.time()) - 1
+    stream = EventStream(engine.exec_api(), {"io.migrator.stack": "evt"})
+    reader = threading.Thread(target=lambda: got.extend(stream), daemon=True)
+    reader.start()
+    try:
+        for name, stack in (("evt-a", "evt"), ("evt-b", "other")):
+            docker_daemon.docker("run", "-d", "--name", name, "--label", f"io.migrator.stack={stack}",
+                                 IMAGES["busybox"], "sleep", "600")
+        docker_daemon.docker("restart", "-t", "1", "evt-b")
+        docker_daemon.docker("restart", "-t", "1", "evt-a")
+        deadline = time.monotonic() + 60
+        while not [e for e in got if e.action == "restart"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        stream.close()
+        reader.join(timeout=10)
+    assert {e.name for e in got} == {"evt-a"}
+    actions = [e.action for e in got]
+    assert actions[0] == "start" and {"die", "restart"} <= set(actions) and actions.count("start") == 2
+    assert all(started <= e.at <= time.time() + 1 for e in got)
+
+    replay = EventStream(engine.exec_api(), {"io.migrator.stack": "evt"}, since=started)
+    replayed: list = []
+    reader = threading.Thread(target=lambda: replayed.extend(replay), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 30
+    while len(replayed) < len(got) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    replay.close()
+    reader.join(timeout=10)
+    engine.close()
+    assert [(e.name, e.action) for e in replayed[:len(got)]] == [(e.name, e.action) for e in got]
