@@ -160,6 +160,8 @@ def test_any_failure_rolls_back_to_containerless_with_data_intact(vsn, secrets, 
 
 def test_upgrade_replaces_one_service_and_rolls_back_on_failure(vsn, secrets, tmp_path):
     raw = demo_plan(vsn, host=False)
+    # The failing upgrade waits out web's probe: 15 s rather than the plan's 60 (httpd answers in well under 1 s).
+    next(s for s in raw["services"] if s["name"] == "web")["health"]["timeout"] = 15
     plan = write_json(tmp_path / "plan.json", raw)
     assert deploy(vsn, plan, secrets).returncode == 0
     db_id = vsn.podman("inspect", "--format", "{{.Id}}", "db").stdout.strip()
