@@ -10,7 +10,7 @@ import shutil
 import socket
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from migrator import __version__
@@ -35,6 +35,7 @@ from migrator.catalog.snapshot import Snapshot
 from migrator.errors import MigratorError, PreflightFailed, UsageError
 from migrator.faults import checkpoint
 from migrator.plan.model import Plan, Secrets, canonical_json
+from migrator.results import FieldsJson
 from migrator.stack import dumps
 from migrator.stack.quiesce import Quiesce, writers_of
 from migrator.stack.signatures import trusted_keys
@@ -69,7 +70,7 @@ def volume_modes(plan: Plan) -> list[VolumePlan]:
 
 
 @dataclass(frozen=True)
-class BackupResult:
+class BackupResult(FieldsJson):
     """One committed snapshot: what `migrator backup --json` prints and the notify hooks receive."""
     snapshot_id: str
     vsn: str
@@ -90,9 +91,6 @@ class BackupResult:
     signed_by: str
     dumps: list[dict]
     dumps_skipped: list[str]
-
-    def to_json(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class FileSink:
