@@ -46,10 +46,15 @@ def ecma_pattern(pattern: str) -> re.Pattern:
 
 
 @cache
-def name_pattern() -> re.Pattern:
-    """The plan schema's `name` rule (volumes, services, VSNs: one safe path component and container name),
-    for checks of names that arrive outside a plan (a move agent's messages)."""
-    return ecma_pattern(json.loads(schema_bytes("plan"))["$defs"]["name"]["pattern"])
+def plan_definition(name: str) -> dict:
+    """One of the plan schema's `$defs`, for values that arrive outside a plan but follow the same rule (a
+    move agent's volume names, `load-dump --as`, event URLs in the secrets file)."""
+    return json.loads(schema_bytes("plan"))["$defs"][name]
+
+
+def plan_pattern(name: str) -> re.Pattern:
+    """The `pattern` of the plan schema's `$defs[name]`, with JSON Schema's meaning of `$`."""
+    return ecma_pattern(plan_definition(name)["pattern"])
 
 
 def _pattern_keyword(validator, pattern, instance, schema):

@@ -5,7 +5,6 @@ Signature first, then each object is read once whole to check size and sha256 be
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from migrator.catalog.manifest import DumpEntry
 from migrator.catalog.snapshot import Snapshot
 from migrator.engine.base import ContainerEngine
 from migrator.errors import PreflightFailed, UsageError
+from migrator.jsonschemas import plan_pattern
 from migrator.plan.model import Dump, Plan, Secrets
 from migrator.stack import dumps
 from migrator.stack.signatures import TrustedKeys, trusted_keys
@@ -23,9 +23,6 @@ from migrator.stack.signatures import check as check_signatures
 from migrator.stack.topology import Report, Stack, quiet
 from migrator.state import conforming
 from migrator.storage.base import SnapshotStore
-
-# The same rule as the plan's dump.databases: the name goes into CREATE DATABASE / createdb.
-DATABASE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}")
 
 
 @dataclass
@@ -44,7 +41,7 @@ def load_dump(store: SnapshotStore, vsn: str, snapshot_id: str, *, plan: Plan, s
               service: str, database: str | None = None, as_name: str | None = None, identity: Path | None = None,
               trusted: TrustedKeys | None = None, report: Report = quiet) -> LoadDumpResult:
     started = time.monotonic()
-    if as_name is not None and not DATABASE_NAME.fullmatch(as_name):
+    if as_name is not None and not plan_pattern("database_name").search(as_name):  # it goes into CREATE DATABASE
         raise UsageError(f"--as {as_name[:80]!r} is not a database name migrator creates",
                          hint="letters, digits, _ and -, at most 63, not starting with -")
     snap = open_snapshot(store, vsn, snapshot_id, conforming.remembered())

@@ -22,7 +22,7 @@ from migrator.archive import extract_archive
 from migrator.archive.fingerprint import fingerprint
 from migrator.durable import fsync_dir, sync_filesystem
 from migrator.errors import IntegrityError, MigratorError, UsageError
-from migrator.jsonschemas import name_pattern
+from migrator.jsonschemas import plan_pattern
 from migrator.results import FieldsJson
 from migrator.stack.datadirs import existing_ancestor
 from migrator.stack.timing import StepTimer
@@ -89,7 +89,7 @@ def staging_dir(data_root: str, volume: str) -> Path:
 
 def _safe_volume(name: str) -> str:
     """A volume name from the wire, held to the plan schema's name rule: one safe path component."""
-    if not name_pattern().search(name):
+    if not plan_pattern("name").search(name):
         raise UsageError(f"not a volume name: {name!r}")
     return name
 

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
+from migrator.jsonschemas import plan_definition, plan_pattern
 from migrator.plan.model import NETNS_HOLDER_SUFFIX
 from migrator.plan.sizes import DEFAULT_MAX_VOLUME_SIZE, parse_size
 
@@ -208,16 +209,14 @@ def _secret_refs(raw: dict, secrets, secrets_given: bool) -> list[str]:
         if value is not None and not _is_event_url(value):
             # the value is a credential: named by its key only
             problems.append(f"{path}: secret {key!r} is not an http:// or https:// URL (one line, at most "
-                            f"{EVENT_URL_MAX} characters)")
+                            f"{plan_definition('event_url')['maxLength']} characters)")
     return problems
 
 
-EVENT_URL_MAX = 2048  # as the plan's own `url` fields
-
-
 def _is_event_url(value: object) -> bool:
-    return (isinstance(value, str) and value.startswith(("http://", "https://")) and len(value) <= EVENT_URL_MAX
-            and not any(c.isspace() for c in value) and len(value) > len("https://"))
+    """The plan's own rule for `url` (schema `$defs/event_url`), for a URL kept in the secrets file."""
+    return (isinstance(value, str) and len(value) <= plan_definition("event_url")["maxLength"]
+            and plan_pattern("event_url").search(value) is not None)
 
 
 def _port_problem(parsed) -> str | None:

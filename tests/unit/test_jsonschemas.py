@@ -2,7 +2,7 @@
 
 import pytest
 
-from migrator.jsonschemas import ecma_pattern, errors, name_pattern
+from migrator.jsonschemas import ecma_pattern, errors, plan_pattern
 
 
 @pytest.mark.parametrize("pattern,text,matches", [
@@ -28,6 +28,13 @@ def test_the_plan_schema_refuses_a_name_ending_in_a_newline():
 
 
 def test_name_pattern_is_the_schemas():
-    assert name_pattern().search("dbdata")
-    assert not name_pattern().search("dbdata\n")
-    assert not name_pattern().search("../etc")
+    assert plan_pattern("name").search("dbdata")
+    assert not plan_pattern("name").search("dbdata\n")
+    assert not plan_pattern("name").search("../etc")
+
+
+def test_the_database_name_rule_is_the_schemas_and_refuses_what_sql_would_misread():
+    rule = plan_pattern("database_name")
+    assert rule.search("shop") and rule.search("shop_2024-copy")
+    for bad in ("-shop", "shop`; DROP", "shop\n", "", "a" * 64):
+        assert not rule.search(bad), bad
