@@ -25,13 +25,6 @@ EXTRA_METRICS = {"health", "snapshots"}
 NOTIFY_VERBS = {"backup", "drill", "prune", "move", "os-update"}
 
 
-def _remembered() -> tuple[dict | None, str | None]:
-    """The deployed plan (raw JSON, not re-validated: bookkeeping only) and the secrets path."""
-    info = deployed.current() or {}
-    raw = read_json(Path(info["plan"])) if info.get("plan") and Path(info["plan"]).exists() else None
-    return raw, info.get("secrets")
-
-
 def _secret_values(path: str | None) -> list[str]:
     try:
         values = json.loads(Path(path).read_text()) if path else {}
@@ -58,7 +51,7 @@ class Around:
         warnings: list[str] = []
         plan_raw, secrets_path = None, None
         try:
-            plan_raw, secrets_path = _remembered()
+            plan_raw, secrets_path = deployed.remembered()
         except (OSError, ValueError) as exc:
             warnings.append(f"could not read the remembered plan: {exc}")
         top = self.verb.split()[0]

@@ -22,13 +22,6 @@ SILENT_TOP = {"agent", "serve", "watch"}
 OP_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
 
 
-def _remembered() -> tuple[dict | None, str | None]:
-    info = deployed.current() or {}
-    plan = Path(info["plan"]) if info.get("plan") else None
-    raw = read_json(plan) if plan is not None and plan.exists() else None
-    return (raw if isinstance(raw, dict) else None), info.get("secrets")
-
-
 def _secrets(path: str | None) -> dict:
     try:
         values = json.loads(Path(path).read_text()) if path else {}
@@ -59,7 +52,7 @@ class Operation:
 
     def _load_plan(self) -> None:
         try:
-            raw, secrets_path = _remembered()
+            raw, secrets_path = deployed.remembered()
         except (OSError, ValueError):
             raw, secrets_path = None, None
         if raw is not None:  # a move forgets the plan on success: keep what the start saw

@@ -5,7 +5,6 @@ Shared by the API (serve/app.py) and the dashboard (serve/dashboard.py)."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -13,7 +12,6 @@ from starlette.responses import JSONResponse
 from migrator.serve import auth
 from migrator.serve.actions import VERBS
 from migrator.state import deployed, stackstate
-from migrator.state.files import read_json
 from migrator.state.lock import held_by
 
 SESSION_COOKIE = "migrator_session"
@@ -30,10 +28,7 @@ class Config:
 
 
 def _plan_raw() -> dict | None:
-    info = deployed.current() or {}
-    path = Path(info["plan"]) if info.get("plan") else None
-    raw = read_json(path) if path is not None and path.exists() else None
-    return raw if isinstance(raw, dict) else None
+    return deployed.remembered()[0]
 
 
 def vsn_name() -> str | None:

@@ -11,13 +11,11 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 from migrator.engine.base import LABEL_STACK
 from migrator.engine.watch import EventStream
 from migrator.notify import events
 from migrator.state import deployed, history, stackstate
-from migrator.state.files import read_json
 from migrator.state.lock import held_by
 
 # While the event stream is down (the engine restarting), look this often; each look is a `migrator
@@ -201,11 +199,9 @@ class Follower:
         return by_operation(name, at, holder)
 
     # --- deciding --------------------------------------------------------------------------------
-    def _plan(self) -> dict | None:
-        info = deployed.current() or {}
-        path = Path(info["plan"]) if info.get("plan") and info.get("deployed_at") else None
-        raw = read_json(path) if path is not None and path.exists() else None
-        return raw if isinstance(raw, dict) else None
+    @staticmethod
+    def _plan() -> dict | None:
+        return deployed.remembered(deployed_only=True)[0]
 
     def look(self) -> None:
         """One decision, then return: the restart it runs changes what the next look sees."""

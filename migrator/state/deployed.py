@@ -36,6 +36,16 @@ def current() -> dict | None:
     return read_json(registry.DEPLOYMENT.path)
 
 
+def remembered(*, deployed_only: bool = False) -> tuple[dict | None, str | None]:
+    """The remembered plan copy as raw JSON (not re-validated: for bookkeeping) and the secrets path. The
+    plan is None when there is none or it is not a JSON object, and with `deployed_only` also once the
+    stack was torn down or archived. A plan copy that is not JSON raises ValueError."""
+    info = current() or {}
+    plan = Path(info["plan"]) if info.get("plan") and (info.get("deployed_at") or not deployed_only) else None
+    raw = read_json(plan) if plan is not None and plan.exists() else None
+    return (raw if isinstance(raw, dict) else None), info.get("secrets")
+
+
 def plan_and_secrets_paths(plan: str | None, secrets: str | None) -> tuple[str, str | None]:
     """Explicit arguments win; otherwise the remembered ones."""
     if plan:
