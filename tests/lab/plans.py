@@ -6,7 +6,7 @@ import copy
 import json
 from pathlib import Path
 
-from tests.lab.vsn import REPO, PodmanVSN, free_port
+from tests.lab.vsn import REPO, PodmanVSN, free_ports
 
 IMAGES = {
     "host": "localhost/migrator-host:latest",
@@ -21,7 +21,7 @@ def demo_plan(vsn: PodmanVSN, *, host: bool = True, name: str = "t", host_name: 
     raw["vsn"].update({"name": name, "socket": vsn.socket_url, "data_root": str(vsn.data_root),
                        "engine": getattr(vsn, "engine", "podman")})
     raw["network"] = f"{name}-net"
-    web_port, db_port, admin_port = free_port(), free_port(), free_port()
+    web_port, db_port, admin_port = free_ports(3)
     svc = {s["name"]: s for s in raw["services"]}
     svc["web"]["ports"][0]["host"] = web_port
     svc["db"]["ports"][0]["host"] = db_port

@@ -4,6 +4,7 @@ additionalimagestores), so nothing is copied per test."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -27,10 +28,18 @@ def lab_env() -> dict[str, str]:
     return env
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports: each socket stays bound until all are, so the kernel cannot hand out a
+    just-closed port twice (it did: a plan's web and db ports once clashed)."""
+    with contextlib.ExitStack() as held:
+        socks = [held.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def answers(sock: Path) -> bool:
